@@ -141,6 +141,14 @@ def _convert_settings(value: object) -> Settings:
     raise ConfigurationError("settings", value, "a pulse_core.Settings or a mapping of its fields")
 
 
+def _convert_policy(value: object) -> ReconnectPolicy:
+    if isinstance(value, ReconnectPolicy):
+        return value
+    if isinstance(value, Mapping):
+        return ReconnectPolicy(**value)
+    raise ConfigurationError("reconnect", value, "a ReconnectPolicy or a mapping of its fields")
+
+
 def _convert_headers(value: object) -> tuple[tuple[str, str], ...]:
     items: list[object]
     if isinstance(value, Mapping):
@@ -219,7 +227,7 @@ class ConnectionConfig:
     close_timeout: float = attrs.field(default=5.0, validator=_check_positive)
     #: Seconds a connection attempt may take before it counts as failed.
     connect_timeout: float = attrs.field(default=10.0, validator=_check_positive)
-    reconnect: ReconnectPolicy = attrs.field(factory=ReconnectPolicy)
+    reconnect: ReconnectPolicy = attrs.field(factory=ReconnectPolicy, converter=_convert_policy)
     #: Seconds of audio kept for replay after a reconnect (and before the first open).
     replay_seconds: float = attrs.field(default=30.0, validator=_check_positive)
     #: Largest audio frame sent, in bytes (the service recommends 1024 to 8192).

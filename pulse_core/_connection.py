@@ -878,6 +878,7 @@ class PulseConnection:
         oldest = self._retained[0][0] if self._retained else self._received
         self._replay_from = max(self._replay_from, oldest)
         self._sent_upto = self._replay_from
+        self._flush_drop()
 
     def _connection_lost(
         self, now: float, *, code: int | None, reason: str, local: bool = False

@@ -1,0 +1,95 @@
+"""A small harness for driving PulseConnection in tests."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pulse_core import (
+    CloseConnection,
+    Command,
+    Connect,
+    ConnectionConfig,
+    Event,
+    PulseConnection,
+    SendBinary,
+    SendPing,
+    SendText,
+)
+
+BASE_URL = "ws://127.0.0.1:8765"
+
+
+def config(**options: Any) -> ConnectionConfig:
+    options.setdefault("base_url", BASE_URL)
+    return ConnectionConfig(api_key="sk_test_harness", **options)
+
+
+class Harness:
+    """A PulseConnection plus the outputs it produced, kept for inspection."""
+
+    def __init__(self, jitter: Any = None, **options: Any) -> None:
+        self.conn = PulseConnection(config(**options), jitter=jitter)
+        self.commands: list[Command] = []
+        self.events: list[Event] = []
+        self.now = 0.0
+
+    def at(self, now: float) -> Harness:
+        self.now = now
+        return self
+
+    def collect(self) -> tuple[list[Command], list[Event]]:
+        commands, events = self.conn.commands(), self.conn.events()
+        self.commands += commands
+        self.events += events
+        return commands, events
+
+    def open(self) -> tuple[list[Command], list[Event]]:
+        if self.conn.state.value == "idle":
+            self.conn.start(self.now)
+        self.conn.connection_opened(self.now)
+        return self.collect()
+
+    def send(self, data: bytes) -> list[Command]:
+        self.conn.send_audio(self.now, data)
+        return self.collect()[0]
+
+    def message(self, payload: dict[str, Any] | str) -> list[Event]:
+        text = payload if isinstance(payload, str) else json.dumps(payload)
+        self.conn.receive_message(self.now, text)
+        return self.collect()[1]
+
+    def tick(self, now: float) -> tuple[list[Command], list[Event]]:
+        self.now = now
+        self.conn.handle_timer(now)
+        return self.collect()
+
+    def of(self, kind: type) -> list[Any]:
+        return [event for event in self.events if isinstance(event, kind)]
+
+
+def audio_sent(commands: list[Command]) -> bytes:
+    return b"".join(command.data for command in commands if isinstance(command, SendBinary))
+
+
+def texts(commands: list[Command]) -> list[str]:
+    return [command.text for command in commands if isinstance(command, SendText)]
+
+
+def kinds(items: list[Any]) -> list[str]:
+    return [type(item).__name__ for item in items]
+
+
+__all__ = [
+    "BASE_URL",
+    "CloseConnection",
+    "Connect",
+    "Harness",
+    "SendBinary",
+    "SendPing",
+    "SendText",
+    "audio_sent",
+    "config",
+    "kinds",
+    "texts",
+]
