@@ -37,7 +37,7 @@ FINAL = json.dumps(
         "languages": ["en"],
         "words": [
             {"word": word, "start": 0.3 * i, "end": 0.3 * i + 0.25, "confidence": 0.9 + i / 100}
-            for i, word in enumerate("I paid using my card ending in four two one".split())
+            for i, word in enumerate(["I", "paid", "using", "my", "card", "ending", "in", "four", "two", "one"])
         ],
     }
 )
@@ -116,7 +116,9 @@ def main() -> None:
     theirs = best_of(args.runs, lambda: parse(args.parses, sdk))
     print(f"parse 10-word final with word timestamps: {theirs:.1f} us (smallestai SDK)")
     ratio = theirs / ours
-    print(f"ratio: pulse_core is {ratio:.2f}x the SDK's speed ({'goal met' if ratio >= 1 else 'slower'})")
+    print(
+        f"ratio: pulse_core is {ratio:.2f}x the SDK's speed ({'goal met' if ratio >= 1 else 'slower'})"
+    )
     spread = statistics.pstdev([parse(args.parses // 10, parse_server_message) for _ in range(3)])
     print(f"(pulse_core parse spread across short runs: {spread:.1f} us)")
 

@@ -37,7 +37,12 @@ class TinyServer:
         kind = json.loads(command.text)["type"]
         seconds = self.audio_bytes / 32000  # 16 kHz, 16-bit mono
         text = f"{seconds:.2f} seconds of audio"
-        reply = {"type": "transcription", "transcript": text, "is_final": True, "from_finalize": kind == "finalize"}
+        reply = {
+            "type": "transcription",
+            "transcript": text,
+            "is_final": True,
+            "from_finalize": kind == "finalize",
+        }
         if kind == "close_stream":
             reply["is_last"] = True
         return [json.dumps(reply)]
@@ -65,13 +70,15 @@ def main() -> None:
             if isinstance(event, Transcript) and event.is_final:
                 print(f"final (turn {event.turn}, latency {event.latency}): {event.text}")
             elif isinstance(event, Closed):
-                print(f"closed: {event.summary.audio_seconds_sent:.2f} s sent, p50 TTFS {event.summary.latency.p50}")
+                print(
+                    f"closed: {event.summary.audio_seconds_sent:.2f} s sent, p50 TTFS {event.summary.latency.p50}"
+                )
             else:
                 print(f"event: {type(event).__name__}")
 
     conn.start(now)
     pump()
-    for turn in range(2):
+    for _turn in range(2):
         for _ in range(50):  # one second of audio in 20 ms chunks
             now += 0.02
             conn.send_audio(now, bytes(640))

@@ -558,7 +558,7 @@ class PulseConnection:
             self._on_error(now, message)
         else:
             assert isinstance(message, UnknownMessage)
-            self._emit(UnhandledMessage(type=message.type, raw=message.raw))
+            self._emit(UnhandledMessage(message_type=message.message_type, raw=message.raw))
 
     def handle_timer(self, now: float) -> None:
         """Time passed: do whatever was due by ``now``."""

@@ -166,7 +166,8 @@ class MalformedMessage:
 class UnhandledMessage:
     """A valid JSON message of a type this version does not know."""
 
-    type: str | None
+    #: The message's ``type`` field, if it had one.
+    message_type: str | None
     raw: Mapping[str, Any] = attrs.field(default=_EMPTY, eq=False)
 
 

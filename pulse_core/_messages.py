@@ -19,6 +19,7 @@ larger than the limit) raises :class:`RemoteProtocolError` and nothing else.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, Final, TypeAlias
@@ -124,7 +125,8 @@ class ErrorMessage:
 class UnknownMessage:
     """A JSON object of a type this version does not know; kept whole."""
 
-    type: str | None
+    #: The message's ``type`` field, if it had one.
+    message_type: str | None
     raw: Mapping[str, Any] = attrs.field(default=_EMPTY, eq=False)
 
 
@@ -157,7 +159,17 @@ def _strict_bool(value: Any, _: type) -> bool:
 def _strict_float(value: Any, _: type) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _WrongTypeError(f"expected a number, got {type(value).__name__}")
-    return float(value)
+    return _finite(value)
+
+
+def _finite(value: float) -> float:
+    try:
+        number = float(value)
+    except OverflowError:
+        raise _WrongTypeError("number out of range") from None
+    if not math.isfinite(number):
+        raise _WrongTypeError("expected a finite number")
+    return number
 
 
 def _speaker(value: Any, _: type) -> int | str | None:
@@ -205,11 +217,11 @@ def _fast_word(value: Any, _: type) -> Word:
         raise _WrongTypeError("word field of the wrong type")
     return Word(
         word=word,
-        start=None if start is None else float(start),
-        end=None if end is None else float(end),
-        confidence=None if confidence is None else float(confidence),
+        start=None if start is None else _finite(start),
+        end=None if end is None else _finite(end),
+        confidence=None if confidence is None else _finite(confidence),
         speaker=speaker,
-        speaker_confidence=None if speaker_confidence is None else float(speaker_confidence),
+        speaker_confidence=None if speaker_confidence is None else _finite(speaker_confidence),
     )
 
 
@@ -252,11 +264,13 @@ _FAST = _make_converter(detailed=False)
 _DETAILED = _make_converter(detailed=True)
 
 _TRANSCRIPT_TEXT_KEYS: Final = ("transcript", "transcription", "text")
+# Payload keys that are not "extra". Our own ``extra`` and ``raw`` attributes
+# are not payload keys: a payload field of that name is extra like any other.
 _TRANSCRIPTION_KEYS: Final = (
     frozenset(field.name for field in attrs.fields(TranscriptionMessage))
     | set(_TRANSCRIPT_TEXT_KEYS)
     | {"type"}
-)
+) - {"extra", "raw"}
 
 
 def _structure(data: Mapping[str, Any], cls: type[Any], where: str) -> Any:
@@ -296,6 +310,10 @@ def _transcription(raw: dict[str, Any]) -> TranscriptionMessage:
     for key in _TRANSCRIPT_TEXT_KEYS:
         value = data.get(key)
         if value is not None:
+            if not isinstance(value, str):
+                raise RemoteProtocolError(
+                    f"malformed transcription: {key} must be a string, got {type(value).__name__}"
+                )
             text = value
             break
     data["text"] = text
@@ -314,31 +332,41 @@ def _speech(
     timestamp = raw.get("timestamp")
     if isinstance(timestamp, bool) or not isinstance(timestamp, int | float):
         raise RemoteProtocolError(f"malformed {raw['type']}: timestamp must be a number")
+    try:
+        timestamp = _finite(timestamp)
+    except _WrongTypeError as exc:
+        raise RemoteProtocolError(f"malformed {raw['type']}: timestamp: {exc}") from None
     session_id = raw.get("session_id")
     if session_id is not None and not isinstance(session_id, str):
         raise RemoteProtocolError(f"malformed {raw['type']}: session_id must be a string")
     return cls(timestamp=float(timestamp), session_id=session_id, raw=MappingProxyType(dict(raw)))
 
 
-def _text(value: Any) -> str | None:
+def _text(value: Any, field: str) -> str | None:
     if value is None:
         return None
     if isinstance(value, str):
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)  # numeric error codes are still codes
-    raise RemoteProtocolError(f"malformed error: expected a string, got {type(value).__name__}")
+    raise RemoteProtocolError(
+        f"malformed error: {field} must be a string, got {type(value).__name__}"
+    )
 
 
 def _error(raw: Mapping[str, Any]) -> ErrorMessage:
     nested = raw.get("error")
-    code = _text(raw.get("error_code")) or _text(raw.get("code"))
-    message = _text(raw.get("message"))
+    code = _text(raw.get("error_code"), "error_code") or _text(raw.get("code"), "code")
+    message = _text(raw.get("message"), "message")
     if isinstance(nested, Mapping):
-        message = message or _text(nested.get("message"))
-        code = code or _text(nested.get("code")) or _text(nested.get("error_code"))
+        message = message or _text(nested.get("message"), "error.message")
+        code = (
+            code
+            or _text(nested.get("code"), "error.code")
+            or _text(nested.get("error_code"), "error.error_code")
+        )
     elif nested is not None:
-        message = message or _text(nested)
+        message = message or _text(nested, "error")
     session_id = raw.get("session_id")
     return ErrorMessage(
         message=message or "(no message)",
@@ -363,9 +391,12 @@ def parse_server_message(
     Raises :class:`RemoteProtocolError` (and nothing else) when ``data`` is not
     a valid message.
     """
-    if len(data) > max_size:
+    size = data.nbytes if isinstance(data, memoryview) else len(data)
+    if isinstance(data, str) and size <= max_size < size * 4:
+        size = len(data.encode("utf-8", "surrogatepass"))  # a character may take 4 bytes
+    if size > max_size:
         raise RemoteProtocolError(
-            f"message of {len(data)} bytes is larger than the {max_size}-byte limit"
+            f"message of {size} bytes is larger than the {max_size}-byte limit"
         )
     try:
         if not isinstance(data, str):
@@ -388,4 +419,4 @@ def parse_server_message(
         return _error(raw)
     if kind is None and any(key in raw for key in (*_TRANSCRIPT_TEXT_KEYS, "is_final")):
         return _transcription(raw)
-    return UnknownMessage(type=kind, raw=MappingProxyType(raw))
+    return UnknownMessage(message_type=kind, raw=MappingProxyType(raw))

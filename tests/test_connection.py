@@ -10,8 +10,8 @@ import pytest
 
 from pulse_core import (
     AudioDropped,
-    Closed,
     CloseConnection,
+    Closed,
     ConfigurationError,
     Connect,
     Connected,
@@ -21,6 +21,7 @@ from pulse_core import (
     FinalizeTimedOut,
     LocalProtocolError,
     MalformedMessage,
+    ReconnectPolicy,
     Reconnecting,
     SendBinary,
     SendPing,
@@ -175,7 +176,9 @@ def test_overflow_while_disconnected_is_reported_exactly() -> None:
     h.tick(1.0)
     _, events = h.at(1.0).open()
     drops = [e for e in events if isinstance(e, AudioDropped)]
-    assert drops == [AudioDropped(bytes=64000, start=0.0, end=2.0, reason=DropReason.REPLAY_OVERFLOW)]
+    assert drops == [
+        AudioDropped(bytes=64000, start=0.0, end=2.0, reason=DropReason.REPLAY_OVERFLOW)
+    ]
     assert h.conn.summary().dropped_bytes == 64000
 
 
@@ -258,7 +261,10 @@ def test_late_answer_after_timeout_is_delivered_and_does_not_shift_later_turns()
     assert kinds(events) == ["FinalizeTimedOut"]
     h.at(1.5).send(SECOND)
     h.conn.finalize(1.5)
-    late, answer = h.message(final("one", from_finalize=True)), h.message(final("two", from_finalize=True))
+    late, answer = (
+        h.message(final("one", from_finalize=True)),
+        h.message(final("two", from_finalize=True)),
+    )
     assert late[0].late and not late[0].finalized and late[0].turn == 1
     assert answer[0].finalized and answer[0].turn == 2
 
@@ -322,8 +328,6 @@ def test_backoff_grows_with_jitter_inside_the_bounds() -> None:
 
 
 def test_retries_give_up_after_max_attempts() -> None:
-    from pulse_core import ReconnectPolicy
-
     h = Harness(reconnect=ReconnectPolicy(max_attempts=2))
     h.conn.start(0.0)
     for _ in range(3):
@@ -383,11 +387,21 @@ def test_region_error_is_permanent_and_not_retried() -> None:
     h = Harness()
     h.open()
     h.send(SECOND)
-    events = h.message({"type": "error", "error_code": "LANGUAGE_NOT_ENABLED_IN_REGION", "message": "no"})
+    events = h.message(
+        {"type": "error", "error_code": "LANGUAGE_NOT_ENABLED_IN_REGION", "message": "no"}
+    )
     # The unconfirmed second of audio can no longer be transcribed: reported.
-    assert kinds(events) == ["ServerError", "Disconnected", "ConnectionFailed", "AudioDropped", "Closed"]
+    assert kinds(events) == [
+        "ServerError",
+        "Disconnected",
+        "ConnectionFailed",
+        "AudioDropped",
+        "Closed",
+    ]
     assert events[0].permanent and events[2].permanent
-    assert events[3] == AudioDropped(bytes=32000, start=0.0, end=1.0, reason=DropReason.SESSION_FAILED)
+    assert events[3] == AudioDropped(
+        bytes=32000, start=0.0, end=1.0, reason=DropReason.SESSION_FAILED
+    )
     assert "LANGUAGE_NOT_ENABLED_IN_REGION" in (events[4].error or "")
     assert h.conn.state is State.FAILED
     assert h.commands[-1] == CloseConnection(code=1000, reason="permanent server error")
@@ -410,7 +424,7 @@ def test_malformed_binary_and_unknown_frames_become_events() -> None:
     h.conn.receive_message(0.0, json.dumps({"type": "metadata", "x": 1}))
     _, events = h.collect()
     assert kinds(events) == ["MalformedMessage", "MalformedMessage", "UnhandledMessage"]
-    assert isinstance(events[2], UnhandledMessage) and events[2].type == "metadata"
+    assert isinstance(events[2], UnhandledMessage) and events[2].message_type == "metadata"
     assert isinstance(events[1], MalformedMessage) and "not JSON" in events[1].error
 
 
@@ -509,7 +523,9 @@ def test_close_timeout_reports_unconfirmed_audio() -> None:
     commands, events = h.tick(3.0)
     assert commands == [CloseConnection(code=1000, reason="close timed out")]
     assert kinds(events) == ["Disconnected", "AudioDropped", "Closed"]
-    assert events[1] == AudioDropped(bytes=32000, start=0.0, end=1.0, reason=DropReason.CLOSE_TIMEOUT)
+    assert events[1] == AudioDropped(
+        bytes=32000, start=0.0, end=1.0, reason=DropReason.CLOSE_TIMEOUT
+    )
     assert events[2].error is not None
 
 
@@ -581,7 +597,12 @@ def test_closed_summary_counts_everything() -> None:
     h.at(2.5).message(final("", is_last=True))
     (closed,) = h.of(Closed)
     summary = closed.summary
-    assert (summary.connections, summary.reconnects, summary.finals, summary.finalized_turns) == (2, 1, 2, 1)
+    assert (summary.connections, summary.reconnects, summary.finals, summary.finalized_turns) == (
+        2,
+        1,
+        2,
+        1,
+    )
     assert summary.audio_seconds_received == 1.0 and summary.audio_seconds_sent == 1.0
     assert len(h.of(Connected)) == len(h.of(Disconnected)) == 2
     assert h.of(Transcript)[-1].is_last

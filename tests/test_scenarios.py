@@ -36,6 +36,6 @@ def test_replayer_reports_a_wrong_expectation() -> None:
     broken = json.loads(json.dumps(vector))
     for step in broken["steps"]:
         if step.get("commands"):
-            step["commands"] = step["commands"][1:] + [{"type": "send_text", "text": "nope"}]
+            step["commands"] = [*step["commands"][1:], {"type": "send_text", "text": "nope"}]
             break
     assert list(replay(broken)), name

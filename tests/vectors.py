@@ -93,7 +93,9 @@ def to_json(value: Any) -> Any:
 
 def _is_top_level(value: Any) -> bool:
     module = type(value).__module__
-    return module in ("pulse_core._events", "pulse_core._messages") and type(value).__name__ not in (
+    return module in ("pulse_core._events", "pulse_core._messages") and type(
+        value
+    ).__name__ not in (
         "Word",
         "Utterance",
         "LatencySummary",
@@ -116,7 +118,11 @@ def matches(expected: Any, actual: Any, path: str = "$") -> list[str]:
     if isinstance(expected, list):
         if not isinstance(actual, list) or len(actual) != len(expected):
             return [f"{path}: expected {expected!r}, got {actual!r}"]
-        return [p for i, (e, a) in enumerate(zip(expected, actual, strict=True)) for p in matches(e, a, f"{path}[{i}]")]
+        return [
+            p
+            for i, (e, a) in enumerate(zip(expected, actual, strict=True))
+            for p in matches(e, a, f"{path}[{i}]")
+        ]
     if isinstance(expected, float) or isinstance(actual, float):
         if (
             isinstance(expected, int | float)
@@ -161,7 +167,10 @@ def _apply(conn: PulseConnection, step: Mapping[str, Any]) -> Any:
         return conn.receive_message(now, audio(step["binary"]))
     if action == "connection_failed":
         return conn.connection_failed(
-            now, status=step.get("status"), reason=step.get("reason", ""), retry_after=step.get("retry_after")
+            now,
+            status=step.get("status"),
+            reason=step.get("reason", ""),
+            retry_after=step.get("retry_after"),
         )
     if action == "connection_closed":
         return conn.connection_closed(now, code=step.get("code"), reason=step.get("reason", ""))
@@ -174,7 +183,9 @@ def _apply(conn: PulseConnection, step: Mapping[str, Any]) -> Any:
 def replay(vector: Mapping[str, Any]) -> Iterator[str]:
     """Replay one vector; yield a description of every mismatch."""
     draws = vector.get("jitter")
-    conn = PulseConnection(build_config(vector.get("config", {})), jitter=_Draws(draws) if draws is not None else None)
+    conn = PulseConnection(
+        build_config(vector.get("config", {})), jitter=_Draws(draws) if draws is not None else None
+    )
     for index, step in enumerate(vector["steps"]):
         where = f"step {index} ({step['do']} at {step['at']})"
         expected_error = step.get("raises")
@@ -204,10 +215,15 @@ def replay(vector: Mapping[str, Any]) -> Iterator[str]:
             deadline = conn.next_deadline()
             want_deadline = step["next_deadline"]
             if (deadline is None) != (want_deadline is None) or (
-                deadline is not None and not math.isclose(deadline, want_deadline, abs_tol=TOLERANCE)
+                deadline is not None
+                and not math.isclose(deadline, want_deadline, abs_tol=TOLERANCE)
             ):
                 yield f"{where}: next_deadline {deadline}, expected {want_deadline}"
 
 
 def load(directory: Path) -> list[tuple[str, dict[str, Any]]]:
-    return [(path.stem, json.loads(path.read_text())) for path in sorted(directory.glob("*.json")) if path.name != "schema.json"]
+    return [
+        (path.stem, json.loads(path.read_text()))
+        for path in sorted(directory.glob("*.json"))
+        if path.name != "schema.json"
+    ]
