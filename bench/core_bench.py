@@ -37,7 +37,9 @@ FINAL = json.dumps(
         "languages": ["en"],
         "words": [
             {"word": word, "start": 0.3 * i, "end": 0.3 * i + 0.25, "confidence": 0.9 + i / 100}
-            for i, word in enumerate(["I", "paid", "using", "my", "card", "ending", "in", "four", "two", "one"])
+            for i, word in enumerate(
+                ["I", "paid", "using", "my", "card", "ending", "in", "four", "two", "one"]
+            )
         ],
     }
 )

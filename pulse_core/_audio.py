@@ -110,9 +110,8 @@ class OggPageSplitter:
     with no duration, so nothing the caller gives is ever held back for good.
     """
 
-    def __init__(self, max_page: int = 65307) -> None:
+    def __init__(self) -> None:
         self._buffer = bytearray()
-        self._max_page = max_page
         self._last_granule = 0
         self._in_headers = True
         self.headers = b""
@@ -135,6 +134,9 @@ class OggPageSplitter:
             if page is None:
                 return pages
             data_page, granule = page
+            if granule is None:  # bytes that are not a page: passed on as they are
+                pages.append((data_page, 0))
+                continue
             if granule == 0 and self._in_headers:
                 self.headers += data_page
                 continue
@@ -151,18 +153,26 @@ class OggPageSplitter:
         self._buffer.clear()
         return rest
 
-    def _next_page(self) -> tuple[bytes, int] | None:
+    def _next_page(self) -> tuple[bytes, int | None] | None:
         buffer = self._buffer
         if len(buffer) < _OGG_HEADER.size:
             return None
         if buffer[:4] != b"OggS":
             # Not at a page boundary: pass everything up to the next capture
-            # pattern through unparsed rather than holding it forever.
+            # pattern through unparsed rather than holding it forever, but keep
+            # a tail that may be the start of "OggS" split across feeds.
             cut = buffer.find(b"OggS", 1)
-            cut = len(buffer) if cut < 0 else cut
+            if cut < 0:
+                cut = len(buffer)
+                for keep in (3, 2, 1):
+                    if buffer.endswith(b"OggS"[:keep]):
+                        cut -= keep
+                        break
+                if cut == 0:
+                    return None
             junk = bytes(buffer[:cut])
             del buffer[:cut]
-            return junk, -1
+            return junk, None
         _, _, _, granule, _, _, _, segments = _OGG_HEADER.unpack_from(buffer)
         header_len = _OGG_HEADER.size + segments
         if len(buffer) < header_len:

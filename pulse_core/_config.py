@@ -7,7 +7,7 @@ import math
 import re
 from collections.abc import Mapping
 from typing import Any, Final
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import SplitResult, quote, urlencode, urlsplit
 
 import attrs
 
@@ -107,7 +107,11 @@ class ReconnectPolicy:
     def raw_delay(self, attempt: int) -> float:
         """The delay before ``attempt`` without jitter."""
         exponent = min(attempt - 1, 64)
-        return float(min(self.max_delay, self.base_delay * self.multiplier**exponent))
+        try:
+            raw = self.base_delay * self.multiplier**exponent
+        except OverflowError:
+            raw = math.inf
+        return float(min(self.max_delay, raw))
 
     def delay(self, attempt: int, draw: float) -> float:
         """The delay before ``attempt`` given a jitter draw in ``[0, 1)``."""
@@ -145,6 +149,14 @@ def _convert_policy(value: object) -> ReconnectPolicy:
     if isinstance(value, ReconnectPolicy):
         return value
     if isinstance(value, Mapping):
+        names = {field.name for field in attrs.fields(ReconnectPolicy)}
+        for name in value:
+            if name not in names:
+                raise ConfigurationError(
+                    f"reconnect.{name}",
+                    value[name],
+                    "a ReconnectPolicy field: " + ", ".join(sorted(names)),
+                )
         return ReconnectPolicy(**value)
     raise ConfigurationError("reconnect", value, "a ReconnectPolicy or a mapping of its fields")
 
@@ -188,6 +200,23 @@ def _check_api_key(instance: object, attribute: attrs.Attribute[Any], value: obj
         raise ConfigurationError(
             "api_key", "<redacted>", "printable ASCII without spaces (check for a trailing newline)"
         )
+
+
+def _valid_port(parts: SplitResult) -> bool:
+    try:
+        port = parts.port
+    except ValueError:
+        return False
+    return port is None or port > 0
+
+
+def _without_credentials(url: str, host: str | None, port: int | None) -> str:
+    """``url`` fit for an error message: any user:password part is redacted."""
+    scheme, _, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "<redacted>@" + authority.rpartition("@")[2]
+    return f"{scheme}://{authority}{slash}{path}"
 
 
 def _is_loopback(host: str) -> bool:
@@ -255,7 +284,7 @@ class ConnectionConfig:
     replay_alignment: bool = True
 
     def __attrs_post_init__(self) -> None:
-        if isinstance(self.sample_rate, bool) or self.sample_rate not in SAMPLE_RATES:
+        if type(self.sample_rate) is not int or self.sample_rate not in SAMPLE_RATES:
             raise ConfigurationError(
                 "sample_rate", self.sample_rate, "one of " + ", ".join(map(str, SAMPLE_RATES))
             )
@@ -270,18 +299,27 @@ class ConnectionConfig:
             raise ConfigurationError(
                 "chunk_bytes", self.chunk_bytes, f"a multiple of the {width}-byte sample size"
             )
-        if not isinstance(self.path, str) or not self.path.startswith("/") or "?" in self.path:
+        if (
+            not isinstance(self.path, str)
+            or not self.path.startswith("/")
+            or any(ch in self.path for ch in "?#")
+        ):
             raise ConfigurationError("path", self.path, f"a path such as {LIVE_PATH!r}")
         base = self.resolved_base_url
         parts = urlsplit(base)
+        shown = _without_credentials(
+            base, parts.hostname, parts.port if _valid_port(parts) else None
+        )
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
-            raise ConfigurationError("base_url", base, "a ws:// or wss:// URL with a host")
-        if parts.query or parts.fragment or parts.username or parts.password:
+            raise ConfigurationError("base_url", shown, "a ws:// or wss:// URL with a host")
+        if "?" in base or "#" in base or parts.username or parts.password:
             raise ConfigurationError(
                 "base_url",
-                base,
+                shown,
                 "scheme, host, port and optional path only (no query, fragment or credentials)",
             )
+        if not _valid_port(parts):
+            raise ConfigurationError("base_url", shown, "a port from 1 to 65535")
         if parts.scheme == "ws" and not self.allow_insecure and not _is_loopback(parts.hostname):
             raise ConfigurationError(
                 "base_url",

@@ -193,6 +193,7 @@ class PulseConnection:
         # -- the current connection ---------------------------------------
         self._connections = 0
         self._attempt = 0  # consecutive failures
+        self._connect_attempt = 0  # the attempt number of the last Connect
         self._opened_at = 0.0
         self._connect_deadline: float | None = None
         self._retry_at: float | None = None
@@ -208,7 +209,7 @@ class PulseConnection:
 
         # -- settings -----------------------------------------------------
         self._active_settings: Settings | None = None  # those of the open socket
-        self._previous_settings: Settings | None = None
+        self._previous_settings = config.settings  # those of the last socket (or the start)
         self._settings_changed = False  # announce SettingsApplied on next open
 
         # -- finalize bookkeeping -----------------------------------------
@@ -327,8 +328,7 @@ class PulseConnection:
         Empty chunks are ignored. A chunk that ends mid-sample is fine: the
         remainder waits for the next chunk.
         """
-        state = self._state
-        if state in _NO_INPUT_STATES:
+        if self._close_requested or self._state in _NO_INPUT_STATES:
             raise LocalProtocolError(self._after_close("send_audio()"))
         if now < self._now:
             raise LocalProtocolError(f"time went backwards: {now} < {self._now}")
@@ -390,6 +390,7 @@ class PulseConnection:
         self._config = config
         state = self._state
         if state is State.IDLE:
+            self._previous_settings = target
             self._emit(SettingsApplied(settings=target, changed=changed))
             return
         self._settings_changed = True
@@ -426,6 +427,8 @@ class PulseConnection:
         self._close_requested = True
         self._flush_audio(now, closing=True)
         if state is State.IDLE:
+            # Never started: whatever audio was given can no longer be sent.
+            self._abandon(now, DropReason.NOT_STARTED, "session closed before it started")
             self._finish(now, Trigger.CLOSE_DONE, error=None)
             return
         self._close_deadline = now + self._config.close_timeout
@@ -475,8 +478,7 @@ class PulseConnection:
             )
         )
         if self._settings_changed:
-            previous = self._previous_settings
-            changed = previous.changed_fields(settings) if previous is not None else ()
+            changed = self._previous_settings.changed_fields(settings)
             self._emit(SettingsApplied(settings=settings, changed=changed))
             self._settings_changed = False
         self._previous_settings = settings
@@ -520,7 +522,13 @@ class PulseConnection:
                 retry_after=None,
             )
         elif state in SOCKET_STATES:
-            self._connection_lost(now, code=code, reason=reason or "connection closed by server")
+            text = "closed by the server" + (f" with code {code}" if code is not None else "")
+            self._connection_lost(
+                now,
+                code=code,
+                reason=reason or "closed by the server",
+                summary=f"{text}: {reason}" if reason else text,
+            )
         # Other states: a connection the engine already closed.
 
     def receive_message(self, now: float, data: str | bytes | bytearray | memoryview) -> None:
@@ -609,7 +617,7 @@ class PulseConnection:
         return f"{what} after close()"
 
     def _require_open_session(self, what: str) -> None:
-        if self._state in _NO_INPUT_STATES:
+        if self._close_requested or self._state in _NO_INPUT_STATES:
             raise LocalProtocolError(self._after_close(what))
 
     def _transition(self, trigger: Trigger) -> None:
@@ -639,7 +647,8 @@ class PulseConnection:
             return
         data = bytes(pending[:usable])
         del pending[:usable]
-        # A partial sample alone does not start the coalescing clock.
+        # The clock runs from here while bytes stay held; only whole samples
+        # make a deadline (next_deadline ignores a lone partial sample).
         self._pending_since = now if pending else None
         chunk = self._chunk_bytes
         if usable <= chunk:
@@ -780,6 +789,7 @@ class PulseConnection:
                 timeout=config.connect_timeout,
             )
         )
+        self._connect_attempt = self._attempt + 1
         self._connect_deadline = now + config.connect_timeout
 
     def _replay(self, now: float) -> None:
@@ -790,8 +800,25 @@ class PulseConnection:
             commands.append(SendBinary(self._ogg.headers))
         position = self._replay_from
         owed = self._owed
+        if self._last_finalize_pos > position and not (
+            owed and owed[-1].position >= self._last_finalize_pos
+        ):
+            # The last finalize was never answered (it timed out) and its audio
+            # is being replayed: ask again, so that turn's text comes now rather
+            # than with whatever the speaker says next.
+            self._turns += 1
+            owed.append(
+                _Finalize(
+                    self._turns,
+                    self._last_finalize_pos,
+                    now,
+                    now + self._config.finalize_timeout,
+                    user=False,
+                )
+            )
         base: int | None = None
         ticks = 0
+        last = self._max_sent
         for start, end, frame in self._retained:
             if end <= position and end > start:
                 continue
@@ -806,12 +833,13 @@ class PulseConnection:
                 base = first
             commands.append(SendBinary(data))
             ticks += end - first
+            last = max(last, end)
         while owed:
             self._send_finalize(now, owed.popleft())
         self._conn_base = self._received - ticks if base is None else base
         self._conn_ticks = ticks
         self._sent_upto = self._received
-        self._max_sent = max(self._max_sent, self._received)
+        self._max_sent = last
         self._mark_starts.clear()
         self._mark_lens.clear()
         self._mark_cum.clear()
@@ -830,13 +858,15 @@ class PulseConnection:
             self._commands.append(SendBinary(data))
             self._conn_ticks += end - start
             self._last_wire = now
+            self._max_sent = max(self._max_sent, end)
         while owed:
             self._send_finalize(now, owed.popleft())
         self._sent_upto = self._received
-        self._max_sent = max(self._max_sent, self._received)
 
     def _switch(self, now: float) -> None:
         """Close the live socket on purpose and connect with the new settings."""
+        if self._opened_at + self._config.reconnect.stable_after <= now:
+            self._attempt = 0
         self._commands.append(CloseConnection(code=1000, reason="settings changed"))
         self._socket_gone(
             now, code=1000, reason="settings changed", local=True, will_reconnect=True
@@ -881,8 +911,17 @@ class PulseConnection:
         self._flush_drop()
 
     def _connection_lost(
-        self, now: float, *, code: int | None, reason: str, local: bool = False
+        self,
+        now: float,
+        *,
+        code: int | None,
+        reason: str,
+        local: bool = False,
+        summary: str | None = None,
     ) -> None:
+        """A socket ended unexpectedly. ``reason`` is the close reason as given
+        (for ``Disconnected``); ``summary`` describes the loss (for ``Reconnecting``)."""
+        summary = summary or reason
         if self._state is State.CLOSING and not self._owes_anything():
             self._socket_gone(now, code=code, reason=reason, local=local, will_reconnect=False)
             self._finish(now, Trigger.CLOSE_DONE, error=None)
@@ -891,9 +930,9 @@ class PulseConnection:
             self._attempt = 0
         self._attempt += 1
         policy = self._config.reconnect
-        if policy.max_attempts is not None and self._attempt > policy.max_attempts:
+        if policy.max_attempts is not None and self._attempt >= policy.max_attempts:
             self._socket_gone(now, code=code, reason=reason, local=local, will_reconnect=False)
-            message = f"gave up after {policy.max_attempts} attempts: {reason}"
+            message = f"gave up after {policy.max_attempts} attempts: {summary}"
             self._emit(
                 ConnectionFailed(
                     reason=message,
@@ -911,9 +950,7 @@ class PulseConnection:
             delay = max(delay, policy.concurrency_delay)
         self._was_lost = True
         self._transition(Trigger.CONNECTION_LOST)
-        self._schedule_retry(
-            now, delay, f"connection closed ({code}): {reason}" if code else reason
-        )
+        self._schedule_retry(now, delay, summary)
 
     def _connect_failed(
         self, now: float, *, status: int | None, reason: str, retry_after: float | None
@@ -928,7 +965,7 @@ class PulseConnection:
         if (
             not permanent
             and policy.max_attempts is not None
-            and self._attempt > policy.max_attempts
+            and self._attempt >= policy.max_attempts
         ):
             permanent = True
             reason = f"gave up after {policy.max_attempts} attempts: {reason}"
@@ -1058,9 +1095,9 @@ class PulseConnection:
                 break
             stalled = (
                 request.sent_at is not None
-                and self._state in SOCKET_STATES
+                and self._state in (State.OPEN, State.CLOSING)
                 and self._last_received < request.sent_at
-            )
+            )  # (when DRAINING, the switch below replaces the socket anyway)
             self._time_out(now, request, "no final within finalize_timeout")
             if stalled:
                 # Nothing at all came back since the finalize went out: the
@@ -1178,7 +1215,7 @@ class PulseConnection:
                     status=None,
                     permanent=True,
                     retry_after=None,
-                    attempt=self._attempt,
+                    attempt=self._connect_attempt,
                 )
             )
             self._fail(now, reason)

@@ -182,6 +182,8 @@ class DropReason(enum.StrEnum):
     CLOSE_TIMEOUT = "close_timeout"
     #: The session failed for good before this audio was confirmed.
     SESSION_FAILED = "session_failed"
+    #: ``close()`` came before ``start()``: the audio was never sent.
+    NOT_STARTED = "not_started"
 
 
 @attrs.frozen(kw_only=True)

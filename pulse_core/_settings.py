@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, Final
 
@@ -21,6 +22,9 @@ from ._languages import Language
 __all__ = ["Keyword", "Settings"]
 
 MAX_KEYWORDS: Final = 10_000
+# Controls (C0, DEL, C1), lone surrogates and line/paragraph separators cannot
+# travel in a keyword; format characters such as ZWJ/ZWNJ can (Indic scripts).
+_FORBIDDEN_CATEGORIES: Final = frozenset({"Cc", "Cs", "Zl", "Zp"})
 _EXTERNAL_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # Documented spellings of numerals mapped to what the server takes on the wire.
@@ -72,7 +76,9 @@ def _keyword(item: object) -> Keyword:
     if not isinstance(word, str) or not word.strip():
         raise ConfigurationError("keywords", item, "a keyword must be a non-empty string")
     word = word.strip()
-    if any(ch in word for ch in ",:") or any(ord(ch) < 32 for ch in word):
+    if any(ch in word for ch in ",:") or any(
+        unicodedata.category(ch) in _FORBIDDEN_CATEGORIES for ch in word
+    ):
         raise ConfigurationError(
             "keywords",
             item,
@@ -153,7 +159,7 @@ def _bool() -> Any:
 def _check_model(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, str) or not _MODEL.fullmatch(value):
         raise ConfigurationError("model", value, "a model name such as 'pulse'")
-    if value == "pulse-pro":
+    if value.lower() == "pulse-pro":
         raise ConfigurationError(
             "model", value, "'pulse' (pulse-pro has no streaming worker; the server answers 400)"
         )

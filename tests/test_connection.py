@@ -330,13 +330,13 @@ def test_backoff_grows_with_jitter_inside_the_bounds() -> None:
 def test_retries_give_up_after_max_attempts() -> None:
     h = Harness(reconnect=ReconnectPolicy(max_attempts=2))
     h.conn.start(0.0)
-    for _ in range(3):
+    for _ in range(2):
         h.conn.connection_failed(h.now, status=None, reason="refused")
         h.collect()
         if h.conn.state is State.BACKOFF:
             h.tick(h.now + 10)
     failures = h.of(ConnectionFailed)
-    assert [f.permanent for f in failures] == [False, False, True]
+    assert [f.permanent for f in failures] == [False, True]  # two failures, no third try
     assert "gave up after 2 attempts" in failures[-1].reason
     assert h.conn.state is State.FAILED
     with pytest.raises(LocalProtocolError, match="failed"):
