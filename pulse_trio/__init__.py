@@ -1,1 +1,39 @@
-"""pulse_trio: the Trio transport for pulse_core (open_session, the emulator and the CLI)."""
+"""pulse_trio: a Trio client for Smallest AI's Pulse streaming speech-to-text.
+
+    async with pulse_trio.open_session(settings={"language": "en"}) as session:
+        await session.send_audio(chunk)
+        await session.speech_stopped()
+        async for event in session.events():
+            ...
+
+Every protocol decision is made by ``pulse_core.PulseConnection``; this package
+moves bytes over trio-websocket. It also ships the local emulator
+(``pulse_trio.emulator``), token audio for tests (``pulse_trio.token_audio``)
+and the ``pulse`` command line.
+"""
+
+from ._errors import (
+    AuthenticationError,
+    ConnectionGaveUpError,
+    InvalidRequestError,
+    PermissionDeniedError,
+    RateLimitError,
+    RegionError,
+    SessionFailedError,
+)
+from ._session import HANDLER_EVENTS, Connector, Session, default_connector, open_session
+
+__all__ = [
+    "HANDLER_EVENTS",
+    "AuthenticationError",
+    "ConnectionGaveUpError",
+    "Connector",
+    "InvalidRequestError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "RegionError",
+    "Session",
+    "SessionFailedError",
+    "default_connector",
+    "open_session",
+]

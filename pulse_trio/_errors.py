@@ -1,0 +1,75 @@
+"""Exceptions raised by pulse_trio sessions.
+
+A session that the service refuses for good ends with one of these, raised from
+the ``async with`` block (never wrapped in an ExceptionGroup).
+"""
+
+from __future__ import annotations
+
+from pulse_core import ConnectionFailed, PulseError
+
+__all__ = [
+    "AuthenticationError",
+    "ConnectionGaveUpError",
+    "InvalidRequestError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "RegionError",
+    "SessionFailedError",
+    "error_for",
+]
+
+
+class SessionFailedError(PulseError):
+    """The session ended because the service refused it or could not be reached.
+
+    ``failure`` is the engine's ``ConnectionFailed`` event when there was one.
+    """
+
+    def __init__(self, message: str, failure: ConnectionFailed | None = None) -> None:
+        super().__init__(message)
+        self.failure = failure
+
+
+class AuthenticationError(SessionFailedError):
+    """HTTP 401: the API key was refused."""
+
+
+class PermissionDeniedError(AuthenticationError):
+    """HTTP 403: the key is valid but its plan or workspace may not do this."""
+
+
+class InvalidRequestError(SessionFailedError):
+    """HTTP 400/404: the service rejected the parameters or the path."""
+
+
+class RegionError(SessionFailedError):
+    """The language is not served by this region's host."""
+
+
+class RateLimitError(SessionFailedError):
+    """HTTP 429 with a Retry-After longer than the policy allows."""
+
+
+class ConnectionGaveUpError(SessionFailedError):
+    """Every reconnect attempt the policy allows failed."""
+
+
+def error_for(reason: str, failure: ConnectionFailed | None) -> SessionFailedError:
+    """The exception for a session that failed with ``reason``."""
+    status = failure.status if failure is not None else None
+    if status == 401:
+        return AuthenticationError(f"the API key was refused (HTTP 401): {reason}", failure)
+    if status == 403:
+        return PermissionDeniedError(f"not allowed for this key (HTTP 403): {reason}", failure)
+    if status in (400, 404):
+        return InvalidRequestError(
+            f"the service rejected the request (HTTP {status}): {reason}", failure
+        )
+    if status == 429:
+        return RateLimitError(f"rate limited (HTTP 429): {reason}", failure)
+    if "LANGUAGE_NOT_ENABLED_IN_REGION" in reason:
+        return RegionError(reason, failure)
+    if reason.startswith("gave up"):
+        return ConnectionGaveUpError(reason, failure)
+    return SessionFailedError(reason, failure)

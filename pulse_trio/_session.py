@@ -1,0 +1,636 @@
+"""``open_session()``: a Pulse session over trio-websocket.
+
+The adapter is thin. ``PulseConnection`` makes every protocol decision; this
+module moves bytes, owns the clock (``trio.current_time()``, so trio's virtual
+clock works in tests) and the background tasks, and tells the engine what the
+network did. Four tasks run under the session:
+
+* the *executor* carries out the engine's commands in order (it alone writes);
+* one *link* task per connection dials, then reads frames into the engine;
+* the *timer* calls ``handle_timer`` whenever the engine's deadline passes;
+* the *forwarder* hands events to handlers and to ``events()``.
+
+Buffers and their bounds: audio waiting to be written (``outgoing_buffer``
+bytes; ``send_audio`` waits when full), events for ``events()``
+(``event_buffer``; see ``Session.events``), and everything inside the engine
+(bounded by its configuration).
+"""
+
+from __future__ import annotations
+
+import collections
+import inspect
+import logging
+import os
+import random
+import ssl
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, TypeAlias
+
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    HandshakeError,
+    WebSocketConnection,
+    connect_websocket_url,
+)
+
+from pulse_core import (
+    AudioDropped,
+    CloseConnection,
+    Closed,
+    Command,
+    ConfigurationError,
+    Connect,
+    Connected,
+    ConnectionConfig,
+    ConnectionFailed,
+    Disconnected,
+    Event,
+    FinalizeTimedOut,
+    LocalProtocolError,
+    MalformedMessage,
+    PulseConnection,
+    Reconnecting,
+    SendBinary,
+    SendPing,
+    SendText,
+    ServerError,
+    Settings,
+    SettingsApplied,
+    SpeechEnded,
+    SpeechStarted,
+    State,
+    Transcript,
+    UnhandledMessage,
+)
+
+from ._errors import SessionFailedError, error_for
+
+__all__ = ["Connector", "Session", "open_session"]
+
+logger = logging.getLogger("pulse_trio")
+
+#: Opens a WebSocket: (nursery for its background task, url, headers, ssl context).
+Connector: TypeAlias = Callable[
+    [trio.Nursery, str, list[tuple[bytes, bytes]], ssl.SSLContext | None],
+    Awaitable[WebSocketConnection],
+]
+Handler: TypeAlias = Callable[[Any], Any]
+
+#: Handler names (the service-event names Pipecat users know, and more).
+HANDLER_EVENTS: Mapping[str, tuple[type, ...]] = {
+    "on_connected": (Connected,),
+    "on_disconnected": (Disconnected,),
+    "on_connection_error": (ConnectionFailed,),
+    "on_reconnecting": (Reconnecting,),
+    "on_transcript": (Transcript,),
+    "on_interim_transcript": (Transcript,),
+    "on_final_transcript": (Transcript,),
+    "on_speech_started": (SpeechStarted,),
+    "on_speech_ended": (SpeechEnded,),
+    "on_server_error": (ServerError, MalformedMessage, UnhandledMessage),
+    "on_audio_dropped": (AudioDropped,),
+    "on_finalize_timeout": (FinalizeTimedOut,),
+    "on_settings_applied": (SettingsApplied,),
+    "on_closed": (Closed,),
+    "on_event": (object,),
+}
+_DISCONNECT_TIMEOUT = 2.0
+
+
+def _retry_after(headers: tuple[tuple[bytes, bytes], ...] | None) -> float | None:
+    for name, value in headers or ():
+        if name.lower() == b"retry-after":
+            try:
+                return max(0.0, float(value.decode("latin-1").strip()))
+            except ValueError:
+                return None  # an HTTP date: leave the delay to the policy
+    return None
+
+
+async def default_connector(
+    nursery: trio.Nursery,
+    url: str,
+    headers: list[tuple[bytes, bytes]],
+    ssl_context: ssl.SSLContext | None,
+) -> WebSocketConnection:
+    """Dial with trio-websocket; wss uses the system's certificate verification."""
+    return await connect_websocket_url(
+        nursery, url, ssl_context, extra_headers=headers, message_queue_size=16
+    )
+
+
+class _Link:
+    """One connection attempt and, once open, its WebSocket."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.ws: WebSocketConnection | None = None
+        self.scope = trio.CancelScope()
+        self.abandoned = False  # the engine closed it: report nothing more
+
+
+class Session:
+    """A live transcription session. Create it with :func:`open_session`."""
+
+    def __init__(
+        self,
+        conn: PulseConnection,
+        *,
+        connector: Connector,
+        ssl_context: ssl.SSLContext | None,
+        outgoing_buffer: int,
+        event_buffer: int,
+    ) -> None:
+        self._conn = conn
+        self._connector = connector
+        self._ssl_context = ssl_context
+        self.id = uuid.uuid4().hex[:12]
+        self._log = logging.LoggerAdapter(logger, {"session_id": self.id})
+        self._nursery: trio.Nursery | None = None
+        self._commands: collections.deque[Command] = collections.deque()
+        self._outgoing_bytes = 0
+        self._outgoing_limit = outgoing_buffer
+        self._events: collections.deque[Event] = collections.deque()
+        self._events_in, self._events_out = trio.open_memory_channel[Event](event_buffer)
+        self._event_buffer = event_buffer
+        self._iterating = False
+        self._feeding_channel = True
+        self._handlers: dict[str, list[Handler]] = collections.defaultdict(list)
+        self._wake_executor = trio.Event()
+        self._wake_forwarder = trio.Event()
+        self._wake_timer = trio.Event()
+        self._space = trio.Event()
+        self._commands_done = trio.Event()  # the executor carried out the last command
+        self._events_done = trio.Event()  # the forwarder delivered Closed
+        self._link: _Link | None = None
+        self._links = 0
+        self._failure: SessionFailedError | None = None
+        self._last_failure: ConnectionFailed | None = None
+        self._close_started = False
+        self._closed_seen = False
+
+    # -- public API -----------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self._conn.state
+
+    @property
+    def settings(self) -> Settings:
+        return self._conn.settings
+
+    @property
+    def engine(self) -> PulseConnection:
+        """The engine, for inspection (its summary, buffers, state)."""
+        return self._conn
+
+    async def send_audio(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue audio; waits while ``outgoing_buffer`` bytes are still being written."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"audio must be bytes-like, not {type(data).__name__}")
+        self._raise_if_failed()
+        while self._outgoing_bytes >= self._outgoing_limit and not self._closed_seen:
+            self._space = trio.Event()
+            await self._space.wait()
+            self._raise_if_failed()
+        self._input(self._conn.send_audio, data)
+        await trio.lowlevel.checkpoint()
+
+    async def speech_started(self) -> None:
+        """Local VAD heard speech begin."""
+        self._raise_if_failed()
+        self._input(self._conn.speech_started)
+        await trio.lowlevel.checkpoint()
+
+    async def speech_stopped(self) -> None:
+        """Local VAD heard speech end: the turn is finalized (TTFS is measured from now)."""
+        self._raise_if_failed()
+        self._input(self._conn.speech_stopped)
+        await trio.lowlevel.checkpoint()
+
+    async def finalize(self) -> bool:
+        """Ask for the current turn's final now; ``False`` if there was no new audio."""
+        self._raise_if_failed()
+        sent: bool = self._input(self._conn.finalize)
+        await trio.lowlevel.checkpoint()
+        return sent
+
+    async def update_settings(self, **changes: Any) -> None:
+        """Change settings mid-session (``pulse_core.Settings`` field names).
+
+        Invalid changes raise ``ConfigurationError`` before anything is sent.
+        The engine finishes the current turn first; nothing is lost.
+        """
+        self._raise_if_failed()
+        self._input(self._conn.update_settings, **changes)
+        await trio.lowlevel.checkpoint()
+
+    def event_handler(self, name: str) -> Callable[[Handler], Handler]:
+        """Register a handler (sync or async) by event name, as a decorator.
+
+        ``on_final_transcript`` gets finals only and ``on_interim_transcript``
+        interims only. A handler that raises is logged; the session goes on.
+        """
+        if name not in HANDLER_EVENTS:
+            raise ValueError(f"unknown event handler {name!r}; one of {', '.join(HANDLER_EVENTS)}")
+
+        def register(handler: Handler) -> Handler:
+            self._handlers[name].append(handler)
+            return handler
+
+        return register
+
+    async def events(self) -> AsyncIterator[Event]:
+        """The engine's events, in order, ending after ``Closed``.
+
+        Events are kept for this iterator from the start of the session, up to
+        ``event_buffer`` of them. While an iterator is open and not consumed,
+        the session stops reading from the server (back-pressure) rather than
+        grow; if no iterator was ever opened by the time the buffer fills, the
+        session stops keeping events for one (handlers still get them).
+        """
+        self._iterating = True
+        async for event in self._events_out:
+            yield event
+
+    async def aclose(self) -> None:
+        """Close gracefully: every final is delivered first. Idempotent."""
+        if not self._close_started:
+            self._close_started = True
+            if self._conn.state not in (State.CLOSED, State.FAILED):
+                self._input(self._conn.close)
+        config = self._conn.config
+        with trio.move_on_after(config.close_timeout + config.connect_timeout + 1.0):
+            await self._commands_done.wait()
+            await self._events_done.wait()
+        if not (self._commands_done.is_set() and self._events_done.is_set()):
+            # Only when the application holds an events() iterator it does not read.
+            self._log.error("session did not finish closing in time; aborting")
+
+    # -- plumbing ---------------------------------------------------------------
+
+    def _raise_if_failed(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def _input(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            result = method(trio.current_time(), *args, **kwargs)
+        except LocalProtocolError:
+            self._raise_if_failed()
+            raise
+        self._pump()
+        return result
+
+    def _pump(self) -> None:
+        """Move the engine's outputs to the tasks that act on them."""
+        commands = self._conn.commands()
+        if commands:
+            for command in commands:
+                if isinstance(command, SendBinary):
+                    self._outgoing_bytes += len(command.data)
+            self._commands.extend(commands)
+            self._wake_executor.set()
+        events = self._conn.events()
+        if events:
+            for event in events:
+                if isinstance(event, ConnectionFailed):
+                    self._last_failure = event
+                elif isinstance(event, Closed):
+                    self._closed_seen = True
+                    self._space.set()
+                    self._wake_executor.set()  # it marks the session finished
+                    if event.error is not None:
+                        self._failure = error_for(event.error, self._last_failure)
+            self._events.extend(events)
+            self._wake_forwarder.set()
+        self._wake_timer.set()
+
+    def _start(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        nursery.start_soon(self._executor)
+        nursery.start_soon(self._timer)
+        nursery.start_soon(self._forwarder)
+        self._input(self._conn.start)
+
+    def _abort(self) -> None:
+        """Stop at once (cancellation or an error in the caller's block)."""
+        if self._link is not None:
+            self._link.abandoned = True
+            self._link.scope.cancel()
+
+    async def _executor(self) -> None:
+        while True:
+            while self._commands:
+                command = self._commands.popleft()
+                if isinstance(command, SendBinary):
+                    self._outgoing_bytes -= len(command.data)
+                    self._space.set()
+                await self._execute(command)
+            if self._closed_seen:
+                self._commands_done.set()
+            self._wake_executor = trio.Event()
+            if not self._commands:
+                await self._wake_executor.wait()
+
+    async def _execute(self, command: Command) -> None:
+        assert self._nursery is not None
+        if isinstance(command, Connect):
+            self._links += 1
+            link = _Link(self._links)
+            self._link = link
+            self._log.info("connecting (attempt %d) to %s", command.attempt, command.url)
+            self._nursery.start_soon(self._run_link, link, command)
+        elif isinstance(command, CloseConnection):
+            closing, self._link = self._link, None
+            if closing is not None:
+                closing.abandoned = True
+                self._nursery.start_soon(self._close_link, closing, command.code, command.reason)
+        else:
+            current = self._link
+            if current is None or current.ws is None or current.abandoned:
+                return  # written for a socket that is gone; the engine will replay
+            await self._write(current, current.ws, command)
+
+    async def _write(
+        self, link: _Link, ws: WebSocketConnection, command: SendBinary | SendText | SendPing
+    ) -> None:
+        try:
+            if isinstance(command, SendBinary):
+                await ws.send_message(command.data)
+            elif isinstance(command, SendText):
+                await ws.send_message(command.text)
+            else:
+                await ws.ping(command.payload or None)
+        except ConnectionClosed as exc:
+            self._link_closed(link, exc)
+        except ValueError:  # pragma: no cover - a ping with the same payload in flight
+            pass
+
+    async def _close_link(self, link: _Link, code: int, reason: str) -> None:
+        if link.ws is not None:
+            with trio.move_on_after(_DISCONNECT_TIMEOUT):
+                await link.ws.aclose(code, reason)
+        link.scope.cancel()
+
+    async def _run_link(self, link: _Link, command: Connect) -> None:
+        with link.scope:
+            try:
+                async with trio.open_nursery() as nursery:
+                    await self._link_body(nursery, link, command)
+                    nursery.cancel_scope.cancel()
+            except BaseExceptionGroup as group:
+                # trio-websocket raises from its reader task too: the first
+                # network failure in the group is what happened.
+                matched, rest = group.split(_NETWORK_ERRORS)
+                if matched is None or rest is not None:
+                    raise
+                self._link_failed(link, _first(matched))
+            except _NETWORK_ERRORS as exc:
+                self._link_failed(link, exc)
+
+    async def _link_body(self, nursery: trio.Nursery, link: _Link, command: Connect) -> None:
+        headers = [
+            (name.encode("latin-1"), value.encode("latin-1")) for name, value in command.headers
+        ]
+        with trio.fail_after(command.timeout):
+            ws = await self._connector(nursery, command.url, headers, self._ssl_context)
+        link.ws = ws
+        if link.abandoned:
+            await ws.aclose()
+            return
+        self._report(link, "connection_opened")
+        try:
+            while True:
+                message = await ws.get_message()
+                self._report(link, "receive_message", message)
+                await self._backpressure()
+        except ConnectionClosed as exc:
+            self._link_closed(link, exc)
+
+    def _link_failed(self, link: _Link, exc: BaseException) -> None:
+        if link.ws is not None and not isinstance(exc, ConnectionRejected):
+            self._report(
+                link, "connection_closed", code=None, reason=f"{type(exc).__name__}: {exc}"
+            )
+        elif isinstance(exc, ConnectionRejected):
+            body = (exc.body or b"").decode("utf-8", "replace").strip()[:200]
+            reason = f"HTTP {exc.status_code}" + (f": {body}" if body else "")
+            self._report(
+                link,
+                "connection_failed",
+                status=exc.status_code,
+                reason=reason,
+                retry_after=_retry_after(exc.headers),
+            )
+        else:
+            self._report(
+                link,
+                "connection_failed",
+                status=None,
+                reason=f"{type(exc).__name__}: {exc}".rstrip(": "),
+            )
+        link.abandoned = True
+
+    def _link_closed(self, link: _Link, exc: ConnectionClosed) -> None:
+        reason = exc.reason
+        code = reason.code if reason is not None else None
+        text = (reason.reason or "") if reason is not None else ""
+        self._report(link, "connection_closed", code=code, reason=text)
+        link.abandoned = True
+
+    def _report(self, link: _Link, name: str, *args: Any, **kwargs: Any) -> None:
+        """Tell the engine what the network did, if it still cares about ``link``."""
+        if link is not self._link or link.abandoned:
+            return
+        getattr(self._conn, name)(trio.current_time(), *args, **kwargs)
+        self._pump()
+
+    async def _backpressure(self) -> None:
+        # Stop reading the server while events pile up unconsumed.
+        while len(self._events) > self._event_buffer:
+            self._wake_forwarder.set()
+            await trio.sleep(0.01)
+
+    async def _timer(self) -> None:
+        while True:
+            self._wake_timer = trio.Event()
+            deadline = self._conn.next_deadline()
+            if deadline is None:
+                await self._wake_timer.wait()
+                continue
+            with trio.move_on_at(deadline) as scope:
+                await self._wake_timer.wait()
+            if scope.cancelled_caught:
+                self._input(self._conn.handle_timer)
+
+    async def _forwarder(self) -> None:
+        while True:
+            while self._events:
+                event = self._events.popleft()
+                self._log_event(event)
+                await self._dispatch(event)
+                await self._feed(event)
+                if isinstance(event, Closed):
+                    self._events_in.close()
+                    self._events_done.set()
+            self._wake_forwarder = trio.Event()
+            if not self._events:
+                await self._wake_forwarder.wait()
+
+    async def _feed(self, event: Event) -> None:
+        if not self._feeding_channel:
+            return
+        if self._iterating:
+            await self._events_in.send(event)
+            return
+        try:
+            self._events_in.send_nowait(event)
+        except trio.WouldBlock:
+            self._feeding_channel = False
+            self._log.warning(
+                "%d events were not read from events(); no longer keeping events for it",
+                self._event_buffer,
+            )
+
+    async def _dispatch(self, event: Event) -> None:
+        for name, kinds in HANDLER_EVENTS.items():
+            handlers = self._handlers.get(name)
+            if not handlers or not isinstance(event, kinds):
+                continue
+            if isinstance(event, Transcript) and (
+                (name == "on_final_transcript" and not event.is_final)
+                or (name == "on_interim_transcript" and event.is_final)
+            ):
+                continue
+            for handler in handlers:
+                try:
+                    result = handler(event)
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:  # a handler's bug must not end the session
+                    self._log.exception("event handler %s raised", name)
+
+    def _log_event(self, event: Event) -> None:
+        log = self._log
+        if isinstance(event, Connected):
+            log.info("connected (connection %d)", event.connection)
+        elif isinstance(event, Disconnected):
+            log.info("disconnected (code %s, %s)", event.code, event.reason)
+        elif isinstance(event, Reconnecting):
+            log.info(
+                "reconnecting in %.2f s (attempt %d): %s", event.delay, event.attempt, event.reason
+            )
+        elif isinstance(event, ConnectionFailed):
+            log.warning(
+                "connection failed%s: %s", " for good" if event.permanent else "", event.reason
+            )
+        elif isinstance(event, ServerError | MalformedMessage):
+            log.warning("server problem: %s", event)
+        elif isinstance(event, AudioDropped):
+            log.warning(
+                "dropped %d bytes of audio (%.2f-%.2f s): %s",
+                event.bytes,
+                event.start,
+                event.end,
+                event.reason,
+            )
+        elif isinstance(event, Closed):
+            log.info("closed%s", f" with error: {event.error}" if event.error else "")
+
+
+_NETWORK_ERRORS = (
+    ConnectionRejected,
+    HandshakeError,
+    OSError,
+    trio.BrokenResourceError,
+    trio.TooSlowError,
+    ConnectionClosed,
+)
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one exception inside nested groups, or the group itself."""
+    exceptions = list(group.exceptions)
+    while len(exceptions) == 1 and isinstance(exceptions[0], BaseExceptionGroup):
+        exceptions = list(exceptions[0].exceptions)
+    return exceptions[0] if len(exceptions) == 1 else group
+
+
+@asynccontextmanager
+async def open_session(
+    api_key: str | None = None,
+    *,
+    settings: Settings | Mapping[str, Any] | None = None,
+    base_url: str | None = None,
+    encoding: str = "linear16",
+    sample_rate: int = 16000,
+    ssl_context: ssl.SSLContext | None = None,
+    connector: Connector | None = None,
+    jitter: Any = None,
+    outgoing_buffer: int = 1 << 20,
+    event_buffer: int = 1024,
+    **options: Any,
+) -> AsyncIterator[Session]:
+    """Open a Pulse transcription session.
+
+    ``api_key=None`` reads ``SMALLEST_API_KEY``. Other ``options`` are
+    ``pulse_core.ConnectionConfig`` fields (``region``, ``path``, timeouts,
+    ``reconnect``, ``replay_seconds``, ...). Everything is validated before
+    any connection. Leaving the block closes gracefully; a permanent failure
+    raises a ``SessionFailedError`` subclass (e.g. ``AuthenticationError``).
+    """
+    key = api_key if api_key is not None else os.environ.get("SMALLEST_API_KEY")
+    if not key:
+        raise ConfigurationError(
+            "api_key", "<unset>", "an API key: pass api_key=... or set SMALLEST_API_KEY"
+        )
+    config = ConnectionConfig(
+        api_key=key,
+        settings=settings if settings is not None else Settings(),
+        base_url=base_url,
+        encoding=encoding,
+        sample_rate=sample_rate,
+        **options,
+    )
+    if outgoing_buffer < 1 or event_buffer < 1:
+        raise ConfigurationError(
+            "outgoing_buffer/event_buffer", (outgoing_buffer, event_buffer), "at least 1"
+        )
+    conn = PulseConnection(config, jitter=jitter if jitter is not None else random.Random())
+    session = Session(
+        conn,
+        connector=connector or default_connector,
+        ssl_context=ssl_context,
+        outgoing_buffer=outgoing_buffer,
+        event_buffer=event_buffer,
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            session._start(nursery)
+            try:
+                yield session
+            except BaseException:
+                session._abort()
+                nursery.cancel_scope.cancel()
+                raise
+            await session.aclose()
+            nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise _unwrap(group) from None
+    finally:
+        session._events_in.close()  # any events() iterator ends, whatever happened
+    if session._failure is not None:
+        raise session._failure

@@ -1,0 +1,328 @@
+"""The emulator's WebSocket server: ``ServerSession`` over trio-websocket."""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+import trio
+import trio.testing
+from trio_websocket import (
+    ConnectionClosed,
+    WebSocketConnection,
+    WebSocketRequest,
+    WebSocketServer,
+    serve_websocket,
+    wrap_client_stream,
+    wrap_server_stream,
+)
+
+from pulse_core import Region
+
+from ._protocol import (
+    Accept,
+    Close,
+    RecognitionEngine,
+    Reject,
+    ServerSession,
+    TokenEngine,
+    check_request,
+    region_refusal,
+)
+
+__all__ = ["Emulator", "Fault", "Faults"]
+
+logger = logging.getLogger("pulse_trio.emulator")
+
+_ERROR_SHAPES: dict[int, Callable[[str, str], dict[str, Any]]] = {
+    1: lambda code, message: {"type": "error", "status": "error", "message": message},
+    2: lambda code, message: {"type": "error", "error_code": code, "message": message},
+    3: lambda code, message: {"status": "error", "error": {"message": message, "code": code}},
+}
+
+
+@attrs.define
+class Fault:
+    """One fault for the next connection that gets to it.
+
+    ``after_bytes`` or ``at_seconds`` (audio received on that connection) say
+    when; ``action`` is one of ``drop`` (no close frame), ``close`` (close with
+    ``code``), ``error`` (send an error in ``shape`` 1, 2 or 3), ``malformed``
+    (send ``text``), ``stall`` (stop answering).
+    """
+
+    action: str
+    after_bytes: int | None = None
+    at_seconds: float | None = None
+    code: int = 1011
+    shape: int = 1
+    error_code: str = "INTERNAL_ERROR"
+    text: str = "{this is not json"
+
+    def due(self, session: ServerSession) -> bool:
+        if self.after_bytes is not None:
+            return session.audio_bytes >= self.after_bytes
+        if self.at_seconds is not None:
+            return session.seconds >= self.at_seconds
+        return True
+
+
+class Faults:
+    """Faults to inject, for tests and demos. Each is used once."""
+
+    def __init__(self) -> None:
+        self._refusals: list[tuple[int, float | None]] = []
+        self._pending: list[Fault] = []
+
+    def refuse(
+        self, count: int = 1, *, status: int = 503, retry_after: float | None = None
+    ) -> None:
+        """Answer the next ``count`` handshakes with ``status``."""
+        self._refusals.extend([(status, retry_after)] * count)
+
+    def drop(self, *, after_bytes: int | None = None, at_seconds: float | None = None) -> None:
+        """Cut the next connection (no close frame) after that much audio."""
+        self._pending.append(Fault("drop", after_bytes=after_bytes, at_seconds=at_seconds))
+
+    def close(
+        self, code: int, *, after_bytes: int | None = None, at_seconds: float | None = None
+    ) -> None:
+        """Close the next connection with ``code`` after that much audio."""
+        self._pending.append(
+            Fault("close", after_bytes=after_bytes, at_seconds=at_seconds, code=code)
+        )
+
+    def error(
+        self,
+        shape: int = 1,
+        *,
+        code: str = "INTERNAL_ERROR",
+        after_bytes: int | None = None,
+        at_seconds: float | None = None,
+    ) -> None:
+        """Send an error message in documented shape 1, 2 or 3."""
+        if shape not in _ERROR_SHAPES:
+            raise ValueError("shape is 1, 2 or 3")
+        self._pending.append(
+            Fault(
+                "error",
+                after_bytes=after_bytes,
+                at_seconds=at_seconds,
+                shape=shape,
+                error_code=code,
+            )
+        )
+
+    def malformed(
+        self,
+        text: str = "{this is not json",
+        *,
+        after_bytes: int | None = None,
+        at_seconds: float | None = None,
+    ) -> None:
+        """Send a text frame that is not a valid message."""
+        self._pending.append(
+            Fault("malformed", after_bytes=after_bytes, at_seconds=at_seconds, text=text)
+        )
+
+    def stall(self, *, after_bytes: int | None = None, at_seconds: float | None = None) -> None:
+        """Stop answering (keep the socket open, send nothing more)."""
+        self._pending.append(Fault("stall", after_bytes=after_bytes, at_seconds=at_seconds))
+
+    def next_refusal(self) -> tuple[int, float | None] | None:
+        return self._refusals.pop(0) if self._refusals else None
+
+    def take_due(self, session: ServerSession) -> list[Fault]:
+        due = [fault for fault in self._pending if fault.due(session)]
+        for fault in due:
+            self._pending.remove(fault)
+        return due
+
+
+class Emulator:
+    """A local Pulse-compatible server.
+
+    ``api_keys=None`` accepts any bearer key. ``region`` makes it behave like
+    that region's host for region-restricted languages. ``max_sessions`` is
+    the account's concurrency limit (more are closed with 1008).
+    """
+
+    def __init__(
+        self,
+        *,
+        engine: RecognitionEngine | None = None,
+        api_keys: frozenset[str] | set[str] | None = None,
+        region: Region | str | None = None,
+        max_sessions: int = 100,
+        send_from_finalize: bool = True,
+    ) -> None:
+        self.engine: RecognitionEngine = engine or TokenEngine()
+        self.api_keys = frozenset(api_keys) if api_keys is not None else None
+        self.region = Region(region) if region is not None else None
+        self.max_sessions = max_sessions
+        self.send_from_finalize = send_from_finalize
+        self.faults = Faults()
+        self.active = 0
+        self.connections = 0
+        self.handshakes = 0
+        self.server: WebSocketServer | None = None
+
+    @property
+    def port(self) -> int:
+        if self.server is None:
+            raise RuntimeError("the emulator is not serving")
+        return int(self.server.port)
+
+    def url(self, host: str = "127.0.0.1", *, secure: bool = False) -> str:
+        """The base URL to give a client."""
+        return f"{'wss' if secure else 'ws'}://{host}:{self.port}"
+
+    async def serve(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        task_status: trio.TaskStatus[Emulator] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until cancelled (use with ``nursery.start``)."""
+        async with trio.open_nursery() as nursery:
+            self.server = await nursery.start(
+                lambda task_status: serve_websocket(
+                    self.handle, host, port, ssl_context, task_status=task_status
+                )
+            )
+            task_status.started(self)
+
+    def memory_connector(self) -> Callable[..., Any]:
+        """A ``connector`` for ``open_session`` that reaches this emulator over
+        in-memory streams: no sockets, and trio's virtual clock works."""
+
+        async def connect(
+            nursery: trio.Nursery,
+            url: str,
+            headers: list[tuple[bytes, bytes]],
+            ssl_context: ssl.SSLContext | None,
+        ) -> WebSocketConnection:
+            client, server = trio.testing.memory_stream_pair()
+            nursery.start_soon(self.serve_stream, server)
+            parts = urlsplit(url)
+            resource = parts.path + (f"?{parts.query}" if parts.query else "")
+            # trio-websocket annotates socket streams but works over any trio Stream.
+            return await wrap_client_stream(
+                nursery,
+                client,  # type: ignore[arg-type]
+                parts.hostname or "localhost",
+                resource,
+                extra_headers=headers,
+            )
+
+        return connect
+
+    async def serve_stream(self, stream: trio.abc.Stream) -> None:
+        """Serve one connection over an already-open stream (e.g. a memory stream)."""
+        async with trio.open_nursery() as nursery:
+            request = await wrap_server_stream(nursery, stream)
+            await self.handle(request)
+            nursery.cancel_scope.cancel()
+
+    async def handle(self, request: WebSocketRequest) -> None:
+        self.handshakes += 1
+        refusal = self.faults.next_refusal()
+        if refusal is not None:
+            status, retry_after = refusal
+            headers = (
+                [(b"Retry-After", str(retry_after).encode())] if retry_after is not None else []
+            )
+            await request.reject(status, extra_headers=headers, body=b"refused by fault injection")
+            return
+        request_headers = [
+            (name.decode("latin-1"), value.decode("latin-1")) for name, value in request.headers
+        ]
+        decision = check_request(request.path, request_headers, api_keys=self.api_keys)
+        if isinstance(decision, Reject):
+            logger.info(
+                "rejected %s: %d %s", request.path.split("?")[0], decision.status, decision.reason
+            )
+            await request.reject(decision.status, body=decision.reason.encode())
+            return
+        assert isinstance(decision, Accept)
+        ws = await request.accept()
+        self.connections += 1
+        session = ServerSession(
+            decision.params,
+            self.engine.stream(decision.params.encoding, decision.params.sample_rate),
+            session_id=f"emulator-{self.connections}",
+            send_from_finalize=self.send_from_finalize,
+        )
+        refused = region_refusal(decision.params.language, self.region)
+        if refused is not None:
+            await self._send(ws, refused)
+            return
+        if self.active >= self.max_sessions:
+            await self._send(
+                ws,
+                [
+                    {"type": "error", "status": "error", "message": "concurrency limit reached"},
+                    Close(1008, "concurrency limit reached"),
+                ],
+            )
+            return
+        self.active += 1
+        try:
+            await self._run(ws, session)
+        finally:
+            self.active -= 1
+
+    async def _run(self, ws: WebSocketConnection, session: ServerSession) -> None:
+        stalled = False
+        while True:
+            try:
+                message = await ws.get_message()
+            except ConnectionClosed:
+                return
+            if stalled:
+                continue
+            outputs = (
+                session.audio(message) if isinstance(message, bytes) else session.control(message)
+            )
+            for fault in self.faults.take_due(session):
+                if fault.action == "drop":
+                    await _abort(ws)
+                    return
+                if fault.action == "close":
+                    await ws.aclose(fault.code, "fault injection")
+                    return
+                if fault.action == "stall":
+                    stalled = True
+                    outputs = []
+                elif fault.action == "error":
+                    outputs.insert(
+                        0, _ERROR_SHAPES[fault.shape](fault.error_code, "injected error")
+                    )
+                elif fault.action == "malformed":
+                    await ws.send_message(fault.text)
+            if not await self._send(ws, outputs):
+                return
+
+    async def _send(self, ws: WebSocketConnection, outputs: list[dict[str, Any] | Close]) -> bool:
+        try:
+            for item in outputs:
+                if isinstance(item, Close):
+                    await ws.aclose(item.code, item.reason)
+                    return False
+                await ws.send_message(json.dumps(item))
+        except ConnectionClosed:
+            return False
+        return True
+
+
+async def _abort(ws: WebSocketConnection) -> None:
+    """Cut the TCP connection without a close frame, like a network failure."""
+    stream: trio.abc.Stream = ws._stream  # deliberate: there is no public way
+    await stream.aclose()

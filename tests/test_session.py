@@ -1,0 +1,399 @@
+"""open_session() end to end against the emulator, on trio's virtual clock.
+
+The emulator is reached over in-memory streams (``Emulator.memory_connector``),
+so time is virtual and every test is deterministic; tests/test_sockets.py does
+the same over real loopback sockets.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from pulse_core import (
+    ConfigurationError,
+    Connected,
+    Disconnected,
+    Event,
+    LocalProtocolError,
+    MalformedMessage,
+    Reconnecting,
+    ServerError,
+    SettingsApplied,
+    Transcript,
+)
+from pulse_trio import (
+    AuthenticationError,
+    ConnectionGaveUpError,
+    RegionError,
+    Session,
+    open_session,
+)
+from pulse_trio.emulator import Emulator
+from pulse_trio.token_audio import encode
+
+KEY = "sk_session_test_key_0123456789"
+URL = "ws://127.0.0.1:8765"  # reached in memory, never dialled
+
+
+@pytest.fixture
+def autojump_clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+@asynccontextmanager
+async def session_with(
+    emulator: Emulator, **options: Any
+) -> AsyncIterator[tuple[Session, list[Event]]]:
+    events: list[Event] = []
+    async with open_session(
+        KEY, base_url=URL, connector=emulator.memory_connector(), **options
+    ) as session:
+        session.event_handler("on_event")(events.append)
+        yield session, events
+
+
+async def speak(session: Session, words: str, *, chunk: int = 640, pace: float = 0.02) -> None:
+    """Send token audio for ``words`` in real-time-sized chunks."""
+    audio = encode(words.split(), trail=0.15)
+    for offset in range(0, len(audio), chunk):
+        await session.send_audio(audio[offset : offset + chunk])
+        await trio.sleep(pace)
+
+
+def finals(events: list[Event]) -> list[str]:
+    return [e.text for e in events if isinstance(e, Transcript) and e.is_final and e.text]
+
+
+def kinds(events: list[Event], *types: type) -> list[str]:
+    return [type(e).__name__ for e in events if isinstance(e, types or (object,))]
+
+
+# -- the numbered behaviours, end to end ----------------------------------------
+
+
+async def test_audio_before_the_socket_opens_is_not_lost(autojump_clock: Any) -> None:
+    emulator = Emulator()
+    emulator.faults.refuse(2, status=503)  # the first words are spoken while it retries
+    async with session_with(emulator) as (session, events):
+        await speak(session, "hello this is the first turn")
+        await session.speech_stopped()
+    assert finals(events) == ["hello this is the first turn"]
+    assert emulator.handshakes == 3
+    assert kinds(events, Connected, Reconnecting) == ["Reconnecting", "Reconnecting", "Connected"]
+
+
+async def test_finalize_gives_one_finalized_transcript_per_turn(autojump_clock: Any) -> None:
+    emulator = Emulator()
+    async with session_with(emulator) as (session, events):
+        for turn in ("first turn", "second turn here"):
+            await speak(session, turn)
+            await session.speech_stopped()
+            await trio.sleep(0.5)
+    answers = [e for e in events if isinstance(e, Transcript) and e.finalized]
+    assert [(e.turn, e.text) for e in answers] == [(1, "first turn"), (2, "second turn here")]
+    assert all(e.latency is not None and e.latency < 0.5 for e in answers)
+    summary = session.engine.summary()
+    assert summary.latency.count == 2 and summary.finalized_turns == 2
+
+
+async def test_keepalive_after_idle(autojump_clock: Any) -> None:
+    emulator = Emulator()
+    async with session_with(emulator) as (session, _):
+        await speak(session, "hi")
+        await trio.sleep(12)  # idle: two keepalive intervals
+        assert session.engine.summary().keepalives == 2
+        await speak(session, "still here")
+        await session.speech_stopped()
+
+
+async def test_reconnect_replays_audio_and_words_come_exactly_once(autojump_clock: Any) -> None:
+    emulator = Emulator()
+    emulator.faults.drop(at_seconds=1.2)
+    words = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima"
+    async with session_with(emulator) as (session, events):
+        await speak(session, words)
+        await session.speech_stopped()
+    assert " ".join(finals(events)).split() == words.split()
+    assert kinds(events, Connected, Disconnected) == [
+        "Connected",
+        "Disconnected",
+        "Connected",
+        "Disconnected",
+    ]
+    transcripts = [e for e in events if isinstance(e, Transcript) and e.words]
+    starts = [w.start for e in transcripts if e.is_final for w in e.words]
+    assert starts == sorted(starts)  # session time runs on across the reconnect
+
+
+async def test_settings_change_mid_turn_loses_nothing(autojump_clock: Any) -> None:
+    emulator = Emulator()
+    async with session_with(emulator) as (session, events):
+        await speak(session, "before the change")
+        await session.update_settings(language="hi", diarize=True)
+        await speak(session, "after the change")
+        await session.speech_stopped()
+    assert " ".join(finals(events)) == "before the change after the change"
+    applied = [e for e in events if isinstance(e, SettingsApplied)]
+    assert applied and applied[0].changed == ("language", "diarize")
+    assert session.settings.language == "hi"
+
+
+async def test_graceful_close_delivers_the_last_final(autojump_clock: Any) -> None:
+    emulator = Emulator()
+    async with session_with(emulator) as (session, events):
+        await speak(session, "words nobody finalized")
+    last = [e for e in events if isinstance(e, Transcript) and e.is_last]
+    assert [e.text for e in last] == ["words nobody finalized"]
+    assert kinds(events)[-2:] == ["Disconnected", "Closed"]
+
+
+async def test_permanent_401_is_raised_and_not_retried(autojump_clock: Any) -> None:
+    emulator = Emulator(api_keys={"sk_other"})
+    with pytest.raises(AuthenticationError, match="401"):
+        async with session_with(emulator) as (session, _):
+            await speak(session, "nobody hears this")
+            await trio.sleep(30)
+    assert emulator.handshakes == 1
+
+
+async def test_region_error_is_raised_as_region_error(autojump_clock: Any) -> None:
+    emulator = Emulator(region="us")
+    with pytest.raises(RegionError, match="LANGUAGE_NOT_ENABLED_IN_REGION"):
+        async with session_with(emulator, settings={"language": "ta"}) as (session, _):
+            await speak(session, "vanakkam")
+            await trio.sleep(5)
+    assert emulator.handshakes == 1
+
+
+@pytest.mark.parametrize("shape", [1, 2, 3])
+async def test_server_errors_are_surfaced(autojump_clock: Any, shape: int) -> None:
+    emulator = Emulator()
+    emulator.faults.error(shape, code="E42", at_seconds=0.2)
+    async with session_with(emulator) as (session, events):
+        await speak(session, "some words")
+        await session.speech_stopped()
+    errors = [e for e in events if isinstance(e, ServerError)]
+    assert len(errors) == 1 and errors[0].message == "injected error"
+    assert errors[0].code == (None if shape == 1 else "E42")
+    assert finals(events) == ["some words"]
+
+
+async def test_malformed_frames_are_surfaced_and_skipped(autojump_clock: Any) -> None:
+    emulator = Emulator()
+    emulator.faults.malformed(at_seconds=0.1)
+    async with session_with(emulator) as (session, events):
+        await speak(session, "still transcribed")
+        await session.speech_stopped()
+    assert kinds(events, MalformedMessage) == ["MalformedMessage"]
+    assert finals(events) == ["still transcribed"]
+
+
+async def test_429_retry_after_is_honoured(autojump_clock: Any) -> None:
+    emulator = Emulator()
+    emulator.faults.refuse(1, status=429, retry_after=3)
+    async with session_with(emulator) as (session, events):
+        start = trio.current_time()
+        await speak(session, "patience")
+        await session.speech_stopped()
+        connected = [e for e in events if isinstance(e, Connected)]
+        while not connected:
+            await trio.sleep(0.1)
+            connected = [e for e in events if isinstance(e, Connected)]
+        assert trio.current_time() - start >= 3.0
+    (waiting,) = [e for e in events if isinstance(e, Reconnecting)]
+    assert waiting.delay == 3.0
+    assert finals(events) == ["patience"]
+
+
+async def test_concurrency_limit_backs_off_and_recovers(autojump_clock: Any) -> None:
+    emulator = Emulator(max_sessions=0)
+    async with session_with(emulator) as (session, events):
+        await trio.sleep(0.1)
+        emulator.max_sessions = 5
+        await speak(session, "finally in")
+        await session.speech_stopped()
+    delays = [e.delay for e in events if isinstance(e, Reconnecting)]
+    assert delays and delays[0] >= 2.0
+    assert finals(events) == ["finally in"]
+
+
+async def test_a_stalled_server_is_replaced(autojump_clock: Any) -> None:
+    emulator = Emulator()
+    emulator.faults.stall(at_seconds=0.3)
+    async with session_with(emulator, finalize_timeout=2.0) as (session, events):
+        await speak(session, "stuck words come back")
+        await session.speech_stopped()
+        await trio.sleep(3)
+    assert "stuck words come back" in " ".join(finals(events))
+    assert kinds(events, Connected) == ["Connected", "Connected"]
+
+
+async def test_giving_up_raises_connection_gave_up(autojump_clock: Any) -> None:
+    emulator = Emulator()
+    emulator.faults.refuse(10, status=503)
+    with pytest.raises(ConnectionGaveUpError):
+        async with session_with(emulator, reconnect={"max_attempts": 3}) as (session, _):
+            await trio.sleep(60)
+            await session.send_audio(b"\x00\x00")
+    assert emulator.handshakes == 3  # max_attempts consecutive failures, then no more
+
+
+# -- the session API --------------------------------------------------------------
+
+
+async def test_missing_key_is_a_clear_error_before_connecting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("SMALLEST_API_KEY", raising=False)
+    with pytest.raises(ConfigurationError, match="SMALLEST_API_KEY"):
+        async with open_session(base_url=URL):
+            pass  # pragma: no cover
+
+
+async def test_key_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: Any
+) -> None:
+    monkeypatch.setenv("SMALLEST_API_KEY", "sk_from_env")
+    emulator = Emulator(api_keys={"sk_from_env"})
+    async with open_session(base_url=URL, connector=emulator.memory_connector()) as session:
+        await speak(session, "env key")
+    assert emulator.connections == 1
+
+
+async def test_invalid_settings_fail_before_connecting() -> None:
+    emulator = Emulator()
+    with pytest.raises(ConfigurationError, match="eou_timeout_ms"):
+        async with session_with(emulator, settings={"eou_timeout_ms": 1}):
+            pass  # pragma: no cover
+    assert emulator.handshakes == 0
+
+
+async def test_invalid_update_raises_and_sends_nothing(autojump_clock: Any) -> None:
+    emulator = Emulator()
+    async with session_with(emulator) as (session, events):
+        await speak(session, "ok")
+        with pytest.raises(ConfigurationError):
+            await session.update_settings(max_words=0)
+        with pytest.raises(ConfigurationError):
+            await session.update_settings(no_such_field=True)
+    assert not [e for e in events if isinstance(e, SettingsApplied)]
+    assert emulator.connections == 1
+
+
+async def test_send_audio_rejects_non_bytes_and_use_after_close(autojump_clock: Any) -> None:
+    emulator = Emulator()
+    async with session_with(emulator) as (session, _):
+        with pytest.raises(TypeError):
+            await session.send_audio("not audio")  # type: ignore[arg-type]
+    with pytest.raises(LocalProtocolError, match="after close"):
+        await session.send_audio(b"\x00\x00")
+
+
+async def test_events_iterator_ends_after_closed(autojump_clock: Any) -> None:
+    emulator = Emulator()
+    seen: list[str] = []
+    async with (
+        trio.open_nursery() as nursery,
+        open_session(KEY, base_url=URL, connector=emulator.memory_connector()) as session,
+    ):
+
+        async def read() -> None:
+            seen.extend([type(event).__name__ async for event in session.events()])
+
+        nursery.start_soon(read)
+        await speak(session, "iterate me")
+    assert seen[0] == "Connected" and seen[-1] == "Closed"
+    assert "Transcript" in seen
+
+
+async def test_handlers_sync_async_and_failing(autojump_clock: Any, caplog: Any) -> None:
+    emulator = Emulator()
+    seen: list[str] = []
+    async with session_with(emulator) as (session, _):
+
+        @session.event_handler("on_final_transcript")
+        async def on_final(event: Transcript) -> None:
+            await trio.sleep(0)
+            seen.append("final:" + event.text)
+
+        @session.event_handler("on_interim_transcript")
+        def on_interim(event: Transcript) -> None:
+            assert not event.is_final
+            seen.append("interim")
+
+        @session.event_handler("on_connected")
+        def broken(event: Connected) -> None:
+            raise RuntimeError("handler bug")
+
+        with pytest.raises(ValueError, match="unknown event handler"):
+            session.event_handler("on_nothing")
+        await speak(session, "handled")
+        await session.speech_stopped()
+    assert "final:handled" in seen and "interim" in seen
+    assert any("handler bug" in r.exc_text for r in caplog.records if r.exc_text)
+
+
+async def test_aclose_is_idempotent_and_exit_after_it_is_fine(autojump_clock: Any) -> None:
+    emulator = Emulator()
+    async with session_with(emulator) as (session, events):
+        await speak(session, "closing twice")
+        await session.aclose()
+        await session.aclose()
+    assert kinds(events).count("Closed") == 1
+
+
+async def test_cancellation_leaves_promptly(autojump_clock: Any) -> None:
+    emulator = Emulator()
+    emulator.faults.stall(at_seconds=0.0)
+    with trio.move_on_after(2) as scope:
+        async with session_with(emulator) as (session, _):
+            await speak(session, "never answered")
+            await trio.sleep(1000)
+    assert scope.cancelled_caught
+    assert trio.current_time() < 10
+
+
+async def test_an_error_in_the_block_is_raised_as_itself(autojump_clock: Any) -> None:
+    emulator = Emulator()
+    with pytest.raises(KeyError, match="mine"):
+        async with session_with(emulator) as (session, _):
+            await speak(session, "then a bug")
+            raise KeyError("mine")
+
+
+async def test_the_key_is_never_logged(autojump_clock: Any, caplog: Any) -> None:
+    caplog.set_level(logging.DEBUG, logger="pulse_trio")
+    emulator = Emulator()
+    emulator.faults.drop(at_seconds=0.2)
+    async with session_with(emulator) as (session, _):
+        await speak(session, "log everything")
+    records = [r for r in caplog.records if r.name.startswith("pulse_trio")]
+    assert records
+    for record in records:
+        assert KEY not in record.getMessage()
+        assert getattr(record, "session_id", None) == session.id
+
+
+async def test_send_audio_waits_when_the_outgoing_buffer_is_full(autojump_clock: Any) -> None:
+    emulator = Emulator()
+    waits: list[float] = []
+    async with session_with(emulator, outgoing_buffer=4096, max_chunk_delay=0) as (session, _):
+        await trio.sleep(0.1)
+        chunk = encode(["x"], trail=1.0)[:3200]
+        for _ in range(50):
+            before = trio.current_time()
+            await session.send_audio(chunk)
+            waits.append(trio.current_time() - before)
+            assert session._outgoing_bytes <= 4096 + len(chunk)
+        await session.speech_stopped()
+
+
+def _unused(_: Callable[..., Any]) -> None:  # keeps the import list honest for mypy
+    pass
