@@ -51,6 +51,11 @@ _BOOLEANS = (
 )
 _EXTERNAL_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _SPEECH_ENDED_AFTER = 0.2
+#: Models with a streaming worker. pulse-2 is offered by some clients; it is
+#: English-only (the socket is closed for other languages).
+_STREAMING_MODELS = ("pulse", "pulse-2")
+# Accepted spellings of redaction: a boolean, or a list of entity kinds (on).
+_ENTITY_LIST = re.compile(r"[a-z_]+(,[a-z_]+)*")
 
 
 class RecognitionStream(Protocol):
@@ -100,6 +105,8 @@ class ServerParams:
     max_words: int | None = None
     vad_events: bool = False
     keywords: tuple[str, ...] = ()
+    #: pulse-2 with a language other than English: accepted, then closed.
+    english_only_refusal: bool = False
     raw: Mapping[str, str] = attrs.field(factory=dict, eq=False)
 
 
@@ -127,6 +134,17 @@ def _bool(name: str, value: str) -> bool:
     if value not in ("true", "false"):
         raise ValueError(f"{name} must be true or false")
     return value == "true"
+
+
+_NUMERALS = ("auto", "true", "false", "always", "none", "words", "digits")
+
+
+def _redaction(name: str, value: str) -> bool:
+    if value in ("true", "false"):
+        return value == "true"
+    if _ENTITY_LIST.fullmatch(value):
+        return True  # a list of entity kinds to redact
+    raise ValueError(f"{name} must be true, false or a list of entity kinds")
 
 
 def _int(name: str, value: str, low: int, high: int | None = None) -> int:
@@ -169,13 +187,14 @@ def _params(path: str, query: dict[str, str]) -> ServerParams:
         model = query.get("model")
         if model is None:
             raise ValueError("model is required")
-        if model != "pulse":
+        if model not in _STREAMING_MODELS:
             if model == "pulse-pro":
                 raise ValueError(
                     "Pulse Pro has no streaming transport. Use POST /waves/v1/stt/?model=pulse-pro instead."
                 )
             raise ValueError(f"unknown model {model!r}")
     language = query.get("language", "en" if path == LIVE_PATH else "multi-eu")
+    model_only_english = query.get("model") == "pulse-2" and language != "en"
     try:
         Language.coerce(language)
     except ValueError:
@@ -187,7 +206,13 @@ def _params(path: str, query: dict[str, str]) -> ServerParams:
     rate = _int("sample_rate", query.get("sample_rate", "16000"), 1)
     if rate not in SAMPLE_RATES:
         raise ValueError(f"unsupported sample_rate {rate}")
-    flags = {name: _bool(name, query[name]) for name in _BOOLEANS if name in query}
+    flags = {
+        name: _redaction(name, query[name])
+        if name.startswith("redact_")
+        else _bool(name, query[name])
+        for name in _BOOLEANS
+        if name in query
+    }
     if "vad_events" not in flags and "vad" in flags:
         flags["vad_events"] = flags["vad"]
     flags.pop("vad", None)
@@ -199,8 +224,8 @@ def _params(path: str, query: dict[str, str]) -> ServerParams:
         else 800
     )
     max_words = _int("max_words", query["max_words"], 1) if "max_words" in query else None
-    if "numerals" in query and query["numerals"] not in ("auto", "true", "false", "always", "none"):
-        raise ValueError("numerals must be auto, true or false")
+    if "numerals" in query and query["numerals"] not in _NUMERALS:
+        raise ValueError("numerals must be one of " + ", ".join(_NUMERALS))
     keywords: tuple[str, ...] = ()
     if "keywords" in query:
         keywords = tuple(
@@ -211,6 +236,7 @@ def _params(path: str, query: dict[str, str]) -> ServerParams:
         raise ValueError("external_session_id must be 1-128 characters of A-Z a-z 0-9 _ . -")
     return ServerParams(
         path=path,
+        english_only_refusal=model_only_english,
         language=language,
         encoding=encoding,
         sample_rate=rate,

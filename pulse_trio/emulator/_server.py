@@ -261,6 +261,8 @@ class Emulator:
             send_from_finalize=self.send_from_finalize,
         )
         refused = region_refusal(decision.params.language, self.region)
+        if decision.params.english_only_refusal:
+            refused = [Close(1011, "this model serves English only")]
         if refused is not None:
             await self._send(ws, refused)
             return
