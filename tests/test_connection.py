@@ -606,3 +606,52 @@ def test_closed_summary_counts_everything() -> None:
     assert summary.audio_seconds_received == 1.0 and summary.audio_seconds_sent == 1.0
     assert len(h.of(Connected)) == len(h.of(Disconnected)) == 2
     assert h.of(Transcript)[-1].is_last
+
+
+def test_close_before_start_reports_the_audio_it_discards() -> None:
+    h = Harness(max_chunk_delay=0)
+    h.send(SECOND)
+    h.conn.finalize(0.0)
+    h.conn.close(0.5)
+    _, events = h.collect()
+    assert kinds(events) == ["FinalizeTimedOut", "AudioDropped", "Closed"]
+    assert events[1] == AudioDropped(bytes=32000, start=0.0, end=1.0, reason=DropReason.NOT_STARTED)
+    assert h.commands == []
+
+
+def test_repeated_short_connections_give_up_after_max_attempts() -> None:
+    h = Harness(reconnect=ReconnectPolicy(max_attempts=3, stable_after=5.0))
+    for _ in range(3):
+        h.open()
+        h.conn.connection_closed(h.now + 0.1, code=1011, reason="boom")
+        h.collect()
+        if h.conn.state is State.BACKOFF:
+            h.tick(h.now + 20)
+    assert h.conn.state is State.FAILED
+    failure = h.of(ConnectionFailed)[-1]
+    assert failure.permanent and "gave up after 3 attempts" in failure.reason
+    assert len(h.of(Connected)) == len(h.of(Disconnected)) == 3
+
+
+def test_a_stable_connection_resets_the_attempt_count() -> None:
+    h = Harness(reconnect=ReconnectPolicy(max_attempts=2, stable_after=5.0))
+    for _ in range(5):
+        h.open()
+        h.conn.connection_closed(h.now + 6.0, code=1011)  # each lived long enough
+        h.collect()
+        h.tick(h.now + 6.5)
+    assert h.conn.state is State.CONNECTING
+    assert not [f for f in h.of(ConnectionFailed) if f.permanent]
+
+
+def test_keepalive_marks_are_bounded() -> None:
+    h = Harness()
+    h.open()
+    for step in range(1, 4200):
+        h.tick(step * 5.0)
+    assert h.conn.summary().keepalives == 4199
+    assert len(h.conn._mark_starts) <= 4096
+    # Times after the newest keepalive still map exactly.
+    h.at(21000.0).send(SECOND)
+    (transcript,) = h.message(final("late", words=[word("late", 4199 * 0.1 + 0.5, 4199 * 0.1 + 0.6)]))
+    assert transcript.words[0].start == pytest.approx(0.5)
