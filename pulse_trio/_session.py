@@ -28,6 +28,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeAlias
+from urllib.parse import urlsplit
 
 import trio
 from trio_websocket import (
@@ -35,7 +36,7 @@ from trio_websocket import (
     ConnectionRejected,
     HandshakeError,
     WebSocketConnection,
-    connect_websocket_url,
+    wrap_client_stream,
 )
 
 from pulse_core import (
@@ -118,10 +119,35 @@ async def default_connector(
     headers: list[tuple[bytes, bytes]],
     ssl_context: ssl.SSLContext | None,
 ) -> WebSocketConnection:
-    """Dial with trio-websocket; wss uses the system's certificate verification."""
-    return await connect_websocket_url(
-        nursery, url, ssl_context, extra_headers=headers, message_queue_size=16
-    )
+    """Dial TCP (and TLS for wss, with the system's certificate verification
+    unless ``ssl_context`` says otherwise), then run the WebSocket handshake.
+
+    The connector owns the stream so that it is closed whatever happens:
+    trio-websocket leaves it open when the handshake is refused.
+    """
+    parts = urlsplit(url)
+    secure = parts.scheme == "wss"
+    host = parts.hostname or ""
+    port = parts.port or (443 if secure else 80)
+    resource = parts.path + (f"?{parts.query}" if parts.query else "")
+    stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+    try:
+        if secure:
+            context = ssl_context or ssl.create_default_context()
+            stream = trio.SSLStream(stream, context, server_hostname=host, https_compatible=True)
+            await stream.do_handshake()
+        authority = host if parts.port is None else f"{host}:{parts.port}"
+        return await wrap_client_stream(
+            nursery,
+            stream,  # type: ignore[arg-type]
+            authority,
+            resource,
+            extra_headers=headers,
+            message_queue_size=16,
+        )
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
 
 
 class _Link:
@@ -382,7 +408,10 @@ class Session:
         with link.scope:
             try:
                 async with trio.open_nursery() as nursery:
-                    await self._link_body(nursery, link, command)
+                    try:
+                        await self._link_body(nursery, link, command)
+                    finally:
+                        await _close_transport(link.ws)
                     nursery.cancel_scope.cancel()
             except BaseExceptionGroup as group:
                 # trio-websocket raises from its reader task too: the first
@@ -542,6 +571,14 @@ class Session:
             )
         elif isinstance(event, Closed):
             log.info("closed%s", f" with error: {event.error}" if event.error else "")
+
+
+async def _close_transport(ws: WebSocketConnection | None) -> None:
+    """Close the stream under ``ws``: trio-websocket leaves it open when the
+    server closed first, which would leak the socket."""
+    stream = getattr(ws, "_stream", None)
+    if stream is not None:
+        await trio.aclose_forcefully(stream)
 
 
 _NETWORK_ERRORS = (

@@ -193,7 +193,9 @@ def _params(path: str, query: dict[str, str]) -> ServerParams:
                     "Pulse Pro has no streaming transport. Use POST /waves/v1/stt/?model=pulse-pro instead."
                 )
             raise ValueError(f"unknown model {model!r}")
-    language = query.get("language", "en" if path == LIVE_PATH else "multi-eu")
+    if path == LIVE_PATH and "language" not in query:
+        raise ValueError("language is required")
+    language = query.get("language", "multi-eu")  # the older path defaults to multi-eu
     model_only_english = query.get("model") == "pulse-2" and language != "en"
     try:
         Language.coerce(language)
@@ -328,10 +330,11 @@ class ServerSession:
             out = []
             for word in self._stream.end_word():
                 self._add_word(word, out)
+            if self._speaking and self.params.vad_events:
+                out.append(self._vad("speech_ended", self._last_word_end or self.seconds))
+            self._speaking = False
+            # The final with is_last is the last message; the close follows it.
             out.append(self._final(from_finalize=False, is_last=True))
-            if self._speaking:
-                out.append(self._vad("speech_ended", self.seconds))
-                self._speaking = False
             out.append(Close(1000, "stream closed"))
             self.closed = True
             return out
@@ -359,12 +362,18 @@ class ServerSession:
         if self._last_word_end is None:
             return
         quiet = self.seconds - self._last_word_end
-        if self._speaking and self.params.vad_events and quiet >= _SPEECH_ENDED_AFTER:
+        # Half a sample of slack: times are sample counts in float seconds.
+        slack = 0.5 / self.params.sample_rate
+        if self._speaking and self.params.vad_events and quiet + slack >= _SPEECH_ENDED_AFTER:
             out.append(self._vad("speech_ended", self._last_word_end))
             self._speaking = False
-        elif self._speaking and quiet >= _SPEECH_ENDED_AFTER:
+        elif self._speaking and quiet + slack >= _SPEECH_ENDED_AFTER:
             self._speaking = False
-        if self.params.endpointing and self._segment and quiet >= self.params.eou_timeout_ms / 1000:
+        if (
+            self.params.endpointing
+            and self._segment
+            and quiet + slack >= self.params.eou_timeout_ms / 1000
+        ):
             out.append(self._final(from_finalize=False))
 
     def _vad(self, kind: str, timestamp: float) -> dict[str, Any]:
