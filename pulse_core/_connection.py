@@ -497,16 +497,23 @@ class PulseConnection:
         status: int | None = None,
         reason: str = "",
         retry_after: float | None = None,
+        permanent: bool = False,
     ) -> None:
         """The last ``Connect`` failed: an HTTP status instead of 101, or no
-        answer at all (``status=None``: DNS, TCP, TLS or timeout)."""
+        answer at all (``status=None``: DNS, TCP, TLS or timeout).
+
+        ``permanent=True`` says the transport knows retrying cannot help (for
+        example, the server's certificate failed verification).
+        """
         self._input(now)
         if self._state is not State.CONNECTING:
             if self._state in SOCKET_STATES:
                 raise LocalProtocolError("connection_failed() for a connection that is open")
             return  # about an attempt the engine already abandoned
         self._connect_deadline = None
-        self._connect_failed(now, status=status, reason=reason, retry_after=retry_after)
+        self._connect_failed(
+            now, status=status, reason=reason, retry_after=retry_after, refused=permanent
+        )
 
     def connection_closed(self, now: float, *, code: int | None = None, reason: str = "") -> None:
         """The WebSocket closed without the engine asking (``code=None``: no
@@ -953,12 +960,20 @@ class PulseConnection:
         self._schedule_retry(now, delay, summary)
 
     def _connect_failed(
-        self, now: float, *, status: int | None, reason: str, retry_after: float | None
+        self,
+        now: float,
+        *,
+        status: int | None,
+        reason: str,
+        retry_after: float | None,
+        refused: bool = False,
     ) -> None:
         policy = self._config.reconnect
         self._attempt += 1
         reason = reason or (f"HTTP {status}" if status else "connection failed")
-        permanent = status is not None and 400 <= status < 500 and status not in (408, 429)
+        permanent = refused or (
+            status is not None and 400 <= status < 500 and status not in (408, 429)
+        )
         if status == 429 and retry_after is not None and retry_after > policy.max_retry_after:
             permanent = True
             reason = f"{reason} (asked to retry after {retry_after:g} s)"

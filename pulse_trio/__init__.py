@@ -14,6 +14,7 @@ and the ``pulse`` command line.
 
 from ._errors import (
     AuthenticationError,
+    CertificateError,
     ConnectionGaveUpError,
     InvalidRequestError,
     PermissionDeniedError,
@@ -26,6 +27,7 @@ from ._session import HANDLER_EVENTS, Connector, Session, default_connector, ope
 __all__ = [
     "HANDLER_EVENTS",
     "AuthenticationError",
+    "CertificateError",
     "ConnectionGaveUpError",
     "Connector",
     "InvalidRequestError",

@@ -10,6 +10,7 @@ from pulse_core import ConnectionFailed, PulseError
 
 __all__ = [
     "AuthenticationError",
+    "CertificateError",
     "ConnectionGaveUpError",
     "InvalidRequestError",
     "PermissionDeniedError",
@@ -47,6 +48,10 @@ class RegionError(SessionFailedError):
     """The language is not served by this region's host."""
 
 
+class CertificateError(SessionFailedError):
+    """The server's TLS certificate failed verification (wrong host, unknown CA)."""
+
+
 class RateLimitError(SessionFailedError):
     """HTTP 429 with a Retry-After longer than the policy allows."""
 
@@ -68,6 +73,8 @@ def error_for(reason: str, failure: ConnectionFailed | None) -> SessionFailedErr
         )
     if status == 429:
         return RateLimitError(f"rate limited (HTTP 429): {reason}", failure)
+    if "certificate failed verification" in reason:
+        return CertificateError(reason, failure)
     if "LANGUAGE_NOT_ENABLED_IN_REGION" in reason:
         return RegionError(reason, failure)
     if reason.startswith("gave up"):

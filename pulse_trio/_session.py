@@ -19,6 +19,8 @@ bytes; ``send_audio`` waits when full), events for ``events()``
 from __future__ import annotations
 
 import collections
+import contextlib
+import functools
 import inspect
 import logging
 import os
@@ -118,6 +120,8 @@ async def default_connector(
     url: str,
     headers: list[tuple[bytes, bytes]],
     ssl_context: ssl.SSLContext | None,
+    *,
+    max_message_size: int = 1 << 20,
 ) -> WebSocketConnection:
     """Dial TCP (and TLS for wss, with the system's certificate verification
     unless ``ssl_context`` says otherwise), then run the WebSocket handshake.
@@ -136,7 +140,8 @@ async def default_connector(
             context = ssl_context or ssl.create_default_context()
             stream = trio.SSLStream(stream, context, server_hostname=host, https_compatible=True)
             await stream.do_handshake()
-        authority = host if parts.port is None else f"{host}:{parts.port}"
+        name = f"[{host}]" if ":" in host else host  # an IPv6 literal
+        authority = name if parts.port is None else f"{name}:{parts.port}"
         return await wrap_client_stream(
             nursery,
             stream,  # type: ignore[arg-type]
@@ -144,6 +149,7 @@ async def default_connector(
             resource,
             extra_headers=headers,
             message_queue_size=16,
+            max_message_size=max_message_size,
         )
     except BaseException:
         await trio.aclose_forcefully(stream)
@@ -151,13 +157,30 @@ async def default_connector(
 
 
 class _Link:
-    """One connection attempt and, once open, its WebSocket."""
+    """One connection attempt and, once open, its WebSocket and writer."""
 
     def __init__(self, number: int) -> None:
         self.number = number
         self.ws: WebSocketConnection | None = None
         self.scope = trio.CancelScope()
-        self.abandoned = False  # the engine closed it: report nothing more
+        #: The engine is done with it: report nothing more, write nothing more.
+        self.abandoned = False
+        self.outbox: collections.deque[SendBinary | SendText | SendPing] = collections.deque()
+        self.wake = trio.Event()
+
+
+class _Signal:
+    """Wakes every task waiting at the time it is raised (a condition without a lock)."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+    def raise_(self) -> None:
+        event, self._event = self._event, trio.Event()
+        event.set()
 
 
 class Session:
@@ -178,27 +201,29 @@ class Session:
         self.id = uuid.uuid4().hex[:12]
         self._log = logging.LoggerAdapter(logger, {"session_id": self.id})
         self._nursery: trio.Nursery | None = None
-        self._commands: collections.deque[Command] = collections.deque()
         self._outgoing_bytes = 0
         self._outgoing_limit = outgoing_buffer
+        self._space = _Signal()
         self._events: collections.deque[Event] = collections.deque()
         self._events_in, self._events_out = trio.open_memory_channel[Event](event_buffer)
         self._event_buffer = event_buffer
         self._iterating = False
         self._feeding_channel = True
         self._handlers: dict[str, list[Handler]] = collections.defaultdict(list)
-        self._wake_executor = trio.Event()
         self._wake_forwarder = trio.Event()
         self._wake_timer = trio.Event()
-        self._space = trio.Event()
-        self._commands_done = trio.Event()  # the executor carried out the last command
         self._events_done = trio.Event()  # the forwarder delivered Closed
+        self._closing_links = 0
+        self._links_closed = trio.Event()
         self._link: _Link | None = None
         self._links = 0
         self._failure: SessionFailedError | None = None
         self._last_failure: ConnectionFailed | None = None
         self._close_started = False
         self._closed_seen = False
+        self._forwarder_task: trio.lowlevel.Task | None = None
+        #: Cancelled when the session fails for good, so a waiting block ends.
+        self.body_scope = trio.CancelScope()
 
     # -- public API -----------------------------------------------------------
 
@@ -219,31 +244,26 @@ class Session:
         """Queue audio; waits while ``outgoing_buffer`` bytes are still being written."""
         if not isinstance(data, bytes | bytearray | memoryview):
             raise TypeError(f"audio must be bytes-like, not {type(data).__name__}")
+        await trio.lowlevel.checkpoint_if_cancelled()
         self._raise_if_failed()
         while self._outgoing_bytes >= self._outgoing_limit and not self._closed_seen:
-            self._space = trio.Event()
             await self._space.wait()
             self._raise_if_failed()
         self._input(self._conn.send_audio, data)
-        await trio.lowlevel.checkpoint()
+        # Taken: a cancellation now must not make the caller think otherwise.
+        await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def speech_started(self) -> None:
         """Local VAD heard speech begin."""
-        self._raise_if_failed()
-        self._input(self._conn.speech_started)
-        await trio.lowlevel.checkpoint()
+        await self._call(self._conn.speech_started)
 
     async def speech_stopped(self) -> None:
         """Local VAD heard speech end: the turn is finalized (TTFS is measured from now)."""
-        self._raise_if_failed()
-        self._input(self._conn.speech_stopped)
-        await trio.lowlevel.checkpoint()
+        await self._call(self._conn.speech_stopped)
 
     async def finalize(self) -> bool:
         """Ask for the current turn's final now; ``False`` if there was no new audio."""
-        self._raise_if_failed()
-        sent: bool = self._input(self._conn.finalize)
-        await trio.lowlevel.checkpoint()
+        sent: bool = await self._call(self._conn.finalize)
         return sent
 
     async def update_settings(self, **changes: Any) -> None:
@@ -252,9 +272,7 @@ class Session:
         Invalid changes raise ``ConfigurationError`` before anything is sent.
         The engine finishes the current turn first; nothing is lost.
         """
-        self._raise_if_failed()
-        self._input(self._conn.update_settings, **changes)
-        await trio.lowlevel.checkpoint()
+        await self._call(self._conn.update_settings, **changes)
 
     def event_handler(self, name: str) -> Callable[[Handler], Handler]:
         """Register a handler (sync or async) by event name, as a decorator.
@@ -277,28 +295,48 @@ class Session:
         Events are kept for this iterator from the start of the session, up to
         ``event_buffer`` of them. While an iterator is open and not consumed,
         the session stops reading from the server (back-pressure) rather than
-        grow; if no iterator was ever opened by the time the buffer fills, the
-        session stops keeping events for one (handlers still get them).
+        grow; once the iterator is closed, or if none was ever opened by the
+        time the buffer fills, the session stops keeping events for one
+        (handlers still get them).
         """
         self._iterating = True
-        async for event in self._events_out:
-            yield event
+        try:
+            async for event in self._events_out:
+                yield event
+        finally:
+            self._iterating = False
+            self._feeding_channel = False
 
     async def aclose(self) -> None:
-        """Close gracefully: every final is delivered first. Idempotent."""
+        """Close gracefully: every final is delivered first. Idempotent.
+
+        From an event handler it only starts the close (the handler's own task
+        delivers the events the close waits for).
+        """
         if not self._close_started:
             self._close_started = True
             if self._conn.state not in (State.CLOSED, State.FAILED):
                 self._input(self._conn.close)
+        if trio.lowlevel.current_task() is self._forwarder_task:
+            return
         config = self._conn.config
         with trio.move_on_after(config.close_timeout + config.connect_timeout + 1.0):
-            await self._commands_done.wait()
             await self._events_done.wait()
-        if not (self._commands_done.is_set() and self._events_done.is_set()):
+        if not self._events_done.is_set():
             # Only when the application holds an events() iterator it does not read.
-            self._log.error("session did not finish closing in time; aborting")
+            self._log.error("session did not finish closing in time; abandoning it")
+        with trio.move_on_after(_DISCONNECT_TIMEOUT):
+            while self._closing_links:
+                await self._links_closed.wait()
 
     # -- plumbing ---------------------------------------------------------------
+
+    async def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._raise_if_failed()
+        result = self._input(method, *args, **kwargs)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return result
 
     def _raise_if_failed(self) -> None:
         if self._failure is not None:
@@ -314,32 +352,64 @@ class Session:
         return result
 
     def _pump(self) -> None:
-        """Move the engine's outputs to the tasks that act on them."""
-        commands = self._conn.commands()
-        if commands:
-            for command in commands:
-                if isinstance(command, SendBinary):
-                    self._outgoing_bytes += len(command.data)
-            self._commands.extend(commands)
-            self._wake_executor.set()
+        """Route the engine's outputs, at once: commands to their connection,
+        events to the forwarder. Nothing waits here."""
+        for command in self._conn.commands():
+            self._route(command)
         events = self._conn.events()
         if events:
             for event in events:
-                if isinstance(event, ConnectionFailed):
+                if isinstance(event, Connected):
+                    self._last_failure = None
+                elif isinstance(event, ConnectionFailed):
                     self._last_failure = event
                 elif isinstance(event, Closed):
                     self._closed_seen = True
-                    self._space.set()
-                    self._wake_executor.set()  # it marks the session finished
+                    self._space.raise_()
                     if event.error is not None:
                         self._failure = error_for(event.error, self._last_failure)
+                        self.body_scope.cancel()
             self._events.extend(events)
             self._wake_forwarder.set()
         self._wake_timer.set()
 
+    def _route(self, command: Command) -> None:
+        assert self._nursery is not None
+        if isinstance(command, Connect):
+            self._links += 1
+            link = _Link(self._links)
+            self._link = link
+            self._log.info("connecting (attempt %d) to %s", command.attempt, command.url)
+            self._nursery.start_soon(self._run_link, link, command)
+        elif isinstance(command, CloseConnection):
+            # The engine has already accounted for this connection: from now
+            # on nothing about it is reported, and nothing more is written.
+            closing, self._link = self._link, None
+            if closing is not None:
+                closing.abandoned = True
+                self._release(closing)
+                self._closing_links += 1
+                self._nursery.start_soon(self._close_link, closing, command.code, command.reason)
+        else:
+            current = self._link
+            if current is None or current.abandoned:
+                return  # nothing to write on; the engine replays what matters
+            current.outbox.append(command)
+            if isinstance(command, SendBinary):
+                self._outgoing_bytes += len(command.data)
+            current.wake.set()
+
+    def _release(self, link: _Link) -> None:
+        """Forget what ``link`` still had to write (the engine replays it)."""
+        for command in link.outbox:
+            if isinstance(command, SendBinary):
+                self._outgoing_bytes -= len(command.data)
+        link.outbox.clear()
+        link.wake.set()
+        self._space.raise_()
+
     def _start(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
-        nursery.start_soon(self._executor)
         nursery.start_soon(self._timer)
         nursery.start_soon(self._forwarder)
         self._input(self._conn.start)
@@ -350,59 +420,45 @@ class Session:
             self._link.abandoned = True
             self._link.scope.cancel()
 
-    async def _executor(self) -> None:
-        while True:
-            while self._commands:
-                command = self._commands.popleft()
-                if isinstance(command, SendBinary):
-                    self._outgoing_bytes -= len(command.data)
-                    self._space.set()
-                await self._execute(command)
-            if self._closed_seen:
-                self._commands_done.set()
-            self._wake_executor = trio.Event()
-            if not self._commands:
-                await self._wake_executor.wait()
-
-    async def _execute(self, command: Command) -> None:
-        assert self._nursery is not None
-        if isinstance(command, Connect):
-            self._links += 1
-            link = _Link(self._links)
-            self._link = link
-            self._log.info("connecting (attempt %d) to %s", command.attempt, command.url)
-            self._nursery.start_soon(self._run_link, link, command)
-        elif isinstance(command, CloseConnection):
-            closing, self._link = self._link, None
-            if closing is not None:
-                closing.abandoned = True
-                self._nursery.start_soon(self._close_link, closing, command.code, command.reason)
-        else:
-            current = self._link
-            if current is None or current.ws is None or current.abandoned:
-                return  # written for a socket that is gone; the engine will replay
-            await self._write(current, current.ws, command)
-
-    async def _write(
-        self, link: _Link, ws: WebSocketConnection, command: SendBinary | SendText | SendPing
-    ) -> None:
-        try:
-            if isinstance(command, SendBinary):
-                await ws.send_message(command.data)
-            elif isinstance(command, SendText):
-                await ws.send_message(command.text)
-            else:
-                await ws.ping(command.payload or None)
-        except ConnectionClosed as exc:
-            self._link_closed(link, exc)
-        except ValueError:  # pragma: no cover - a ping with the same payload in flight
-            pass
-
     async def _close_link(self, link: _Link, code: int, reason: str) -> None:
-        if link.ws is not None:
-            with trio.move_on_after(_DISCONNECT_TIMEOUT):
-                await link.ws.aclose(code, reason)
-        link.scope.cancel()
+        try:
+            if link.ws is not None:
+                with trio.move_on_after(_DISCONNECT_TIMEOUT):
+                    await link.ws.aclose(code, reason)
+            link.scope.cancel()
+        finally:
+            self._closing_links -= 1
+            self._links_closed.set()
+            self._links_closed = trio.Event()
+
+    async def _writer(self, link: _Link, ws: WebSocketConnection, nursery: trio.Nursery) -> None:
+        """Write ``link``'s outbox in order. Runs inside the link's cancel scope,
+        so closing the link cancels a write that the network is holding up."""
+        while not link.abandoned:
+            while link.outbox and not link.abandoned:
+                command = link.outbox.popleft()
+                try:
+                    if isinstance(command, SendBinary):
+                        try:
+                            await ws.send_message(command.data)
+                        finally:
+                            self._outgoing_bytes -= len(command.data)
+                            self._space.raise_()
+                    elif isinstance(command, SendText):
+                        await ws.send_message(command.text)
+                    else:
+                        # A ping waits for its pong: never hold the audio up for it.
+                        nursery.start_soon(self._ping, ws, command.payload)
+                except ConnectionClosed as exc:
+                    self._link_closed(link, exc)
+                    return
+            link.wake = trio.Event()
+            if not link.outbox:
+                await link.wake.wait()
+
+    async def _ping(self, ws: WebSocketConnection, payload: bytes) -> None:
+        with contextlib.suppress(ConnectionClosed, ValueError):  # ValueError: same ping in flight
+            await ws.ping(payload or None)
 
     async def _run_link(self, link: _Link, command: Connect) -> None:
         with link.scope:
@@ -427,12 +483,11 @@ class Session:
         headers = [
             (name.encode("latin-1"), value.encode("latin-1")) for name, value in command.headers
         ]
-        with trio.fail_after(command.timeout):
-            ws = await self._connector(nursery, command.url, headers, self._ssl_context)
+        ws = await self._connector(nursery, command.url, headers, self._ssl_context)
         link.ws = ws
         if link.abandoned:
-            await ws.aclose()
             return
+        nursery.start_soon(self._writer, link, ws, nursery)
         self._report(link, "connection_opened")
         try:
             while True:
@@ -445,7 +500,10 @@ class Session:
     def _link_failed(self, link: _Link, exc: BaseException) -> None:
         if link.ws is not None and not isinstance(exc, ConnectionRejected):
             self._report(
-                link, "connection_closed", code=None, reason=f"{type(exc).__name__}: {exc}"
+                link,
+                "connection_closed",
+                code=None,
+                reason=self._redact(f"{type(exc).__name__}: {exc}"),
             )
         elif isinstance(exc, ConnectionRejected):
             body = (exc.body or b"").decode("utf-8", "replace").strip()[:200]
@@ -454,23 +512,34 @@ class Session:
                 link,
                 "connection_failed",
                 status=exc.status_code,
-                reason=reason,
+                reason=self._redact(reason),
                 retry_after=_retry_after(exc.headers),
             )
         else:
-            self._report(
-                link,
-                "connection_failed",
-                status=None,
-                reason=f"{type(exc).__name__}: {exc}".rstrip(": "),
-            )
+            certificate = _certificate_error(exc)
+            if certificate is not None:
+                self._report(
+                    link,
+                    "connection_failed",
+                    status=None,
+                    reason=f"the server's TLS certificate failed verification: {certificate}",
+                    permanent=True,
+                )
+            else:
+                text = f"{type(exc).__name__}: {exc}".rstrip(": ")
+                self._report(link, "connection_failed", status=None, reason=self._redact(text))
         link.abandoned = True
+
+    def _redact(self, text: str) -> str:
+        """Server-controlled text may echo the request: never pass the key on."""
+        key = self._conn.config.api_key
+        return text.replace(key, "<redacted>") if key and key in text else text
 
     def _link_closed(self, link: _Link, exc: ConnectionClosed) -> None:
         reason = exc.reason
         code = reason.code if reason is not None else None
         text = (reason.reason or "") if reason is not None else ""
-        self._report(link, "connection_closed", code=code, reason=text)
+        self._report(link, "connection_closed", code=code, reason=self._redact(text))
         link.abandoned = True
 
     def _report(self, link: _Link, name: str, *args: Any, **kwargs: Any) -> None:
@@ -499,6 +568,7 @@ class Session:
                 self._input(self._conn.handle_timer)
 
     async def _forwarder(self) -> None:
+        self._forwarder_task = trio.lowlevel.current_task()
         while True:
             while self._events:
                 event = self._events.popleft()
@@ -516,7 +586,10 @@ class Session:
         if not self._feeding_channel:
             return
         if self._iterating:
-            await self._events_in.send(event)
+            try:
+                await self._events_in.send(event)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._feeding_channel = False  # the iterator is gone
             return
         try:
             self._events_in.send_nowait(event)
@@ -599,11 +672,18 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The one exception inside nested groups, or the group itself."""
-    exceptions = list(group.exceptions)
-    while len(exceptions) == 1 and isinstance(exceptions[0], BaseExceptionGroup):
-        exceptions = list(exceptions[0].exceptions)
-    return exceptions[0] if len(exceptions) == 1 else group
+    """Take off the one group level the session's own nursery added."""
+    return group.exceptions[0] if len(group.exceptions) == 1 else group
+
+
+def _certificate_error(exc: BaseException) -> str | None:
+    """The verification error behind a failed TLS handshake, if that is what it was."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen.verify_message or str(seen)
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 @asynccontextmanager
@@ -646,10 +726,15 @@ async def open_session(
         raise ConfigurationError(
             "outgoing_buffer/event_buffer", (outgoing_buffer, event_buffer), "at least 1"
         )
+    if ssl_context is not None and config.resolved_base_url.startswith("ws://"):
+        raise ConfigurationError(
+            "ssl_context", "<SSLContext>", "a wss:// base_url (ws:// is never encrypted)"
+        )
     conn = PulseConnection(config, jitter=jitter if jitter is not None else random.Random())
     session = Session(
         conn,
-        connector=connector or default_connector,
+        connector=connector
+        or functools.partial(default_connector, max_message_size=config.max_message_size),
         ssl_context=ssl_context,
         outgoing_buffer=outgoing_buffer,
         event_buffer=event_buffer,
@@ -658,12 +743,14 @@ async def open_session(
         async with trio.open_nursery() as nursery:
             session._start(nursery)
             try:
-                yield session
+                with session.body_scope:  # cancelled if the session fails for good
+                    yield session
             except BaseException:
                 session._abort()
                 nursery.cancel_scope.cancel()
                 raise
-            await session.aclose()
+            if session._failure is None:
+                await session.aclose()
             nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         raise _unwrap(group) from None
