@@ -1,36 +1,355 @@
-"""The ``pulse`` command line.
+"""The ``pulse`` command line (also ``python -m pulse_trio``).
 
-    pulse emulator [--host 127.0.0.1] [--port 8765] [--api-key KEY ...]
-                   [--region us|india] [--max-sessions N] [--certfile F --keyfile F]
+    pulse transcribe PATH [options]   transcribe a WAV or Ogg Opus file; PATH - reads stdin
+    pulse emulator [options]          serve a local Pulse-compatible server
 
-Exit statuses: 0 ok, 2 usage or input error, 130 interrupted.
+``pulse transcribe`` reads WAV (PCM 8/16/24/32-bit, IEEE float, a-law, mu-law;
+any number of channels, mixed to mono), Ogg Opus, or raw audio described by
+``--encoding``/``--sample-rate``. Files go as fast as the connection takes them
+(``--realtime`` or ``--speed N`` to pace them like a live source); stdin streams
+as it arrives. It writes ``--format text|jsonl|json|srt|vtt`` to stdout or
+``--output FILE``. The API key comes from ``SMALLEST_API_KEY`` or
+``--api-key-file FILE``, never from an argument, and is never printed;
+``--local`` runs against the emulator in-process instead.
+
+Exit statuses:
+
+* 0   success
+* 2   usage or input error (bad option, unreadable or unsupported audio, no key)
+* 3   authentication or permission refused (AuthenticationError, PermissionDeniedError)
+* 4   the service could not be used: the network gave up (ConnectionGaveUpError)
+      or the session failed otherwise (any other SessionFailedError)
+* 130 interrupted: the first Ctrl-C stops reading and finishes the transcript of
+      what was sent; a second one stops at once
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
+import math
+import os
+import signal
 import ssl
 import sys
+import time
 from collections.abc import Sequence
+from typing import Any, TextIO
 
 import trio
 
-from .emulator import Emulator
+from pulse_core import (
+    AudioDropped,
+    Closed,
+    ConfigurationError,
+    Connected,
+    ConnectionConfig,
+    ConnectionFailed,
+    Disconnected,
+    DropReason,
+    Event,
+    FinalizeTimedOut,
+    LocalProtocolError,
+    MalformedMessage,
+    Reconnecting,
+    ServerError,
+    SessionSummary,
+    Settings,
+    SpeechEnded,
+    SpeechStarted,
+    Transcript,
+)
+
+from ._errors import (
+    AuthenticationError,
+    ConnectionGaveUpError,
+    PermissionDeniedError,
+    SessionFailedError,
+)
+from ._input import RAW_ENCODINGS, AudioSource, InputError, SilenceDetector, open_source
+from ._output import FORMATS, Formatter, make_formatter
+from ._session import Session, open_session
+from ._terminal import LiveLine, use_color
 
 __all__ = ["main"]
 
 EXIT_OK = 0
 EXIT_USAGE = 2
+EXIT_AUTH = 3
+EXIT_SERVICE = 4
 EXIT_INTERRUPTED = 130
+
+EXIT_STATUSES = """\
+exit statuses:
+  0    success
+  2    usage or input error: a bad option, unreadable or unsupported audio, no API key
+  3    the API key was refused, or may not do this (HTTP 401/403:
+       AuthenticationError, PermissionDeniedError)
+  4    the service could not be used: the network gave up (ConnectionGaveUpError)
+       or the session failed otherwise (any other SessionFailedError)
+  130  interrupted: the first Ctrl-C finishes the transcript of what was sent,
+       a second one stops at once
+"""
+
+TRANSCRIBE_EPILOG = (
+    """\
+examples:
+  pulse transcribe call.wav                      text, one line per final
+  pulse transcribe talk.wav -f srt -o talk.srt   subtitles (word timestamps are on)
+  pulse transcribe call.wav --diarize -f jsonl   one JSON object per final
+  arecord -q -f S16_LE -r 16000 -c 1 -t raw | pulse transcribe - --encoding linear16
+  pulse transcribe hello.wav --local             offline, against the built-in emulator
+
+input: WAV (PCM 8/16/24/32-bit, IEEE float, a-law, mu-law; more channels are
+mixed to mono), Ogg Opus, or raw audio given --encoding/--sample-rate/--channels.
+Pulse accepts 8000, 16000, 22050, 24000, 44100 and 48000 Hz and does not resample.
+
+the API key comes from SMALLEST_API_KEY or --api-key-file FILE (never an argument,
+never printed).
+
+"""
+    + EXIT_STATUSES
+)
+
+#: Settings fields whose option is not simply --field-name.
+_OPTION_NAMES = {
+    "itn_normalize": "--itn",
+    "format": "--formatting",
+    "api_key": "the API key",
+    "sample_rate": "the sample rate",
+    "encoding": "the encoding",
+    "reconnect.max_attempts": "--reconnect-attempts",
+    "max_attempts": "--reconnect-attempts",
+}
+_BOOLEAN_SETTINGS = (
+    ("word_timestamps", "--word-timestamps", "word timings (on by default for srt, vtt and json)"),
+    ("sentence_timestamps", "--sentence-timestamps", "sentence timings"),
+    ("diarize", "--diarize", "label speakers"),
+    ("redact_pii", "--redact-pii", "redact personal information"),
+    ("redact_pci", "--redact-pci", "redact payment card information"),
+    ("full_transcript", "--full-transcript", "send the running full transcript"),
+    ("itn_normalize", "--itn", "inverse text normalisation (numbers, dates as digits)"),
+    ("format", "--formatting", "the service's text formatting"),
+    ("punctuate", "--punctuate", "punctuation"),
+    ("capitalize", "--capitalize", "capitalisation"),
+    ("endpointing", "--endpointing", "finals when the speaker pauses (server side)"),
+    ("finalize_on_words", "--finalize-on-words", "finals after --max-words words"),
+    ("vad_events", "--vad-events", "speech started/ended events (in jsonl)"),
+)
+_VALUE_SETTINGS = (
+    "language",
+    "model",
+    "numerals",
+    "eou_timeout_ms",
+    "max_words",
+    "external_session_id",
+)
+_LOCAL_KEY = "sk_local_emulator"
+
+
+# -- the parser -----------------------------------------------------------------
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a number above 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pulse",
         description="Smallest AI Pulse speech-to-text client and local emulator.",
+        epilog="run `pulse COMMAND --help` for a command's options.\n\n" + EXIT_STATUSES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_transcribe(commands)
+    _add_emulator(commands)
+    return parser
+
+
+def _add_transcribe(commands: Any) -> None:
+    cmd = commands.add_parser(
+        "transcribe",
+        help="transcribe a WAV or Ogg Opus file, or audio on stdin",
+        description=(
+            "Transcribe audio with Pulse. Files are sent as fast as the connection takes "
+            "them; stdin streams as it arrives. Finals go to stdout (or --output); on a "
+            "terminal the turn in progress is shown live, and progress on stderr."
+        ),
+        epilog=TRANSCRIBE_EPILOG,
+        usage="pulse transcribe PATH [options]",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    cmd.add_argument("path", metavar="PATH", help="WAV or Ogg Opus file, or - for stdin")
+
+    source = cmd.add_argument_group("input")
+    source.add_argument(
+        "--encoding",
+        choices=[*RAW_ENCODINGS, "opus"],
+        metavar="{" + ",".join(RAW_ENCODINGS) + "}",
+        help="encoding of raw input (a WAV or Ogg header gives its own)",
+    )
+    source.add_argument(
+        "--sample-rate",
+        type=int,
+        metavar="HZ",
+        help="sample rate of raw input (default 16000; 8000 for alaw/mulaw)",
+    )
+    source.add_argument(
+        "--channels", type=_positive_int, metavar="N", help="channels of raw input (default 1)"
+    )
+    pace = source.add_mutually_exclusive_group()
+    pace.add_argument(
+        "--realtime", action="store_true", help="send a file at the pace of a live source"
+    )
+    pace.add_argument(
+        "--speed",
+        type=_positive_float,
+        metavar="N",
+        help="send at N times real time (default for files: as fast as the connection takes)",
+    )
+    source.add_argument(
+        "--finalize-after-silence",
+        type=_positive_float,
+        metavar="MS",
+        help="finalize each turn after MS ms of local silence, as a voice agent's VAD "
+        "would (gives --stats latency samples)",
+    )
+
+    out = cmd.add_argument_group("output")
+    out.add_argument(
+        "-f", "--format", choices=FORMATS, default="text", help="output format (default text)"
+    )
+    out.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    out.add_argument(
+        "--interims",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show the turn in progress (default: on a terminal); --interims also "
+        "writes interim lines in jsonl",
+    )
+    out.add_argument(
+        "--max-cue-chars",
+        type=_positive_int,
+        default=84,
+        metavar="N",
+        help="srt/vtt: longest cue in characters, two lines (default 84)",
+    )
+    out.add_argument(
+        "--max-cue-seconds",
+        type=_positive_float,
+        default=7.0,
+        metavar="S",
+        help="srt/vtt: longest cue in seconds (default 7)",
+    )
+    out.add_argument(
+        "--stats",
+        action="store_true",
+        help="print a summary at the end: time to final after finalize (p50/p90/p99), "
+        "reconnects, dropped audio",
+    )
+    out.add_argument("-q", "--quiet", action="store_true", help="no progress or notices")
+    out.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more detail on stderr (-vv: debug)"
+    )
+
+    settings = cmd.add_argument_group("transcription settings")
+    settings.add_argument(
+        "--language", dest="setting_language", metavar="CODE", help="language (default en)"
+    )
+    settings.add_argument("--model", dest="setting_model", metavar="NAME", help="model (pulse)")
+    for field, option, text in _BOOLEAN_SETTINGS:
+        settings.add_argument(
+            option,
+            dest=f"setting_{field}",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help=text,
+        )
+    settings.add_argument(
+        "--numerals",
+        dest="setting_numerals",
+        choices=["auto", "true", "false", "always", "none"],
+        help="write numbers as digits",
+    )
+    settings.add_argument(
+        "--keywords",
+        dest="keywords",
+        action="append",
+        metavar="LIST",
+        help="words to boost, comma-separated, each optionally word:intensifier "
+        "(e.g. 'Pulse:2,Smallest'); repeatable",
+    )
+    settings.add_argument(
+        "--eou-timeout-ms",
+        dest="setting_eou_timeout_ms",
+        type=int,
+        metavar="MS",
+        help="silence that ends a turn, 100 to 10000",
+    )
+    settings.add_argument(
+        "--max-words",
+        dest="setting_max_words",
+        type=int,
+        metavar="N",
+        help="a final after at most N words",
+    )
+    settings.add_argument(
+        "--external-session-id",
+        dest="setting_external_session_id",
+        metavar="ID",
+        help="your id for this session",
+    )
+
+    conn = cmd.add_argument_group("connection")
+    conn.add_argument(
+        "--local",
+        action="store_true",
+        help="use the built-in emulator, in-process (no key, no network; it recognises "
+        "token audio only)",
+    )
+    conn.add_argument("--region", choices=["us", "india"], help="the region's host")
+    conn.add_argument("--base-url", metavar="URL", help="server URL (e.g. ws://127.0.0.1:8765)")
+    conn.add_argument(
+        "--allow-insecure",
+        action="store_true",
+        help="allow plain ws:// to a host that is not this machine (audio travels unencrypted)",
+    )
+    conn.add_argument(
+        "--api-key-file",
+        metavar="FILE",
+        help="read the API key from FILE (default: the SMALLEST_API_KEY variable)",
+    )
+    conn.add_argument(
+        "--reconnect-attempts",
+        type=_positive_int,
+        default=10,
+        metavar="N",
+        help="give up after N failed connection attempts in a row (default 10)",
+    )
+    # Caught to say why there is no such option (a key in argv shows in `ps`).
+    conn.add_argument("--api-key", nargs="?", const="", default=None, help=argparse.SUPPRESS)
+
+
+def _add_emulator(commands: Any) -> None:
     emulator = commands.add_parser(
         "emulator",
         help="serve a local Pulse-compatible server (token audio recognition)",
@@ -60,10 +379,14 @@ def _parser() -> argparse.ArgumentParser:
     emulator.add_argument("--certfile", help="serve wss:// with this certificate (PEM)")
     emulator.add_argument("--keyfile", help="private key for --certfile (PEM)")
     emulator.add_argument("-v", "--verbose", action="store_true", help="log every connection")
-    return parser
+
+
+# -- pulse emulator -----------------------------------------------------------------
 
 
 async def _serve(args: argparse.Namespace) -> None:
+    from .emulator import Emulator  # noqa: PLC0415 - imported when used: it loads slowly
+
     context = None
     if args.certfile:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -88,27 +411,711 @@ async def _serve(args: argparse.Namespace) -> None:
         )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def _emulator_command(args: argparse.Namespace) -> int:
     logging.basicConfig(
-        level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+        level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     try:
-        if args.command == "emulator":
-            if not 0 <= args.port <= 65535:
-                print(
-                    f"pulse emulator: --port {args.port} is not a port (0 to 65535)",
-                    file=sys.stderr,
-                )
-                return EXIT_USAGE
-            if bool(args.certfile) != bool(args.keyfile):
-                print("pulse emulator: --certfile and --keyfile go together", file=sys.stderr)
-                return EXIT_USAGE
-            trio.run(_serve, args)
+        if not 0 <= args.port <= 65535:
+            print(f"pulse emulator: --port {args.port} is not a port (0 to 65535)", file=sys.stderr)
+            return EXIT_USAGE
+        if bool(args.certfile) != bool(args.keyfile):
+            print("pulse emulator: --certfile and --keyfile go together", file=sys.stderr)
+            return EXIT_USAGE
+        trio.run(_serve, args)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except OSError as exc:
-        print(f"pulse {args.command}: {exc}", file=sys.stderr)
+        print(f"pulse emulator: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_OK
+
+
+# -- pulse transcribe: setup -----------------------------------------------------------
+
+
+class _UsageError(Exception):
+    """A problem with the command line or its input: one line, exit status 2."""
+
+
+def _config_message(exc: ConfigurationError) -> str:
+    """A ConfigurationError in terms of the command's options."""
+    field = exc.field
+    option = _OPTION_NAMES.get(field, "--" + field.replace("_", "-"))
+    message = f"invalid {option} {exc.value!r}: {exc.allowed}"
+    if field == "api_key":
+        message = f"invalid API key: {exc.allowed}"
+    elif field == "base_url" and "allow_insecure" in exc.allowed:
+        message = (
+            f"--base-url {exc.value}: plain ws:// would send audio unencrypted; use wss://, "
+            "or add --allow-insecure"
+        )
+    elif field == "base_url":
+        message = f"invalid --base-url {exc.value}: {exc.allowed}"
+    detail = str(exc).partition(f": {exc.allowed}")[2].strip()
+    return message + (f" {detail}" if detail else "")
+
+
+def _read_key(args: argparse.Namespace) -> str:
+    if args.local:
+        return _LOCAL_KEY
+    if args.api_key_file:
+        # The path is not echoed: people pass the key itself here by mistake.
+        try:
+            with open(args.api_key_file, encoding="utf-8") as file:
+                key = file.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "unreadable"
+            raise _UsageError(
+                f"--api-key-file: cannot read the key file ({reason}); it takes the path of "
+                "a file holding the key"
+            ) from None
+        if not key:
+            raise _UsageError("--api-key-file: the key file is empty")
+        return key
+    key = os.environ.get("SMALLEST_API_KEY", "").strip()
+    if not key:
+        raise _UsageError(
+            "no API key: set SMALLEST_API_KEY or pass --api-key-file FILE, or use --local "
+            "to transcribe with the built-in emulator (it recognises token audio only)"
+        )
+    return key
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    values: dict[str, Any] = {}
+    for field in Settings.FIELDS:
+        value = getattr(args, f"setting_{field}", None)
+        if value is not None:
+            values[field] = value
+    if args.keywords:
+        values["keywords"] = ",".join(args.keywords)
+    if args.format in ("srt", "vtt", "json") and "word_timestamps" not in values:
+        values["word_timestamps"] = True
+    try:
+        return Settings.from_mapping(values)
+    except ConfigurationError as exc:
+        raise _UsageError(_config_message(exc)) from None
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    if args.api_key is not None:
+        raise _UsageError(
+            "there is no --api-key option: a key on the command line shows in `ps` and "
+            "shell history. Set SMALLEST_API_KEY, or use --api-key-file FILE"
+        )
+    if args.local and args.base_url:
+        raise _UsageError("--local and --base-url both say where to connect: give one")
+    if (
+        args.format in ("srt", "vtt")
+        and args.setting_word_timestamps is False
+        and not args.setting_sentence_timestamps
+    ):
+        raise _UsageError(
+            f"--format {args.format} needs timestamps: drop --no-word-timestamps, "
+            "or add --sentence-timestamps"
+        )
+    if args.output not in (None, "-") and args.path != "-":
+        try:
+            same = os.path.samefile(args.output, args.path)
+        except OSError:
+            same = False
+        if same:
+            raise _UsageError(f"--output {args.output} is the input file: it would be overwritten")
+
+
+def _open_output(args: argparse.Namespace) -> tuple[TextIO, bool]:
+    """The stream to write to, and whether it is stdout."""
+    if args.output in (None, "-"):
+        stdout = sys.stdout
+        if hasattr(stdout, "reconfigure") and (stdout.encoding or "").lower() not in (
+            "utf-8",
+            "utf8",
+        ):
+            stdout.reconfigure(errors="replace")
+        return stdout, True
+    try:
+        return open(args.output, "w", encoding="utf-8"), False
+    except OSError as exc:
+        raise _UsageError(f"--output {args.output}: {exc.strerror or exc}") from None
+
+
+# -- pulse transcribe: the session ------------------------------------------------------
+
+
+class _Console:
+    """stdout/stderr for the command: output, notices, the live line, redaction."""
+
+    def __init__(
+        self,
+        out: TextIO,
+        *,
+        out_is_terminal: bool,
+        live: LiveLine | None,
+        quiet: bool,
+        secret: str | None,
+    ) -> None:
+        self.out = out
+        self.out_is_terminal = out_is_terminal
+        self.live = live
+        self.quiet = quiet
+        # (A "key" of a few characters would garble every message; it is no secret.)
+        self._secret = secret if secret and len(secret) >= 6 and secret != _LOCAL_KEY else None
+
+    def redact(self, text: str) -> str:
+        if self._secret:
+            text = text.replace(self._secret, "<redacted>")
+        return text
+
+    def write(self, text: str) -> None:
+        if not text:
+            return
+        if self.live is not None and self.out_is_terminal:
+            with self.live.around():
+                self.out.write(text)
+                self.out.flush()
+        else:
+            self.out.write(text)
+            self.out.flush()
+
+    def _stderr(self, text: str) -> None:
+        line = "pulse: " + self.redact(text) + "\n"
+        if self.live is not None:
+            with self.live.around():
+                sys.stderr.write(line)
+                sys.stderr.flush()
+        else:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+
+    def notice(self, text: str) -> None:
+        if not self.quiet:
+            self._stderr(text)
+
+    def error(self, text: str) -> None:
+        self._stderr(text)
+
+    def plain(self, lines: Sequence[str]) -> None:
+        """Lines for stderr as they are (the --stats table)."""
+        text = "".join(self.redact(line) + "\n" for line in lines)
+        if self.live is not None:
+            self.live.clear()
+        sys.stderr.write(text)
+        sys.stderr.flush()
+
+
+class _LogHandler(logging.Handler):
+    """pulse_trio's log records (with -v) as notices, redacted."""
+
+    def __init__(self, console: _Console) -> None:
+        super().__init__()
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.console.error(f"[{record.levelname.lower()}] {record.getMessage()}")
+        except Exception:  # pragma: no cover - logging must never raise
+            self.handleError(record)
+
+
+def _local_engine() -> tuple[Any, str]:
+    """The best recognition engine that runs in-process, and what to tell the user.
+
+    Today that is the token-audio engine; a speech engine would be chosen here.
+    """
+    from .emulator import TokenEngine  # noqa: PLC0415 - imported when used: it loads slowly
+
+    return TokenEngine(), (
+        "token audio. It recognises only token audio (made with pulse_trio.token_audio), not speech"
+    )
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.0f} ms"
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def stats_lines(summary: SessionSummary, elapsed: float) -> list[str]:
+    """The --stats table."""
+    sent = summary.audio_seconds_sent
+    speed = f" ({sent / elapsed:.1f}× real time)" if elapsed > 0 else ""
+    latency = summary.latency
+    if latency.count:
+        measured = (
+            f"p50 {_ms(latency.p50)}, p90 {_ms(latency.p90)}, p99 {_ms(latency.p99)} "
+            f"over {_plural(latency.count, 'finalize')} (max {_ms(latency.max)}; "
+            f"{latency.over_budget} over the {latency.budget:g} s budget)"
+        )
+    else:
+        measured = "no finalize was answered, nothing to measure"
+    dropped = (
+        f"{summary.dropped_seconds:.2f} s of audio ({summary.dropped_bytes} bytes)"
+        if summary.dropped_bytes
+        else "none"
+    )
+    return [
+        "pulse: stats",
+        f"  audio        {sent:.1f} s sent in {elapsed:.1f} s{speed}",
+        f"  finals       {summary.finals} ({summary.finalized_turns} answering a finalize, "
+        f"{summary.timed_out_turns} timed out)",
+        f"  latency      time to final after finalize: {measured}",
+        f"  connections  {summary.connections} ({_plural(summary.reconnects, 'reconnect')}, "
+        f"{_plural(summary.keepalives, 'keepalive')})",
+        f"  dropped      {dropped}",
+    ]
+
+
+class _Transcriber:
+    """One run of ``pulse transcribe``: the session, the input, the output, Ctrl-C."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        *,
+        key: str,
+        settings: Settings,
+        source: AudioSource,
+        console: _Console,
+        formatter: Formatter,
+        show_interims: bool,
+        show_progress: bool,
+        detector: SilenceDetector | None,
+    ) -> None:
+        self.args = args
+        self.key = key
+        self.settings = settings
+        self.source = source
+        self.console = console
+        self.formatter = formatter
+        self.show_interims = show_interims
+        self.show_progress = show_progress
+        self.detector = detector
+        self.speed: float | None = 1.0 if args.realtime else args.speed
+        self.input_scope = trio.CancelScope()
+        self.abort_scope = trio.CancelScope()
+        self.interrupted = False
+        self.aborted = False
+        self.broken_pipe = False
+        self.output_error: str | None = None
+        self.failure: SessionFailedError | None = None
+        self.summary: SessionSummary | None = None
+        self.session: Session | None = None
+        self.sent = 0.0
+        self.fed_all = False
+        self.words = 0
+        self.connect_failed = False
+        self.started = time.monotonic()
+        self.base_url: str | None = args.base_url
+
+    # -- running ------------------------------------------------------------------
+
+    async def run(self) -> int:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self._watch_signals)
+            try:
+                with self.abort_scope:
+                    await self._run(nursery)
+            finally:
+                nursery.cancel_scope.cancel()
+        return self._finish()
+
+    async def _watch_signals(self, task_status: trio.TaskStatus[None]) -> None:
+        with trio.open_signal_receiver(signal.SIGINT) as signals:
+            task_status.started()
+            async for _ in signals:
+                if not self.interrupted:
+                    self.interrupted = True
+                    self.console.notice(
+                        "interrupted: finishing the transcript of what was sent "
+                        "(Ctrl-C again to stop at once)"
+                    )
+                    self.input_scope.cancel()
+                else:
+                    self.aborted = True
+                    self.abort_scope.cancel()
+
+    async def _run(self, nursery: trio.Nursery) -> None:
+        args = self.args
+        if args.local:
+            from .emulator import Emulator  # noqa: PLC0415 - only for --local
+
+            engine, about = _local_engine()
+            emulator = Emulator(engine=engine, region=args.region)
+            await nursery.start(emulator.serve)
+            self.base_url = emulator.url()
+            self.console.notice(
+                f"--local: transcribing with the built-in emulator; engine: {about}"
+            )
+        if args.verbose or self.show_progress:
+            length = f", {self.source.duration:.1f} s" if self.source.duration else ""
+            self.console.notice(f"{self.source.label}: {self.source.description}{length}")
+        options: dict[str, Any] = {
+            "reconnect": {"max_attempts": args.reconnect_attempts},
+            "allow_insecure": args.allow_insecure,
+        }
+        if args.region:
+            options["region"] = args.region
+        if self.source.duration and (self.speed is None or self.speed > 1):
+            # Sent faster than real time, the service may still be working through
+            # a backlog when the input ends: wait for it rather than give up.
+            backlog = self.source.duration * (1 - 1 / self.speed if self.speed else 1)
+            options["close_timeout"] = options["finalize_timeout"] = 5.0 + backlog
+        done = trio.Event()
+        try:
+            async with open_session(
+                self.key,
+                settings=self.settings,
+                base_url=self.base_url,
+                encoding=self.source.encoding,
+                sample_rate=self.source.sample_rate,
+                **options,
+            ) as session:
+                self.session = session
+                nursery.start_soon(self._consume, session, done)
+                if self.show_progress:
+                    nursery.start_soon(self._tick)
+                with self.input_scope:
+                    await self._feed(session)
+                self.fed_all = True
+                if self.sent:
+                    await session.finalize()  # the last turn's final, timed for --stats
+            await done.wait()
+        except SessionFailedError as exc:
+            self.failure = exc
+        except LocalProtocolError as exc:  # pragma: no cover - the engine refused an input
+            self.failure = SessionFailedError(str(exc))
+        finally:
+            if self.session is not None:
+                self.summary = self.session.engine.summary()
+
+    async def _feed(self, session: Session) -> None:
+        source = self.source
+        chunk = 0.05 if self.speed else 0.5
+        start = trio.current_time()
+        self.started = time.monotonic()
+        while not source.eof:
+            data, seconds = await trio.to_thread.run_sync(
+                source.read, chunk, abandon_on_cancel=True
+            )
+            if self.speed:
+                await trio.sleep_until(start + (self.sent + seconds) / self.speed)
+            if not data:
+                continue
+            if self.detector is None:
+                await session.send_audio(data)
+            else:
+                for piece, then in self.detector.split(data):
+                    if piece:
+                        await session.send_audio(piece)
+                    if then == "start":
+                        await session.speech_started()
+                    elif then == "stop":
+                        await session.speech_stopped()
+            self.sent += seconds
+
+    async def _consume(self, session: Session, done: trio.Event) -> None:
+        try:
+            async for event in session.events():
+                self._on_event(event)
+        except BrokenPipeError:
+            self.broken_pipe = True
+            self.abort_scope.cancel()
+        except OSError as exc:  # e.g. the disk filled up
+            self.output_error = f"cannot write the output: {exc.strerror or exc}"
+            self.abort_scope.cancel()
+        finally:
+            done.set()
+
+    async def _tick(self) -> None:
+        live = self.console.live
+        assert live is not None
+        while True:
+            live.progress = self._progress()
+            live.render()
+            await trio.sleep(0.1)
+
+    def _progress(self) -> str:
+        elapsed = time.monotonic() - self.started
+        total = self.source.duration
+        sent = f"{self.sent:.1f}" + (f"/{total:.1f}" if total else "") + " s sent"
+        if self.fed_all:
+            sent = f"all {self.sent:.1f} s sent, finishing"
+        speed = f" · {self.sent / elapsed:.1f}× real time" if elapsed > 0.05 and self.sent else ""
+        return f"{sent} · {elapsed:.1f} s elapsed{speed}"
+
+    # -- events -------------------------------------------------------------------
+
+    def _on_event(self, event: Event) -> None:
+        console = self.console
+        if isinstance(event, Transcript):
+            if event.is_final:
+                if console.live is not None:
+                    console.live.interim = ""
+                self.words += len(event.text.split())
+                console.write(self.formatter.final(event))
+                for warning in self.formatter.warnings:
+                    console.notice(warning)
+                self.formatter.warnings.clear()
+            else:
+                console.write(self.formatter.interim(event))
+                if self.show_interims and console.live is not None:
+                    console.live.interim = event.text
+                    console.live.render()
+        elif isinstance(event, SpeechStarted | SpeechEnded):
+            kind = "speech_started" if isinstance(event, SpeechStarted) else "speech_ended"
+            console.write(self.formatter.voice(kind, event.timestamp))
+        elif isinstance(event, ConnectionFailed):
+            self.connect_failed = True
+        elif isinstance(event, Reconnecting):
+            what = "could not connect" if self.connect_failed else "connection lost"
+            console.notice(
+                f"{what} ({event.reason}); trying again in {event.delay:.1f} s "
+                f"(attempt {event.attempt})"
+            )
+        elif isinstance(event, Disconnected):
+            self.connect_failed = False
+        elif isinstance(event, Connected):
+            self.connect_failed = False
+            if event.reconnect:
+                console.notice(f"reconnected (connection {event.connection}); nothing is lost")
+        elif isinstance(event, ServerError):
+            if not event.permanent:
+                code = f" ({event.code})" if event.code else ""
+                console.notice(f"the server reported an error{code}: {event.message}")
+        elif isinstance(event, MalformedMessage):
+            console.notice(f"skipped a malformed message from the server: {event.error}")
+        elif isinstance(event, AudioDropped):
+            if event.reason not in (DropReason.SESSION_FAILED, DropReason.NOT_STARTED):
+                console.notice(
+                    f"{event.end - event.start:.2f} s of audio ({event.start:.2f}-"
+                    f"{event.end:.2f} s) will not be transcribed: {event.reason.value}"
+                )
+        elif isinstance(event, FinalizeTimedOut):
+            if event.reason.startswith("no final"):
+                console.notice(
+                    f"no final within {event.waited:.1f} s for turn {event.turn}; "
+                    "its words will come in a later final"
+                )
+        elif isinstance(event, Closed):
+            self.summary = event.summary
+
+    # -- the end ---------------------------------------------------------------------
+
+    def _finish(self) -> int:
+        console = self.console
+        live = console.live
+        if live is not None:
+            live.progress = ""
+            live.interim = ""
+            live.clear()
+        elapsed = time.monotonic() - self.started
+        if self.broken_pipe:
+            return EXIT_OK
+        if self.output_error is not None:
+            console.error(self.output_error)
+            return EXIT_USAGE
+        info: dict[str, Any] = {"duration": round(self.sent, 3)}
+        try:
+            console.write(self.formatter.footer(info))
+        except BrokenPipeError:
+            self.broken_pipe = True
+            return EXIT_OK
+        except OSError as exc:
+            console.error(f"cannot write the output: {exc.strerror or exc}")
+            return EXIT_USAGE
+        if self.args.stats and self.summary is not None:
+            console.plain(stats_lines(self.summary, elapsed))
+        elif self.show_progress and self.failure is None and not self.aborted:
+            speed = f" ({self.sent / elapsed:.1f}× real time)" if elapsed > 0 else ""
+            console.notice(
+                f"{self.source.label}: {self.sent:.1f} s of audio transcribed in "
+                f"{elapsed:.1f} s{speed}"
+            )
+        if self.failure is not None:
+            return self._report_failure(self.failure)
+        if self.args.local and not self.words and not self.aborted:
+            console.notice(
+                "no words were recognised: the built-in emulator reads only token audio "
+                "(pulse_trio.token_audio), not speech"
+            )
+        if self.aborted:
+            console.notice("stopped before the transcript was finished")
+        if self.aborted or self.interrupted:
+            return EXIT_INTERRUPTED
+        return EXIT_OK
+
+    def _report_failure(self, failure: SessionFailedError) -> int:
+        where = self.base_url or _host_of(self.args.region)
+        message = f"{where}: {failure}"
+        said = f" ({failure.failure.reason})" if failure.failure is not None else ""
+        if isinstance(failure, PermissionDeniedError):
+            self.console.error(
+                f"{where}: this key may not do that{said}; check its plan or workspace"
+            )
+            return EXIT_AUTH
+        if isinstance(failure, AuthenticationError):
+            source = (
+                "the file given to --api-key-file"
+                if self.args.api_key_file
+                else ("SMALLEST_API_KEY")
+            )
+            self.console.error(f"{where}: the API key was refused{said}; check {source}")
+            return EXIT_AUTH
+        if isinstance(failure, ConnectionGaveUpError):
+            self.console.error(message + " (check the network, --base-url and --region)")
+            return EXIT_SERVICE
+        self.console.error(message)
+        return EXIT_SERVICE
+
+
+def _host_of(region: str | None) -> str:
+    config = ConnectionConfig(api_key=_LOCAL_KEY, region=region)
+    return config.resolved_base_url
+
+
+def _transcribe_command(args: argparse.Namespace) -> int:
+    try:
+        _check_options(args)
+        key = _read_key(args)
+        settings = _settings(args)
+    except _UsageError as exc:
+        print(f"pulse: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    console: _Console | None = None
+    try:
+        source = open_source(
+            args.path, encoding=args.encoding, sample_rate=args.sample_rate, channels=args.channels
+        )
+    except InputError as exc:
+        print(f"pulse: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    out: TextIO | None = None
+    try:
+        detector = None
+        if args.finalize_after_silence:
+            try:
+                detector = SilenceDetector(
+                    source.encoding, source.sample_rate, args.finalize_after_silence / 1000
+                )
+            except ValueError:
+                raise _UsageError(
+                    f"--finalize-after-silence needs PCM or G.711 audio, not {source.encoding}"
+                ) from None
+        try:
+            ConnectionConfig(
+                api_key=key,
+                settings=settings,
+                base_url="ws://127.0.0.1:1" if args.local else args.base_url,
+                region=args.region,
+                encoding=source.encoding,
+                sample_rate=source.sample_rate,
+                reconnect={"max_attempts": args.reconnect_attempts},
+                allow_insecure=args.allow_insecure,
+            )
+        except ConfigurationError as exc:
+            raise _UsageError(_config_message(exc)) from None
+        out, to_stdout = _open_output(args)
+        stderr_terminal = sys.stderr.isatty()
+        out_terminal = to_stdout and out.isatty()
+        live: LiveLine | None = None
+        if stderr_terminal and not args.quiet:
+            live = LiveLine(sys.stderr, color=use_color(sys.stderr))
+        elif out_terminal and args.format == "text":
+            live = LiveLine(out, color=use_color(out))
+        console = _Console(
+            out, out_is_terminal=out_terminal, live=live, quiet=args.quiet, secret=key
+        )
+        _setup_logging(args.verbose, console)
+        formatter = make_formatter(
+            args.format,
+            interims=bool(args.interims),
+            speakers=bool(args.setting_diarize),
+            max_chars=args.max_cue_chars,
+            max_seconds=args.max_cue_seconds,
+        )
+        console.write(formatter.header())
+        runner = _Transcriber(
+            args,
+            key=key,
+            settings=settings,
+            source=source,
+            console=console,
+            formatter=formatter,
+            show_interims=args.interims is not False and live is not None,
+            show_progress=live is not None and live.stream is sys.stderr and not source.streaming,
+            detector=detector,
+        )
+        code = trio.run(runner.run)
+        if runner.broken_pipe:
+            _silence_stdout()
+        return code
+    except _UsageError as exc:
+        print(f"pulse: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_OK
+    finally:
+        source.close()
+        if out is not None and out is not sys.stdout:
+            out.close()
+
+
+def _setup_logging(verbose: int, console: _Console) -> None:
+    logger = logging.getLogger("pulse_trio")
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        if isinstance(handler, _LogHandler):
+            logger.removeHandler(handler)
+    if verbose:
+        logger.addHandler(_LogHandler(console))
+        logger.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+    else:
+        logger.setLevel(logging.CRITICAL + 1)
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe, keep the interpreter's final flush from complaining."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # pragma: no cover
+        pass
+
+
+def _unrecognized(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, extras: list[str]
+) -> None:
+    """Report unknown arguments against the subcommand, suggesting near misses."""
+    commands = next(
+        action for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+    )
+    sub: argparse.ArgumentParser = commands.choices[args.command]
+    known = [option for action in sub._actions for option in action.option_strings]
+    known = [option for option in known if option != "--api-key" or args.command == "emulator"]
+    message = f"unrecognized arguments: {' '.join(extras)}"
+    for extra in extras:
+        if extra.startswith("-"):
+            close = difflib.get_close_matches(extra.partition("=")[0], known, n=1, cutoff=0.75)
+            if close:
+                message += f" (did you mean {close[0]}?)"
+                break
+    sub.error(message)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        _unrecognized(parser, args, extras)
+    if args.command == "emulator":
+        return _emulator_command(args)
+    return _transcribe_command(args)

@@ -64,15 +64,13 @@ def error_for(reason: str, failure: ConnectionFailed | None) -> SessionFailedErr
     """The exception for a session that failed with ``reason``."""
     status = failure.status if failure is not None else None
     if status == 401:
-        return AuthenticationError(f"the API key was refused (HTTP 401): {reason}", failure)
+        return AuthenticationError(f"the API key was refused: {reason}", failure)
     if status == 403:
-        return PermissionDeniedError(f"not allowed for this key (HTTP 403): {reason}", failure)
+        return PermissionDeniedError(f"not allowed for this key: {reason}", failure)
     if status in (400, 404):
-        return InvalidRequestError(
-            f"the service rejected the request (HTTP {status}): {reason}", failure
-        )
+        return InvalidRequestError(f"the service rejected the request: {reason}", failure)
     if status == 429:
-        return RateLimitError(f"rate limited (HTTP 429): {reason}", failure)
+        return RateLimitError(f"rate limited: {reason}", failure)
     if "certificate failed verification" in reason:
         return CertificateError(reason, failure)
     if "LANGUAGE_NOT_ENABLED_IN_REGION" in reason:

@@ -595,7 +595,7 @@ class Session:
             self._events_in.send_nowait(event)
         except trio.WouldBlock:
             self._feeding_channel = False
-            self._log.warning(
+            self._log.debug(
                 "%d events were not read from events(); no longer keeping events for it",
                 self._event_buffer,
             )

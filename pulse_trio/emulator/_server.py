@@ -11,7 +11,6 @@ from urllib.parse import urlsplit
 
 import attrs
 import trio
-import trio.testing
 from trio_websocket import (
     ConnectionClosed,
     WebSocketConnection,
@@ -209,7 +208,10 @@ class Emulator:
             headers: list[tuple[bytes, bytes]],
             ssl_context: ssl.SSLContext | None,
         ) -> WebSocketConnection:
-            client, server = trio.testing.memory_stream_pair()
+            # Imported here: only tests need it, and trio.testing imports pytest.
+            from trio.testing import memory_stream_pair  # noqa: PLC0415
+
+            client, server = memory_stream_pair()
             nursery.start_soon(self.serve_stream, server)
             parts = urlsplit(url)
             resource = parts.path + (f"?{parts.query}" if parts.query else "")

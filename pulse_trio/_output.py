@@ -1,0 +1,406 @@
+"""Output formats for ``pulse transcribe``: text, jsonl, json, srt and vtt.
+
+Each formatter turns events into text as they come, so every format but
+``json`` (one document, written at the end) streams: what has been written
+stays valid if the command is interrupted. Subtitles are cut from word
+timestamps (or sentence timestamps, spread over their words): a cue ends at
+sentence punctuation, before it would pass ``max_chars`` or ``max_seconds``,
+at a pause longer than ``max_gap``, and where the speaker changes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from typing import Any, Final
+
+import attrs
+
+from pulse_core import Transcript
+
+__all__ = [
+    "FORMATS",
+    "Cue",
+    "Formatter",
+    "Token",
+    "build_cues",
+    "make_formatter",
+    "timestamp",
+    "tokens",
+]
+
+FORMATS: Final = ("text", "jsonl", "json", "srt", "vtt")
+_SENTENCE_END: Final = re.compile(r"[.!?…。！？؟।]+[\"'”’»)\]]*$")
+_WORDISH: Final = re.compile(r"\S+\s*")
+LINE_CHARS: Final = 42
+
+
+def timestamp(seconds: float, *, sep: str = ",") -> str:
+    """``HH:MM:SS,mmm`` (SRT; ``sep="."`` for WebVTT), rounded to the millisecond."""
+    total = max(0, round(seconds * 1000))
+    hours, rest = divmod(total, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    secs, millis = divmod(rest, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{sep}{millis:03d}"
+
+
+@attrs.frozen
+class Token:
+    """A piece of a transcript with its time span; ``text`` keeps its trailing space."""
+
+    text: str
+    start: float
+    end: float
+    speaker: int | str | None = None
+
+
+@attrs.frozen
+class Cue:
+    start: float
+    end: float
+    text: str
+    speaker: int | str | None = None
+
+
+def _spread(text: str, start: float, end: float, speaker: int | str | None) -> list[Token]:
+    """Timed pieces of ``text`` across ``start``-``end``, by character count."""
+    pieces = _WORDISH.findall(text.strip())
+    total = sum(len(piece.strip()) for piece in pieces) or 1
+    out: list[Token] = []
+    at = start
+    for piece in pieces:
+        step = (end - start) * len(piece.strip()) / total
+        out.append(Token(piece, at, at + step, speaker))
+        at += step
+    return out
+
+
+def tokens(event: Transcript) -> list[Token] | None:
+    """The final's text cut into timed tokens, or ``None`` when it has no times.
+
+    With word timestamps each word is found in the text, so punctuation and
+    spacing come from the transcript; words that cannot be found are joined
+    with spaces instead.
+    """
+    text = event.text.replace("\n", " ")
+    timed = [
+        (word.word, word.start, word.end, word.speaker)
+        for word in event.words
+        if word.start is not None and word.end is not None
+    ]
+    if timed and len(timed) == len(event.words):
+        starts: list[int] = []
+        cursor = 0
+        for word, _, _, _ in timed:
+            at = text.find(word, cursor) if word else -1
+            if at < 0:
+                break
+            starts.append(at)
+            cursor = at + len(word)
+        if len(starts) == len(timed):
+            starts[0] = 0
+            ends = [*starts[1:], len(text)]
+            return [
+                Token(text[a:b], start, end, speaker)
+                for (_, start, end, speaker), a, b in zip(timed, starts, ends, strict=True)
+            ]
+        return [Token(word + " ", start, end, speaker) for word, start, end, speaker in timed]
+    utterances = [u for u in event.utterances if u.start is not None and u.end is not None]
+    if utterances:
+        out: list[Token] = []
+        for utterance in utterances:
+            start, end = utterance.start or 0.0, utterance.end or 0.0
+            out.extend(_spread(utterance.text, start, end, utterance.speaker))
+        return out
+    if event.start is not None and event.end is not None:
+        return _spread(text, event.start, event.end, event.speaker)
+    return None
+
+
+def build_cues(
+    items: Sequence[Token],
+    *,
+    max_chars: int = 2 * LINE_CHARS,
+    max_seconds: float = 7.0,
+    max_gap: float = 1.5,
+) -> list[Cue]:
+    """Group tokens into cues (see the module documentation for the rules)."""
+    cues: list[Cue] = []
+    current: list[Token] = []
+
+    def flush() -> None:
+        if current:
+            text = "".join(token.text for token in current).strip()
+            if text:
+                cues.append(Cue(current[0].start, current[-1].end, text, current[0].speaker))
+            current.clear()
+
+    for token in items:
+        if current:
+            length = len("".join(t.text for t in current)) + len(token.text.rstrip())
+            if (
+                token.speaker != current[0].speaker
+                or length > max_chars
+                or token.end - current[0].start > max_seconds
+                or token.start - current[-1].end > max_gap
+            ):
+                flush()
+        current.append(token)
+        if _SENTENCE_END.search(token.text.rstrip()):
+            flush()
+    flush()
+    return cues
+
+
+def _wrap(text: str, width: int = LINE_CHARS) -> str:
+    """One line, or two split at the space nearest the middle."""
+    if len(text) <= width:
+        return text
+    middle = len(text) // 2
+    spaces = [i for i, ch in enumerate(text) if ch == " "]
+    if not spaces:
+        return text
+    cut = min(spaces, key=lambda i: abs(i - middle))
+    return text[:cut] + "\n" + text[cut + 1 :]
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def segment(event: Transcript) -> dict[str, Any]:
+    """A final as a JSON object (the ``jsonl`` line and the ``json`` segment)."""
+    obj: dict[str, Any] = {
+        "text": event.text,
+        "start": _round(event.start),
+        "end": _round(event.end),
+    }
+    if event.speaker is not None:
+        obj["speaker"] = event.speaker
+    if event.language is not None:
+        obj["language"] = event.language
+    if event.words:
+        obj["words"] = [
+            {
+                key: value
+                for key, value in (
+                    ("word", word.word),
+                    ("start", _round(word.start)),
+                    ("end", _round(word.end)),
+                    ("confidence", word.confidence),
+                    ("speaker", word.speaker),
+                )
+                if value is not None or key in ("start", "end")
+            }
+            for word in event.words
+        ]
+    if event.utterances:
+        obj["sentences"] = [
+            {
+                "text": u.text,
+                "start": _round(u.start),
+                "end": _round(u.end),
+                **({"speaker": u.speaker} if u.speaker is not None else {}),
+            }
+            for u in event.utterances
+        ]
+    if event.redacted_entities:
+        obj["redacted_entities"] = list(event.redacted_entities)
+    if event.full_transcript is not None:
+        obj["full_transcript"] = event.full_transcript
+    if event.turn is not None:
+        obj["turn"] = event.turn
+    if event.latency is not None:
+        obj["latency"] = round(event.latency, 4)
+    if event.is_last:
+        obj["is_last"] = True
+    return obj
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False)
+
+
+class Formatter:
+    """Text to write for each event; ``""`` writes nothing."""
+
+    #: Notes for the user (stderr), collected as the formatter works.
+    warnings: list[str]
+
+    def __init__(self) -> None:
+        self.warnings = []
+
+    def header(self) -> str:
+        return ""
+
+    def final(self, event: Transcript) -> str:
+        raise NotImplementedError
+
+    def interim(self, event: Transcript) -> str:
+        return ""
+
+    def voice(self, kind: str, timestamp: float) -> str:
+        return ""
+
+    def footer(self, info: dict[str, Any]) -> str:
+        return ""
+
+
+class TextFormatter(Formatter):
+    """One line per final; with ``speakers``, one line per speaker turn."""
+
+    def __init__(self, *, speakers: bool = False) -> None:
+        super().__init__()
+        self.speakers = speakers
+
+    def final(self, event: Transcript) -> str:
+        text = event.text.replace("\n", " ").strip()
+        if not text:
+            return ""
+        if not self.speakers:
+            return text + "\n"
+        pieces = tokens(event)
+        if not pieces or all(p.speaker is None for p in pieces):
+            label = f"[speaker {event.speaker}] " if event.speaker is not None else ""
+            return label + text + "\n"
+        lines: list[str] = []
+        run: list[Token] = []
+        for piece in [*pieces, None]:
+            if run and (piece is None or piece.speaker != run[0].speaker):
+                body = "".join(t.text for t in run).strip()
+                lines.append(f"[speaker {run[0].speaker}] {body}\n")
+                run = []
+            if piece is not None:
+                run.append(piece)
+        return "".join(lines)
+
+
+class JsonlFormatter(Formatter):
+    """One JSON object per line: finals, and interims and voice activity when asked."""
+
+    def __init__(self, *, interims: bool = False) -> None:
+        super().__init__()
+        self.interims = interims
+
+    def final(self, event: Transcript) -> str:
+        if not event.text.strip():
+            return ""
+        return _dumps({"type": "final", **segment(event)}) + "\n"
+
+    def interim(self, event: Transcript) -> str:
+        if not self.interims:
+            return ""
+        return (
+            _dumps(
+                {
+                    "type": "interim",
+                    "text": event.text,
+                    "start": _round(event.start),
+                    "end": _round(event.end),
+                }
+            )
+            + "\n"
+        )
+
+    def voice(self, kind: str, timestamp: float) -> str:
+        return _dumps({"type": kind, "timestamp": round(timestamp, 3)}) + "\n"
+
+
+class JsonFormatter(Formatter):
+    """One document at the end: the whole text, then every segment."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.segments: list[dict[str, Any]] = []
+
+    def final(self, event: Transcript) -> str:
+        if event.text.strip():
+            self.segments.append(segment(event))
+        return ""
+
+    def footer(self, info: dict[str, Any]) -> str:
+        language = next((s["language"] for s in self.segments if "language" in s), None)
+        document = {
+            "text": " ".join(s["text"].strip() for s in self.segments),
+            "language": language,
+            **info,
+            "segments": self.segments,
+        }
+        return json.dumps(document, ensure_ascii=False, indent=2) + "\n"
+
+
+class SubtitleFormatter(Formatter):
+    """SubRip (``srt``) or WebVTT (``vtt``) cues, numbered and in time order."""
+
+    def __init__(
+        self,
+        kind: str,
+        *,
+        max_chars: int = 2 * LINE_CHARS,
+        max_seconds: float = 7.0,
+        speakers: bool = False,
+    ) -> None:
+        super().__init__()
+        self.kind = kind
+        self.max_chars = max_chars
+        self.max_seconds = max_seconds
+        self.speakers = speakers
+        self.count = 0
+        self.last_end = 0.0
+        self._estimated = False
+
+    def header(self) -> str:
+        return "WEBVTT\n\n" if self.kind == "vtt" else ""
+
+    def final(self, event: Transcript) -> str:
+        text = event.text.replace("\n", " ").strip()
+        if not text:
+            return ""
+        pieces = tokens(event)
+        if pieces is None:
+            if not self._estimated:
+                self._estimated = True
+                self.warnings.append(
+                    "the service sent a final without timestamps; its cue times are estimates"
+                )
+            words = len(text.split())
+            pieces = _spread(text, self.last_end, self.last_end + 0.4 * words, event.speaker)
+        cues = build_cues(pieces, max_chars=self.max_chars, max_seconds=self.max_seconds)
+        return "".join(self._cue(cue) for cue in cues)
+
+    def _cue(self, cue: Cue) -> str:
+        start = max(cue.start, self.last_end)
+        end = max(cue.end, start + 0.2) if cue.end <= start else cue.end
+        self.last_end = end
+        self.count += 1
+        text = _wrap(cue.text)
+        if self.kind == "vtt":
+            text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            if self.speakers and cue.speaker is not None:
+                text = f"<v Speaker {cue.speaker}>{text}"
+            return f"{timestamp(start, sep='.')} --> {timestamp(end, sep='.')}\n{text}\n\n"
+        if self.speakers and cue.speaker is not None:
+            text = f"[speaker {cue.speaker}] {text}"
+        return f"{self.count}\n{timestamp(start)} --> {timestamp(end)}\n{text}\n\n"
+
+
+def make_formatter(
+    kind: str,
+    *,
+    interims: bool = False,
+    speakers: bool = False,
+    max_chars: int = 2 * LINE_CHARS,
+    max_seconds: float = 7.0,
+) -> Formatter:
+    if kind == "text":
+        return TextFormatter(speakers=speakers)
+    if kind == "jsonl":
+        return JsonlFormatter(interims=interims)
+    if kind == "json":
+        return JsonFormatter()
+    if kind in ("srt", "vtt"):
+        return SubtitleFormatter(
+            kind, max_chars=max_chars, max_seconds=max_seconds, speakers=speakers
+        )
+    raise ValueError(f"unknown format {kind!r}; one of {', '.join(FORMATS)}")
