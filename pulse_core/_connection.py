@@ -401,10 +401,10 @@ class PulseConnection:
             self._transition(Trigger.SWITCH)
             self._connect(now)
         elif state is State.OPEN:
-            if self._received > self._last_finalize_pos:
-                # Finish the turn in progress on this connection first, so its
-                # pending transcript is not lost with the socket.
-                self._request_finalize(now, user=False)
+            # Finish the turn in progress on this connection first, so its
+            # pending transcript is not lost with the socket (this frames audio
+            # still held for coalescing, and sends nothing if there is none).
+            self._request_finalize(now, user=False)
             if self._inflight_live():
                 self._transition(Trigger.DRAIN)
                 self._streaming = False
@@ -857,11 +857,17 @@ class PulseConnection:
     def _send_unsent(self, now: float) -> None:
         """Send frames and finalizes held back on the live socket (DRAINING)."""
         owed = self._owed
+        expected = self._sent_upto
         for start, end, data in self._retained:
             if start < self._sent_upto or (end == start and start < self._sent_upto):
                 continue
             while owed and owed[0].position <= start:
                 self._send_finalize(now, owed.popleft())
+            if start > expected:
+                # Held audio was dropped (replay bound): the session jumps ahead
+                # while this socket's clock does not. Remember it for mapping.
+                self._add_mark(expected - start)
+            expected = end
             self._commands.append(SendBinary(data))
             self._conn_ticks += end - start
             self._last_wire = now
@@ -1027,6 +1033,13 @@ class PulseConnection:
         ticks = len(silence) // self._width
         # The silence shifts the server's clock but not the session's: remember
         # where it went so later timestamps can be mapped back.
+        self._add_mark(ticks)
+        self._conn_ticks += ticks
+
+    def _add_mark(self, ticks: int) -> None:
+        """At this connection's current position, ``ticks`` of connection time
+        that are not session time (keepalive silence), or, when negative,
+        session time the connection never got (audio dropped while held)."""
         if len(self._mark_starts) >= _MAX_KEEPALIVE_MARKS:
             self._mark_base = self._mark_cum[0]
             del self._mark_starts[0], self._mark_lens[0], self._mark_cum[0]
@@ -1034,7 +1047,6 @@ class PulseConnection:
         self._mark_starts.append(self._conn_ticks)
         self._mark_lens.append(ticks)
         self._mark_cum.append(previous + ticks)
-        self._conn_ticks += ticks
 
     def _session_ticks(self, seconds: float) -> float:
         """Map connection time (the server's clock) to session ticks."""
