@@ -37,6 +37,7 @@ import attrs
 
 from pulse_core import (
     CloseConnection,
+    Closed,
     Command,
     Connect,
     ConnectionConfig,
@@ -132,12 +133,9 @@ class Drive:
         self.observer = observer
         self.now = 0.0
         self.pending: Connect | None = None
-        self.pending_since = 0.0
         self.socket: Socket | None = None
         self.sockets_opened = 0
-        self.sockets_ended = 0
         self.finalizes_sent = 0
-        self.close_streams_sent = 0
         self.keepalives = 0
         self.finished = False  # Closed was seen
         self.silence = bytes(round(config.keepalive_silence * RATE) * WIDTH)
@@ -172,7 +170,7 @@ class Drive:
         self._step = step
         self._execute(commands)
         self._step = None
-        if any(type(event).__name__ == "Closed" for event in events):
+        if any(isinstance(event, Closed) for event in events):
             self.finished = True
         self.observer(step)
         return result
@@ -255,7 +253,6 @@ class Drive:
         socket = self.socket
         assert socket is not None
         self.socket = None
-        self.sockets_ended += 1
         self.call(
             "connection_closed",
             code=code,
@@ -289,7 +286,6 @@ class Drive:
                 )
                 assert API_KEY not in command.url, "the API key is in the URL"
                 self.pending = command
-                self.pending_since = self.now
                 step.connects.append(command)
             elif isinstance(command, SendBinary):
                 self._send_binary(command.data)
@@ -303,7 +299,6 @@ class Drive:
                         (self.socket.number, command.code, self.socket.opened_at)
                     )
                     self.socket = None
-                    self.sockets_ended += 1
                 elif self.pending is not None:
                     self.pending = None
                     step.abandoned_connect = True
@@ -344,7 +339,6 @@ class Drive:
             self.finalizes_sent += 1
         elif text == CLOSE_STREAM:
             socket.close_stream_sent = True
-            self.close_streams_sent += 1
         else:
             raise AssertionError(f"invariant 4: unexpected control message {text}")
         self._serve(socket, socket.server.control(text))
