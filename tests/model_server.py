@@ -58,6 +58,7 @@ __all__ = [
     "RATE",
     "WIDTH",
     "Drive",
+    "Injected",
     "Socket",
     "Step",
     "quiet",
@@ -83,6 +84,16 @@ def quiet(samples: int) -> bytes:
     return _QUIET_SAMPLE * samples
 
 
+@attrs.frozen
+class Injected:
+    """A frame the test slips into a socket's inbox (an error, a malformed frame,
+    an unknown message type); ``kind`` names the event it must become."""
+
+    data: str | bytes
+    kind: str
+    permanent: bool = False
+
+
 @attrs.define
 class Socket:
     """One open WebSocket of the simulation and its model server."""
@@ -92,7 +103,7 @@ class Socket:
     server: ServerSession
     opened_at: float
     last_wire: float
-    inbox: collections.deque[str | Close] = attrs.field(factory=collections.deque)
+    inbox: collections.deque[str | Close | Injected] = attrs.field(factory=collections.deque)
     close_stream_sent: bool = False
     finalizes_sent: int = 0
     keepalives: int = 0
@@ -127,11 +138,14 @@ class Drive:
         *,
         jitter: Any,
         observer: Callable[[Step], None],
+        chatter: Callable[[], Injected | None] | None = None,
     ) -> None:
         self.config = config
         self.engine = PulseConnection(config, jitter=jitter)
         self.observer = observer
+        self.chatter = chatter  # asked after each server reply: a frame to slip in?
         self.now = 0.0
+        self.last_input = 0.0  # the time of the engine's latest input
         self.pending: Connect | None = None
         self.socket: Socket | None = None
         self.sockets_opened = 0
@@ -149,6 +163,7 @@ class Drive:
         engine = self.engine
         before = engine.pending_finalizes
         method = getattr(engine, kind)
+        self.last_input = self.now
         try:
             result = method(self.now, *args, **kw)
         except Exception as exc:
@@ -270,7 +285,11 @@ class Drive:
             if isinstance(item, Close):
                 self.drop_socket(item.code)
                 return
-            self.call("receive_message", item, detail={"socket": socket.number})
+            if isinstance(item, Injected):
+                detail = {"socket": socket.number, "injected": item}
+                self.call("receive_message", item.data, detail=detail)
+            else:
+                self.call("receive_message", item, detail={"socket": socket.number})
             self.pump()
 
     # -- carrying out commands --------------------------------------------------------------
@@ -345,7 +364,13 @@ class Drive:
 
     def _serve(self, socket: Socket, replies: list[dict[str, Any] | Close]) -> None:
         for reply in replies:
-            socket.inbox.append(reply if isinstance(reply, Close) else json.dumps(reply))
+            if isinstance(reply, Close):
+                socket.inbox.append(reply)
+                continue
+            socket.inbox.append(json.dumps(reply))
+            extra = self.chatter() if self.chatter is not None else None
+            if extra is not None:
+                socket.inbox.append(extra)
 
 
 def query_of(url: str) -> dict[str, str]:

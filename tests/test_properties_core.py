@@ -4,8 +4,10 @@ A Hypothesis ``RuleBasedStateMachine`` drives the engine through any
 interleaving of application inputs (token-audio words in odd chunk sizes,
 silence, VAD calls, finalize, settings changes, close) and faults (handshakes
 refused with 5xx/429/4xx or never answered, sockets dropped with any close
-code, server replies held back and delivered in bursts, the clock jumping past
-every timeout). The service is ``tests.model_server``: a simulated transport
+code, server replies held back and delivered in bursts, error messages in the
+three documented shapes, transient and permanent, malformed frames and unknown
+message types slipped in among the replies, the clock jumping past every
+timeout) and documented misuses. The service is ``tests.model_server``: a simulated transport
 serving each socket with the emulator's ``ServerSession`` and token engine, so
 every final's words are exactly the words whose audio reached that socket.
 
@@ -31,13 +33,24 @@ test plan; spec/PROTOCOL.md section 6 has the rules they come from):
    never retried; ``Reconnecting`` delays stay inside the policy's bounds and
    the retry does not come early.
 7. ``buffered_bytes`` never exceeds the replay bound plus one frame.
-8. No exception escapes the engine (the machine never misuses it), and a
-   transport following section 8 never spins on a due deadline.
+8. No exception escapes the engine in correct use; each misuse (input after
+   close(), invalid settings, non-bytes audio, time going backwards, start()
+   twice, connection_opened() with no attempt) raises its documented exception
+   and changes nothing; every interjected frame becomes exactly one
+   ``ServerError``/``MalformedMessage``/``UnhandledMessage``; a transport
+   following section 8 never spins on a due deadline.
+
+Reproducing a failure: Hypothesis prints the failing program of steps; the
+run's seed is in the pytest header and in the failing test's report
+(tests/conftest.py), and ``python -m pytest <test> --hypothesis-seed=N``
+replays it. Long runs: ``python -m pytest -m slow tests/test_properties_core.py``
+(3000 examples per machine).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import random
 from collections.abc import Callable
@@ -59,22 +72,28 @@ from hypothesis.stateful import (
 from pulse_core import (
     AudioDropped,
     Closed,
+    ConfigurationError,
     Connected,
     ConnectionConfig,
     ConnectionFailed,
     Disconnected,
     DropReason,
     FinalizeTimedOut,
+    LocalProtocolError,
+    MalformedMessage,
     Reconnecting,
+    ServerError,
     SettingsApplied,
     State,
     Transcript,
+    UnhandledMessage,
 )
 from tests.model_server import (
     API_KEY,
     RATE,
     WIDTH,
     Drive,
+    Injected,
     Step,
     query_of,
     quiet,
@@ -89,6 +108,47 @@ EOU_VALUES = (100, 300, 800, 2000)
 MOST_CHUNKS = 12  # a word or a silence is given in at most about this many calls
 # How a handshake ends: mostly it opens; "permanent" is a 400/401/403.
 CONNECT_OUTCOMES = ("open",) * 10 + ("503", "500", "429", "none", "reset") + ("permanent",)
+PERMANENT_CODE = "LANGUAGE_NOT_ENABLED_IN_REGION"
+# Frames a server may send besides transcripts (spec/PROTOCOL.md section 4): errors in
+# the three documented shapes, frames that are not messages, message types unknown to
+# this version. Each must become exactly one event; none may disturb the session.
+INTERJECTIONS: dict[str, Injected] = {
+    "error-1": Injected(
+        '{"type": "error", "status": "error", "message": "overloaded"}', "ServerError"
+    ),
+    "error-2": Injected(
+        '{"type": "error", "error_code": "INTERNAL_ERROR", "message": "oops"}', "ServerError"
+    ),
+    "error-3": Injected(
+        '{"status": "error", "error": {"message": "slow down", "code": "RATE_LIMITED"}}',
+        "ServerError",
+    ),
+    "not-json": Injected("{this is not json", "MalformedMessage"),
+    "wrong-fields": Injected(
+        '{"type": "transcription", "is_final": "yes", "transcript": 7}', "MalformedMessage"
+    ),
+    "binary": Injected(b"\x00\x01binary", "MalformedMessage"),
+    "unknown-type": Injected('{"type": "usage", "seconds": 1.5}', "UnhandledMessage"),
+    "permanent": Injected(
+        json.dumps({"status": "error", "error": {"message": "not here", "code": PERMANENT_CODE}}),
+        "ServerError",
+        permanent=True,
+    ),
+}
+INTERJECTION_EVENTS = (ServerError, MalformedMessage, UnhandledMessage)
+# Misuses of the engine and the documented exception each must raise (spec section 6
+# rule 8 and the methods' docstrings); ``closed`` is the exception once close() was called.
+MISUSES = (
+    "audio-after-close",
+    "finalize-after-close",
+    "settings-after-close",
+    "vad-after-close",
+    "invalid-settings",
+    "audio-not-bytes",
+    "time-backwards",
+    "start-twice",
+    "opened-without-attempt",
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -151,6 +211,10 @@ class PulseMachine(RuleBasedStateMachine):
         max_attempts=st.sampled_from([10, 3, None]),
         pending_limit=st.sampled_from([64, 2]),
         start=st.sampled_from([True, True, True, False]),
+        chatter=st.lists(
+            st.sampled_from([None] * 4 + sorted(set(INTERJECTIONS) - {"permanent"})),
+            max_size=12,
+        ),
     )
     @guarded
     def setup(
@@ -164,6 +228,7 @@ class PulseMachine(RuleBasedStateMachine):
         max_attempts: int | None,
         pending_limit: int,
         start: bool,
+        chatter: list[str | None],
     ) -> None:
         replay = self.replay_choices[replay_index % len(self.replay_choices)]
         self.config = ConnectionConfig(
@@ -181,10 +246,15 @@ class PulseMachine(RuleBasedStateMachine):
             max_pending_finalizes=pending_limit,
         )
         self.jitter = random.Random(seed)
+        # Frames the server slips in after its replies, in turn (see INTERJECTIONS).
+        self.chatter = [None if kind is None else INTERJECTIONS[kind] for kind in chatter]
+        self.chatter_turn = 0
         self.begin_session(start)
 
     def begin_session(self, start: bool) -> None:
-        self.drive = Drive(self.config, jitter=self.jitter, observer=self.observe)
+        self.drive = Drive(
+            self.config, jitter=self.jitter, observer=self.observe, chatter=self.next_chatter
+        )
         # What the application gave.
         self.words: list[GivenWord] = []
         self.index: dict[str, int] = {}
@@ -215,10 +285,17 @@ class PulseMachine(RuleBasedStateMachine):
         self.permanent = False
         self.closed: Closed | None = None
         self.reconnects = 0
+        self.interjections = 0
         if start:  # otherwise the rule start() does it, after some audio perhaps
             self.drive.call("start")
 
     # -- helpers --------------------------------------------------------------------------
+
+    def next_chatter(self) -> Injected | None:
+        if not self.chatter:
+            return None
+        self.chatter_turn += 1
+        return self.chatter[self.chatter_turn % len(self.chatter)]
 
     @property
     def engine(self) -> Any:
@@ -411,12 +488,24 @@ class PulseMachine(RuleBasedStateMachine):
             self.advance(seconds)
 
     @precondition(lambda self: self.drive.socket is not None and bool(self.drive.socket.inbox))
-    @rule(count=st.one_of(st.none(), st.integers(1, 4)))
+    @rule(
+        count=st.one_of(st.none(), st.integers(1, 4)),
+        interject=st.sampled_from([None] * 6 + sorted(INTERJECTIONS)),
+        place=st.integers(0, 6),
+        rare=st.integers(0, 3),
+    )
     @guarded
-    def deliver(self, count: int | None) -> None:
-        """Server frames arrive: a few, or every one queued (a burst)."""
+    def deliver(self, count: int | None, interject: str | None, place: int, rare: int) -> None:
+        """Server frames arrive: a few, or every one queued (a burst). With
+        ``interject`` the server slips an error, a malformed frame or an unknown
+        message in among its replies first (a permanent error is drawn one time
+        in four it comes up; otherwise it becomes a transient one)."""
         socket = self.drive.socket
         assert socket is not None
+        if interject is not None:
+            if interject == "permanent" and rare:
+                interject = "error-2"
+            socket.inbox.insert(min(place, len(socket.inbox)), INTERJECTIONS[interject])
         self.drive.deliver(len(socket.inbox) if count is None else count)
 
     @precondition(lambda self: self.drive.pending is not None)
@@ -448,6 +537,79 @@ class PulseMachine(RuleBasedStateMachine):
         self.drive.drop_socket(code)
         self.drive.pump()
 
+    @rule(kind=st.sampled_from(MISUSES))
+    @guarded
+    def misuse(self, kind: str) -> None:
+        """Invariant 8: a documented misuse raises its documented exception and
+        changes nothing (no output, same state, buffers and deadlines)."""
+        engine, now = self.engine, self.drive.now
+        closed = self.close_requested or self.drive.finished
+        before = (
+            engine.state,
+            engine.buffered_bytes,
+            engine.pending_finalizes,
+            engine.next_deadline(),
+            engine.settings,
+        )
+        expected: type[Exception] = LocalProtocolError
+        call: Callable[[], Any]
+        if kind == "audio-after-close":
+            if not closed:
+                return
+            call = functools.partial(engine.send_audio, now, quiet(80))
+        elif kind == "finalize-after-close":
+            if not closed:
+                return
+            call = functools.partial(engine.finalize, now)
+        elif kind == "settings-after-close":
+            if not closed:
+                return
+            call = functools.partial(engine.update_settings, now, diarize=not self.diarize)
+        elif kind == "vad-after-close":
+            if not closed:
+                return
+            call = functools.partial(engine.speech_stopped, now)
+        elif kind == "invalid-settings":
+            expected = LocalProtocolError if closed else ConfigurationError
+            call = functools.partial(engine.update_settings, now, language="xx-nowhere")
+        elif kind == "audio-not-bytes":
+            expected = LocalProtocolError if closed else TypeError
+            call = functools.partial(engine.send_audio, now, "not audio")
+        elif kind == "time-backwards":
+            if self.drive.last_input < 0.001 or self.drive.finished:
+                return
+            call = functools.partial(engine.handle_timer, self.drive.last_input - 0.001)
+        elif kind == "start-twice":
+            if engine.state is State.IDLE:
+                return
+            call = functools.partial(engine.start, now)
+        else:
+            if engine.state is State.CONNECTING:
+                return
+            call = functools.partial(engine.connection_opened, now)
+        try:
+            call()
+        except expected:
+            pass
+        except Exception as exc:  # pragma: no cover - the failure being looked for
+            raise AssertionError(
+                f"invariant 8: {kind} raised {type(exc).__name__}: {exc}, "
+                f"documented is {expected.__name__}"
+            ) from exc
+        else:
+            raise AssertionError(f"invariant 8: {kind} raised nothing")
+        after = (
+            engine.state,
+            engine.buffered_bytes,
+            engine.pending_finalizes,
+            engine.next_deadline(),
+            engine.settings,
+        )
+        assert after == before, f"invariant 8: {kind} changed the engine: {before} -> {after}"
+        assert engine.commands() == [] and engine.events() == [], (
+            f"invariant 8: {kind} produced output"
+        )
+
     # -- invariants after every step ---------------------------------------------------------
 
     @invariant()
@@ -465,6 +627,7 @@ class PulseMachine(RuleBasedStateMachine):
     def observe(self, step: Step) -> None:
         self._count_failures(step)
         self._check_turns_created(step)
+        self._check_interjection(step)
         for index, item in enumerate(step.events):
             assert self.closed is None, f"invariant 4: {item!r} after Closed"
             if isinstance(item, Transcript):
@@ -494,14 +657,16 @@ class PulseMachine(RuleBasedStateMachine):
                 self._on_connection_failed(step, item)
             elif isinstance(item, SettingsApplied):
                 self._check_settings(item.settings.diarize, item.settings.eou_timeout_ms)
+            elif isinstance(item, INTERJECTION_EVENTS):
+                pass  # counted by _check_interjection
             elif isinstance(item, Closed):
                 assert index == len(step.events) - 1, "invariant 4: events after Closed"
                 assert self.connection is None, "invariant 6: Closed with a connection open"
                 assert not step.connects, "invariant 4: Connect in the step that closed"
                 self.closed = item
             else:
-                # SpeechStarted/SpeechEnded need vad_events; the model server sends
-                # no errors or malformed frames.
+                # SpeechStarted/SpeechEnded need vad_events, which the machine
+                # does not ask for.
                 raise AssertionError(f"unexpected event from the model server: {item!r}")
         for connect in step.connects:
             assert not self.permanent, "invariant 6: a Connect after a permanent failure"
@@ -512,6 +677,20 @@ class PulseMachine(RuleBasedStateMachine):
                 )
                 self.retry_not_before = None
             del connect
+
+    def _check_interjection(self, step: Step) -> None:
+        """Each interjected frame is exactly one event of its kind; nothing else is."""
+        seen = [item for item in step.events if isinstance(item, INTERJECTION_EVENTS)]
+        injected = step.detail.get("injected")
+        if injected is None:
+            assert not seen, f"invariant 8: {seen} from the model server's own replies"
+            return
+        assert [type(item).__name__ for item in seen] == [injected.kind], (
+            f"{injected.data!r} became {seen}, not one {injected.kind}"
+        )
+        if isinstance(seen[0], ServerError):
+            assert seen[0].permanent == injected.permanent, f"wrong permanence: {seen[0]!r}"
+        self.interjections += 1
 
     def _check_turns_created(self, step: Step) -> None:
         answers = sum(
@@ -604,6 +783,13 @@ class PulseMachine(RuleBasedStateMachine):
         self.retry_not_before = step.now + item.delay
 
     def _on_connection_failed(self, step: Step, item: ConnectionFailed) -> None:
+        injected = step.detail.get("injected")
+        if injected is not None:
+            assert injected.permanent and item.permanent, (
+                f"invariant 6: ConnectionFailed {item!r} on {injected.data!r}"
+            )
+            self.permanent = True
+            return
         policy = self.config.reconnect
         status = step.detail.get("status")
         retry_after = step.detail.get("retry_after")
@@ -817,6 +1003,7 @@ class PulseMachine(RuleBasedStateMachine):
         event(f"timed-out turns: {bool(self.timed_out)}")
         event(f"late answers: {bool(self.late)}")
         event(f"keepalives: {bool(drive.keepalives)}")
+        event(f"interjections: {min(self.interjections, 2)}+")
         event(f"closed with: {closed.error.split(':')[0] if closed.error else 'no error'}")
 
 

@@ -1,0 +1,41 @@
+"""Every run of the suite has one Hypothesis seed, and says what it is.
+
+Without ``--hypothesis-seed`` a seed is drawn here and forced for the run, so
+the property and chaos tests explore new examples on every run and yet any
+failure can be replayed exactly: the seed is in the report header and in each
+failing test's report, as the command that reruns it.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import pytest
+
+SEED_OPTION = "hypothesis_seed"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    # Runs before Hypothesis' plugin reads the option.
+    if getattr(config.option, SEED_OPTION, None) is None:
+        setattr(config.option, SEED_OPTION, str(secrets.randbelow(2**32)))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"hypothesis seed: {getattr(config.option, SEED_OPTION)}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and call.when == "call":
+        seed = getattr(item.config.option, SEED_OPTION)
+        report.sections.append(
+            (
+                "reproduce",
+                f"python -m pytest '{item.nodeid}' --hypothesis-seed={seed}",
+            )
+        )
