@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -159,12 +159,15 @@ class Emulator:
         region: Region | str | None = None,
         max_sessions: int = 100,
         send_from_finalize: bool = True,
+        on_send: Callable[[str, str], None] | None = None,
     ) -> None:
         self.engine: RecognitionEngine = engine or TokenEngine()
         self.api_keys = frozenset(api_keys) if api_keys is not None else None
         self.region = Region(region) if region is not None else None
         self.max_sessions = max_sessions
         self.send_from_finalize = send_from_finalize
+        #: Called with (session id, text) for every text frame once it is sent.
+        self.on_send = on_send
         self.faults = Faults()
         self.active = 0
         self.connections = 0
@@ -266,11 +269,12 @@ class Emulator:
         if decision.params.english_only_refusal:
             refused = [Close(1011, "this model serves English only")]
         if refused is not None:
-            await self._send(ws, refused)
+            await self._send(ws, session, refused)
             return
         if self.active >= self.max_sessions:
             await self._send(
                 ws,
+                session,
                 [
                     {"type": "error", "status": "error", "message": "concurrency limit reached"},
                     Close(1008, "concurrency limit reached"),
@@ -292,15 +296,19 @@ class Emulator:
                 return
             if stalled:
                 continue
-            outputs = (
+            outputs: list[dict[str, Any] | Close | str] = []
+            outputs.extend(
                 session.audio(message) if isinstance(message, bytes) else session.control(message)
             )
+            injected: list[dict[str, Any] | Close | str] = []  # malformed text goes first
             for fault in self.faults.take_due(session):
-                if fault.action == "drop":
-                    await _abort(ws)
-                    return
-                if fault.action == "close":
-                    await ws.aclose(fault.code, "fault injection")
+                if fault.action in ("drop", "close"):
+                    if not await self._send(ws, session, injected):
+                        return
+                    if fault.action == "drop":
+                        await _abort(ws)
+                    else:
+                        await ws.aclose(fault.code, "fault injection")
                     return
                 if fault.action == "stall":
                     stalled = True
@@ -310,17 +318,26 @@ class Emulator:
                         0, _ERROR_SHAPES[fault.shape](fault.error_code, "injected error")
                     )
                 elif fault.action == "malformed":
-                    await ws.send_message(fault.text)
-            if not await self._send(ws, outputs):
+                    injected.append(fault.text)
+            if not await self._send(ws, session, injected + outputs):
                 return
 
-    async def _send(self, ws: WebSocketConnection, outputs: list[dict[str, Any] | Close]) -> bool:
+    async def _send(
+        self,
+        ws: WebSocketConnection,
+        session: ServerSession,
+        outputs: Sequence[dict[str, Any] | Close | str],
+    ) -> bool:
+        """Send ``outputs`` in order (a ``str`` is sent as it is); False once the socket is closed."""
         try:
             for item in outputs:
                 if isinstance(item, Close):
                     await ws.aclose(item.code, item.reason)
                     return False
-                await ws.send_message(json.dumps(item))
+                text = item if isinstance(item, str) else json.dumps(item)
+                await ws.send_message(text)
+                if self.on_send is not None:
+                    self.on_send(session.session_id, text)
         except ConnectionClosed:
             return False
         return True
