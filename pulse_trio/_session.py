@@ -529,6 +529,7 @@ class Session:
                 text = f"{type(exc).__name__}: {exc}".rstrip(": ")
                 self._report(link, "connection_failed", status=None, reason=self._redact(text))
         link.abandoned = True
+        self._release(link)
 
     def _redact(self, text: str) -> str:
         """Server-controlled text may echo the request: never pass the key on."""
@@ -541,6 +542,7 @@ class Session:
         text = (reason.reason or "") if reason is not None else ""
         self._report(link, "connection_closed", code=code, reason=self._redact(text))
         link.abandoned = True
+        self._release(link)  # what it had left to write is replayed, not written here
 
     def _report(self, link: _Link, name: str, *args: Any, **kwargs: Any) -> None:
         """Tell the engine what the network did, if it still cares about ``link``."""

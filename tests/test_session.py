@@ -235,6 +235,23 @@ async def test_a_stalled_server_is_replaced(autojump_clock: Any) -> None:
     assert kinds(events, Connected) == ["Connected", "Connected"]
 
 
+async def test_audio_queued_on_a_lost_connection_is_not_counted_forever(
+    autojump_clock: Any,
+) -> None:
+    # Found by tests/test_chaos_adapter.py: frames still waiting to be written
+    # when the server cut the connection stayed counted against outgoing_buffer,
+    # so every such loss shrank the room send_audio() has, for good.
+    emulator = Emulator()
+    emulator.faults.drop(after_bytes=0)  # on the first frame; more are queued
+    async with session_with(emulator, chunk_bytes=1000) as (session, events):
+        await trio.sleep(0.1)
+        await session.send_audio(encode(["queued", "words"], trail=0.2))
+        await session.speech_stopped()
+    assert finals(events) == ["queued words"]
+    assert kinds(events, Connected) == ["Connected", "Connected"]
+    assert session._outgoing_bytes == 0
+
+
 async def test_giving_up_raises_connection_gave_up(autojump_clock: Any) -> None:
     emulator = Emulator()
     emulator.faults.refuse(10, status=503)
