@@ -461,6 +461,8 @@ class Session:
             await ws.ping(payload or None)
 
     async def _run_link(self, link: _Link, command: Connect) -> None:
+        if link.abandoned:
+            return  # replaced before this task began: never dial it
         with link.scope:
             try:
                 async with trio.open_nursery() as nursery:

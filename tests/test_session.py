@@ -252,6 +252,26 @@ async def test_audio_queued_on_a_lost_connection_is_not_counted_forever(
     assert session._outgoing_bytes == 0
 
 
+async def test_a_settings_change_while_connecting_dials_only_the_new_url(
+    autojump_clock: Any,
+) -> None:
+    # Found by tests/test_chaos_adapter.py: the attempt the change replaced
+    # still dialled (after the new one) when its task started late.
+    emulator = Emulator()
+    dialled: list[str] = []
+    connect = emulator.memory_connector()
+
+    async def recording(nursery: trio.Nursery, url: str, *rest: Any) -> Any:
+        dialled.append(url)
+        return await connect(nursery, url, *rest)
+
+    async with open_session(KEY, base_url=URL, connector=recording) as session:
+        await session.update_settings(diarize=True)
+        await speak(session, "new settings")
+    assert len(dialled) == 1 and "diarize=true" in dialled[0]
+    assert emulator.handshakes == 1
+
+
 async def test_giving_up_raises_connection_gave_up(autojump_clock: Any) -> None:
     emulator = Emulator()
     emulator.faults.refuse(10, status=503)
