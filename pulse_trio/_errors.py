@@ -63,6 +63,9 @@ class ConnectionGaveUpError(SessionFailedError):
 def error_for(reason: str, failure: ConnectionFailed | None) -> SessionFailedError:
     """The exception for a session that failed with ``reason``."""
     status = failure.status if failure is not None else None
+    if reason.startswith("gave up"):
+        # Whatever the last refusal was (a 429 that asked for a short wait too).
+        return ConnectionGaveUpError(reason, failure)
     if status == 401:
         return AuthenticationError(f"the API key was refused: {reason}", failure)
     if status == 403:
@@ -75,6 +78,4 @@ def error_for(reason: str, failure: ConnectionFailed | None) -> SessionFailedErr
         return CertificateError(reason, failure)
     if "LANGUAGE_NOT_ENABLED_IN_REGION" in reason:
         return RegionError(reason, failure)
-    if reason.startswith("gave up"):
-        return ConnectionGaveUpError(reason, failure)
     return SessionFailedError(reason, failure)

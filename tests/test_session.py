@@ -282,6 +282,20 @@ async def test_giving_up_raises_connection_gave_up(autojump_clock: Any) -> None:
     assert emulator.handshakes == 3  # max_attempts consecutive failures, then no more
 
 
+async def test_running_out_of_attempts_on_429s_raises_connection_gave_up(
+    autojump_clock: Any,
+) -> None:
+    # Found by tests/test_chaos_adapter.py: it raised RateLimitError, which is
+    # documented for a Retry-After longer than the policy allows.
+    emulator = Emulator()
+    emulator.faults.refuse(3, status=429, retry_after=1)
+    with pytest.raises(ConnectionGaveUpError, match="gave up after 3 attempts"):
+        async with session_with(emulator, reconnect={"max_attempts": 3}) as (session, _):
+            await speak(session, "nobody hears this")
+            await trio.sleep(30)
+    assert emulator.handshakes == 3
+
+
 # -- the session API --------------------------------------------------------------
 
 
