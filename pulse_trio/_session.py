@@ -711,7 +711,8 @@ async def open_session(
     ``pulse_core.ConnectionConfig`` fields (``region``, ``path``, timeouts,
     ``reconnect``, ``replay_seconds``, ...). Everything is validated before
     any connection. Leaving the block closes gracefully; a permanent failure
-    raises a ``SessionFailedError`` subclass (e.g. ``AuthenticationError``).
+    raises a ``SessionFailedError`` subclass (e.g. ``AuthenticationError``)
+    once every event up to ``Closed`` has been delivered.
     """
     key = api_key if api_key is not None else os.environ.get("SMALLEST_API_KEY")
     if not key:
@@ -753,8 +754,9 @@ async def open_session(
                 session._abort()
                 nursery.cancel_scope.cancel()
                 raise
-            if session._failure is None:
-                await session.aclose()
+            # A graceful close; after a failure, the events up to Closed are
+            # still delivered (handlers and events()) before the error is raised.
+            await session.aclose()
             nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         raise _unwrap(group) from None

@@ -163,6 +163,43 @@ async def test_permanent_401_is_raised_and_not_retried(autojump_clock: Any) -> N
     assert emulator.handshakes == 1
 
 
+async def test_a_failed_session_delivers_every_event_before_raising(
+    autojump_clock: Any,
+) -> None:
+    # Found by tests/test_chaos_adapter.py: the session's tasks were cancelled as
+    # soon as it failed, so handlers and events() could miss the last events:
+    # the answer to a finalize (FinalizeTimedOut), AudioDropped, Closed.
+    emulator = Emulator()
+    emulator.faults.refuse(1, status=503)
+    emulator.faults.refuse(1, status=401)
+    handled: list[Event] = []
+    iterated: list[Event] = []
+    async with trio.open_nursery() as nursery:
+        with pytest.raises(AuthenticationError):
+            async with open_session(
+                KEY, base_url=URL, connector=emulator.memory_connector()
+            ) as session:
+                session.event_handler("on_event")(handled.append)
+
+                async def read() -> None:
+                    iterated.extend([event async for event in session.events()])
+
+                nursery.start_soon(read)
+                await session.send_audio(encode(["unheard"], trail=0.1))
+                await session.speech_stopped()
+                await trio.sleep(30)
+    expected = [
+        "ConnectionFailed",
+        "Reconnecting",
+        "ConnectionFailed",
+        "FinalizeTimedOut",
+        "AudioDropped",
+        "Closed",
+    ]
+    assert kinds(handled) == expected
+    assert kinds(iterated) == expected
+
+
 async def test_region_error_is_raised_as_region_error(autojump_clock: Any) -> None:
     emulator = Emulator(region="us")
     with pytest.raises(RegionError, match="LANGUAGE_NOT_ENABLED_IN_REGION"):
