@@ -211,6 +211,7 @@ class PulseMachine(RuleBasedStateMachine):
         max_attempts=st.sampled_from([10, 3, None]),
         pending_limit=st.sampled_from([64, 2]),
         start=st.sampled_from([True, True, True, False]),
+        eou=st.sampled_from([None, None, 100, 300]),
         chatter=st.lists(
             st.sampled_from([None] * 4 + sorted(set(INTERJECTIONS) - {"permanent"})),
             max_size=12,
@@ -228,6 +229,7 @@ class PulseMachine(RuleBasedStateMachine):
         max_attempts: int | None,
         pending_limit: int,
         start: bool,
+        eou: int | None,
         chatter: list[str | None],
     ) -> None:
         replay = self.replay_choices[replay_index % len(self.replay_choices)]
@@ -244,7 +246,11 @@ class PulseMachine(RuleBasedStateMachine):
             keepalive_interval=timeouts[1],
             reconnect={"max_attempts": max_attempts},
             max_pending_finalizes=pending_limit,
+            # A short end-of-utterance timeout makes automatic finals common: they
+            # confirm audio up to a word's end, mid-frame, which replay must respect.
+            settings={} if eou is None else {"eou_timeout_ms": eou},
         )
+        self.initial_eou = eou
         self.jitter = random.Random(seed)
         # Frames the server slips in after its replies, in turn (see INTERJECTIONS).
         self.chatter = [None if kind is None else INTERJECTIONS[kind] for kind in chatter]
@@ -264,7 +270,7 @@ class PulseMachine(RuleBasedStateMachine):
         self.last_finalize_tick = 0
         self.close_requested = False
         self.diarize: bool | None = None
-        self.eou: int | None = None
+        self.eou: int | None = self.initial_eou
         # What the engine reported.
         self.turn_positions: list[int] = []  # session tick of each turn's finalize
         self.answered: list[int] = []  # turns, finalized or timed out, in event order
