@@ -449,8 +449,9 @@ class Session:
                     else:
                         # A ping waits for its pong: never hold the audio up for it.
                         nursery.start_soon(self._ping, ws, command.payload)
-                except ConnectionClosed as exc:
-                    self._link_closed(link, exc)
+                except ConnectionClosed:
+                    # The reader reports the close, once it has handed the engine
+                    # every message that arrived before it.
                     return
             link.wake = trio.Event()
             if not link.outbox:

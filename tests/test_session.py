@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from trio_websocket import CloseReason, ConnectionClosed
 
 from pulse_core import (
     ConfigurationError,
@@ -230,6 +231,55 @@ async def test_malformed_frames_are_surfaced_and_skipped(autojump_clock: Any) ->
         await session.speech_stopped()
     assert kinds(events, MalformedMessage) == ["MalformedMessage"]
     assert finals(events) == ["still transcribed"]
+
+
+class _HangingUp:
+    """A socket whose server sent an error and hung up: the next write fails at
+    once, and the error is read only after that write failed."""
+
+    def __init__(self) -> None:
+        self.write_failed = trio.Event()
+        self.reads = 0
+        self.reason = CloseReason(1011, "gone")
+
+    async def send_message(self, data: str | bytes) -> None:
+        self.write_failed.set()
+        raise ConnectionClosed(self.reason)
+
+    async def get_message(self) -> str:
+        await self.write_failed.wait()
+        self.reads += 1
+        if self.reads == 1:
+            return '{"type": "error", "error_code": "E42", "message": "before the hang-up"}'
+        raise ConnectionClosed(self.reason)
+
+    async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
+        pass
+
+
+async def test_frames_that_arrived_before_a_hang_up_reach_the_engine(
+    autojump_clock: Any,
+) -> None:
+    # Found by tests/test_chaos_adapter.py: when the writer noticed a closed
+    # connection before the reader had handed on what arrived before the close,
+    # the close was reported first and those frames were thrown away (an error,
+    # or a final).
+    emulator = Emulator()
+    first = _HangingUp()
+    connect = emulator.memory_connector()
+
+    async def connector(*args: Any) -> Any:
+        return first if emulator.handshakes == 0 and not first.reads else await connect(*args)
+
+    events: list[Event] = []
+    async with open_session(KEY, base_url=URL, connector=connector) as session:
+        session.event_handler("on_event")(events.append)
+        await speak(session, "said twice")
+        await session.speech_stopped()
+    errors = [e for e in events if isinstance(e, ServerError)]
+    assert [e.code for e in errors] == ["E42"]
+    assert kinds(events, ServerError, Disconnected)[:2] == ["ServerError", "Disconnected"]
+    assert finals(events) == ["said twice"]
 
 
 async def test_429_retry_after_is_honoured(autojump_clock: Any) -> None:
