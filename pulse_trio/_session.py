@@ -474,11 +474,14 @@ class Session:
                     nursery.cancel_scope.cancel()
             except BaseExceptionGroup as group:
                 # trio-websocket raises from its reader task too: the first
-                # network failure in the group is what happened.
+                # network failure in the group is what happened. Anything else
+                # goes on up: this link's own cancellation (it was replaced at
+                # that very moment) ends here, in its scope.
                 matched, rest = group.split(_NETWORK_ERRORS)
-                if matched is None or rest is not None:
-                    raise
-                self._link_failed(link, _first(matched))
+                if matched is not None:
+                    self._link_failed(link, _first(matched))
+                if rest is not None:
+                    raise rest from None
             except _NETWORK_ERRORS as exc:
                 self._link_failed(link, exc)
 

@@ -15,11 +15,12 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from trio_websocket import CloseReason, ConnectionClosed
+from trio_websocket import CloseReason, ConnectionClosed, ConnectionRejected
 
 from pulse_core import (
     ConfigurationError,
     Connected,
+    ConnectionFailed,
     Disconnected,
     Event,
     LocalProtocolError,
@@ -280,6 +281,39 @@ async def test_frames_that_arrived_before_a_hang_up_reach_the_engine(
     assert [e.code for e in errors] == ["E42"]
     assert kinds(events, ServerError, Disconnected)[:2] == ["ServerError", "Disconnected"]
     assert finals(events) == ["said twice"]
+
+
+async def test_a_refusal_landing_with_the_attempts_replacement_is_not_raised(
+    autojump_clock: Any,
+) -> None:
+    # Found by tests/test_chaos_adapter.py: an attempt replaced by a settings
+    # change (its task cancelled) whose handshake was refused at that same
+    # moment raised ExceptionGroup([ConnectionRejected]) out of open_session.
+    emulator = Emulator()
+    connect = emulator.memory_connector()
+    refuse = trio.Event()
+    calls = 0
+
+    async def connector(nursery: trio.Nursery, *args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            return await connect(nursery, *args)
+        nursery.start_soon(trio.sleep_forever)  # like trio-websocket's reader task
+        with trio.CancelScope(shield=True):  # the refusal is on its way regardless
+            await refuse.wait()
+        raise ConnectionRejected(503, (), b"busy")
+
+    events: list[Event] = []
+    async with open_session(KEY, base_url=URL, connector=connector) as session:
+        session.event_handler("on_event")(events.append)
+        await trio.sleep(0.1)
+        await session.update_settings(diarize=True)  # replaces the attempt in flight
+        refuse.set()
+        await speak(session, "still fine")
+        await session.speech_stopped()
+    assert finals(events) == ["still fine"]
+    assert kinds(events, Connected, ConnectionFailed) == ["Connected"]
 
 
 async def test_429_retry_after_is_honoured(autojump_clock: Any) -> None:
