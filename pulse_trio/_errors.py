@@ -62,7 +62,9 @@ class ConnectionGaveUpError(SessionFailedError):
 
 def error_for(reason: str, failure: ConnectionFailed | None) -> SessionFailedError:
     """The exception for a session that failed with ``reason``."""
-    status = failure.status if failure is not None else None
+    # A status says why only when that refusal ended the session (not, say, a
+    # 429 the engine was still waiting out when close_timeout ran out).
+    status = failure.status if failure is not None and failure.permanent else None
     if reason.startswith("gave up"):
         # Whatever the last refusal was (a 429 that asked for a short wait too).
         return ConnectionGaveUpError(reason, failure)

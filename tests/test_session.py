@@ -35,6 +35,7 @@ from pulse_trio import (
     ConnectionGaveUpError,
     RegionError,
     Session,
+    SessionFailedError,
     open_session,
 )
 from pulse_trio.emulator import Emulator
@@ -415,6 +416,20 @@ async def test_running_out_of_attempts_on_429s_raises_connection_gave_up(
             await speak(session, "nobody hears this")
             await trio.sleep(30)
     assert emulator.handshakes == 3
+
+
+async def test_a_close_timing_out_while_rate_limited_is_not_a_rate_limit_error(
+    autojump_clock: Any,
+) -> None:
+    # Found by tests/test_chaos_adapter.py: the last 429 (waited out, not a
+    # refusal) made a close timeout raise RateLimitError, which is documented
+    # for a Retry-After longer than the policy allows.
+    emulator = Emulator()
+    emulator.faults.refuse(20, status=429, retry_after=1)
+    with pytest.raises(SessionFailedError, match="close timed out") as caught:
+        async with session_with(emulator, close_timeout=2.0) as (session, _):
+            await speak(session, "never delivered")
+    assert type(caught.value) is SessionFailedError
 
 
 # -- the session API --------------------------------------------------------------
