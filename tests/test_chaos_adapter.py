@@ -39,8 +39,9 @@ sends, and after the run checks, end to end:
    handler and through ``events()``; ``Closed`` is the last, ``events()`` ends
    after it, nothing happens after it (no handshake, input refused).
 5. Every connection carries the settings most recently asked for (the URL
-   dialled, ``Connected``); ``SettingsApplied`` follows the first connection
-   after a change; no word of the turn in progress is lost (2).
+   dialled, ``Connected``); only the attempt the engine asked for last is
+   dialled; ``SettingsApplied`` follows the first connection after a change;
+   no word of the turn in progress is lost (2).
 6. ``Connected``/``Disconnected`` alternate and balance; a permanent failure
    (400/401/403/404, 429 asking too long a wait, ``LANGUAGE_NOT_ENABLED_IN_REGION``,
    attempts exhausted) is never retried and is raised from the ``async with``
@@ -73,7 +74,8 @@ scheduler seeds) and a ``@reproduce_failure(...)`` blob. Either
 * rerun with the seed Hypothesis printed:
   ``pytest tests/test_chaos_adapter.py --hypothesis-seed=N``.
 
-The default run is 200 examples. The long runs (thousands of examples)
+The default run is 200 generated examples, plus the schedules that found
+bugs (``FOUND``), replayed as they are. The long runs (thousands of examples)
 go only when asked for: ``pytest tests/test_chaos_adapter.py -m slow`` (or
 with ``PULSE_SLOW_TESTS=1``).
 """
@@ -464,6 +466,7 @@ class Run:
         self.sent: dict[str, list[str]] = {}  # emulator session id -> text frames sent
         self.sent_order: list[str] = []  # emulator session ids in the order they first sent
         self.opened_url: str | None = None  # the URL of the last handshake that completed
+        self.connect_url: str | None = None  # the URL of the engine's last Connect
         self.steps: list[Step] = []
         self.app_events: list[Event] = []
         self.iter_events: list[Event] = []
@@ -494,6 +497,12 @@ class Run:
         inner = self.emulator.memory_connector()
 
         async def connect(nursery: trio.Nursery, url: str, headers: Any, ssl: Any) -> Any:
+            # Only the attempt the engine asked for last is dialled (an attempt
+            # replaced before its task began must not reach the network).
+            self.check(
+                url == self.connect_url,
+                f"invariant 5: dialled {url}; the engine last asked for {self.connect_url}",
+            )
             ws = await inner(nursery, url, headers, ssl)
             # The adapter reports the opening (if it still wants this connection)
             # right after this returns, before any other task runs.
@@ -506,6 +515,7 @@ class Run:
         """Wrap the engine's inputs and outputs (instance attributes shadow its methods;
         the adapter looks them up on every call)."""
         engine = session.engine
+        self.connect_url = engine.config.url()  # start() asked for it before the tap
         for name in self.INPUTS:
             setattr(engine, name, self._tapped(engine, name, getattr(engine, name)))
         original_events = engine.events
@@ -521,6 +531,9 @@ class Run:
             out: list[Any] = original_commands()
             if out:
                 self.steps[-1].commands.extend(out)
+                for command in out:
+                    if isinstance(command, Connect):
+                        self.connect_url = command.url
             return out
 
         engine.events = events
@@ -1350,9 +1363,41 @@ FAST = settings(
 SLOW = settings(FAST, max_examples=4000)
 
 
+# Schedules that found adapter bugs (each fixed, with a focused test in
+# tests/test_session.py), replayed on every run.
+FOUND = [
+    # The replaced attempt dialled the old URL after the new one.
+    Scenario(actions=(ChangeSettings(change="diarize"), Words(count=1, chunks=(4000,), gap=400))),
+    # A refusal landing as its attempt was replaced escaped as an ExceptionGroup.
+    Scenario(
+        actions=(
+            *[Words(count=1, chunks=(4000,), gap=400)] * 3,
+            ChangeSettings(change="diarize"),
+            Stall(after_bytes=0),
+            Words(count=1, chunks=(2400,), gap=160),
+            *[Words(count=1, chunks=(4000,), gap=400)] * 2,
+            Refuse(count=1, status=503),
+            Silence(samples=12000, chunk=2399),
+            CloseSocket(code=1000, after_bytes=0),
+            ChangeSettings(change="diarize"),
+        )
+    ),
+    # The failure was raised before handlers and events() had Closed.
+    Scenario(
+        actions=(Refuse(count=1, status=503), Refuse(count=2, status=503), Sleep(seconds=0.5)),
+        max_attempts=3,
+    ),
+]
+
+
 @FAST
 @given(scenario=scenarios())
 def test_open_session_under_fault_schedules(scenario: Scenario) -> None:
+    run_scenario(scenario)
+
+
+@pytest.mark.parametrize("scenario", FOUND)
+def test_schedules_that_found_bugs(scenario: Scenario) -> None:
     run_scenario(scenario)
 
 
