@@ -72,6 +72,9 @@ CONCURRENCY_LIMIT_CLOSE: Final = 1008
 # Highest Opus bitrate (510 kbit/s), used to bound compressed audio in bytes.
 _COMPRESSED_BYTES_PER_SECOND: Final = 64_000
 _MAX_KEEPALIVE_MARKS: Final = 4096
+# Server times within this many seconds of a jump in session time are taken to
+# be at it (the service rounds its timestamps; see _session_ticks).
+_JUMP_SNAP: Final = 0.01
 _HEADERS_LIMIT: Final = 256 * 1024
 _NO_INPUT_STATES: Final = frozenset({State.CLOSING, State.CLOSED, State.FAILED})
 
@@ -566,7 +569,8 @@ class PulseConnection:
         elif isinstance(message, SpeechEndedMessage):
             self._emit(
                 SpeechEnded(
-                    timestamp=self._session_time(message.timestamp), session_id=message.session_id
+                    timestamp=self._session_time(message.timestamp, end=True),
+                    session_id=message.session_id,
                 )
             )
         elif isinstance(message, ErrorMessage):
@@ -1048,24 +1052,42 @@ class PulseConnection:
         self._mark_lens.append(ticks)
         self._mark_cum.append(previous + ticks)
 
-    def _session_ticks(self, seconds: float) -> float:
-        """Map connection time (the server's clock) to session ticks."""
+    def _session_ticks(self, seconds: float, *, end: bool = False) -> float:
+        """Map connection time (the server's clock) to session ticks.
+
+        At a jump (audio dropped while held, a negative mark) one connection
+        instant is two session instants: the end of the audio before the gap
+        and the start of the audio after it. The server rounds its times, so a
+        time within ``_JUMP_SNAP`` seconds of a jump is taken to be at it:
+        a start (``end=False``) on its far side, an end on its near side.
+        """
         ticks = seconds * self._tps
         starts = self._mark_starts
-        index = bisect.bisect_right(starts, ticks) - 1 if starts else -1
+        if not starts:
+            return self._conn_base + ticks - self._mark_base
+        lens = self._mark_lens
+        snap = _JUMP_SNAP * self._tps
+        index = bisect.bisect_right(starts, ticks) - 1
+        if end:
+            if index >= 0 and lens[index] < 0 and ticks - starts[index] <= snap:
+                ticks = starts[index]  # the end of the audio before the jump
+                index -= 1
+        elif index + 1 < len(starts) and lens[index + 1] < 0 and starts[index + 1] - ticks <= snap:
+            index += 1
+            ticks = starts[index]  # the start of the audio after the jump
         if index < 0:
             adjusted = ticks - self._mark_base
         else:
             begin = starts[index]
-            silence_before = self._mark_cum[index] - self._mark_lens[index]
-            if ticks < begin + self._mark_lens[index]:
+            silence_before = self._mark_cum[index] - lens[index]
+            if ticks < begin + lens[index]:
                 adjusted = begin - silence_before  # inside keepalive silence
             else:
                 adjusted = ticks - self._mark_cum[index]
         return self._conn_base + adjusted
 
-    def _session_time(self, seconds: float) -> float:
-        return self._session_ticks(seconds) / self._tps
+    def _session_time(self, seconds: float, *, end: bool = False) -> float:
+        return self._session_ticks(seconds, end=end) / self._tps
 
     # ------------------------------------------------------------------
     # Internals: finalize
@@ -1145,7 +1167,7 @@ class PulseConnection:
             Word(
                 word=w.word,
                 start=None if w.start is None else self._session_time(w.start),
-                end=None if w.end is None else self._session_time(w.end),
+                end=None if w.end is None else self._session_time(w.end, end=True),
                 confidence=w.confidence,
                 speaker=w.speaker,
                 speaker_confidence=w.speaker_confidence,
@@ -1156,7 +1178,7 @@ class PulseConnection:
             Utterance(
                 text=u.text,
                 start=None if u.start is None else self._session_time(u.start),
-                end=None if u.end is None else self._session_time(u.end),
+                end=None if u.end is None else self._session_time(u.end, end=True),
                 speaker=u.speaker,
             )
             for u in message.utterances
@@ -1187,7 +1209,7 @@ class PulseConnection:
                         self._latency.add(latency)
             if message.words and message.words[-1].end is not None:
                 # Word timestamps say exactly how far the final reaches.
-                last = round(self._session_ticks(message.words[-1].end))
+                last = round(self._session_ticks(message.words[-1].end, end=True))
                 coverage = last if coverage is None else max(coverage, last)
             if message.is_last:
                 coverage = self._received

@@ -74,10 +74,6 @@ scheduler seeds) and a ``@reproduce_failure(...)`` blob. Either
 * rerun with the seed Hypothesis printed:
   ``pytest tests/test_chaos_adapter.py --hypothesis-seed=N``.
 
-One engine bug it found is pinned as a strict xfail
-(``ENGINE_BUG_NEGATIVE_MARK``) and tolerated, by its exact signature only, in
-the generated runs until pulse_core is fixed.
-
 The default run is 200 generated examples, plus the schedules that found
 bugs (``FOUND``), replayed as they are. The long runs (thousands of examples)
 go only when asked for: ``pytest tests/test_chaos_adapter.py -m slow`` (or
@@ -780,9 +776,8 @@ class Run:
 class Checker:
     """Goes over a finished run: the engine's steps, the application's events, the wire."""
 
-    def __init__(self, run: Run, *, tolerate_known: bool = True) -> None:
+    def __init__(self, run: Run) -> None:
         self.run = run
-        self.tolerate_known = tolerate_known
         self.scenario = run.scenario
         self.words = run.words
         self.index = run.index
@@ -1168,9 +1163,9 @@ class Checker:
             if index is None:
                 return
             self.check(index in cut, f"invariant 2: {text!r} at ticks {start:g}-{end:g}")
-        elif not (abs(start - given.start) <= TOLERANCE and abs(end - given.end) <= TOLERANCE):
+        else:
             self.check(
-                self.tolerate_known and self.known_negative_mark_bug(given, start, end),
+                abs(start - given.start) <= TOLERANCE and abs(end - given.end) <= TOLERANCE,
                 f"invariant 3: {text} at ticks {start:g}-{end:g}, given at {given.start}-{given.end}",
             )
         assert given is not None and index is not None
@@ -1182,20 +1177,6 @@ class Checker:
         self.require_delivered(lambda word: word.end <= given.start, text)
         self.delivered[index] = 1
         self.last_index = index
-
-    def known_negative_mark_bug(self, given: GivenWord, start: float, end: float) -> bool:
-        """The engine bug pinned by the xfail test below (ENGINE_BUG_NEGATIVE_MARK):
-        a word right after audio dropped while held comes back starting where the
-        dropped range began. Tolerated here, exactly that and nothing else, so the
-        suite stays green until pulse_core is fixed; the xfail test checks without
-        it and turns into a failure (XPASS, strict) once the engine is right."""
-        if abs(end - given.end) > TOLERANCE:
-            return False
-        for low, high in self.drops:
-            if abs(high - given.start) <= TOLERANCE and abs(start - low) <= TOLERANCE:
-                event("known engine bug: a word's start mapped across a dropped-audio mark")
-                return True
-        return False
 
     def on_vad(self, item: SpeechStarted | SpeechEnded) -> None:
         tick = item.timestamp * RATE
@@ -1357,9 +1338,8 @@ def _tb(exc: BaseException) -> str:
     return "".join(traceback.format_exception(exc))
 
 
-def run_scenario(scenario: Scenario, *, tolerate_known: bool = True) -> Run:
-    """Run one scenario on a fresh virtual clock and check everything
-    (``tolerate_known=False``: without tolerating the known engine bug)."""
+def run_scenario(scenario: Scenario) -> Run:
+    """Run one scenario on a fresh virtual clock and check everything."""
     note(f"scenario: {scenario!r}")
     # Trio's scheduler is deterministic under Hypothesis (its plugin) and shuffles
     # runnable tasks with this Random: the drawn seed makes the interleaving part of
@@ -1367,7 +1347,7 @@ def run_scenario(scenario: Scenario, *, tolerate_known: bool = True) -> Run:
     trio._core._run._r.seed(scenario.scheduler_seed)
     run = Run(scenario)
     trio.run(run.main, clock=trio.testing.MockClock(autojump_threshold=0))
-    Checker(run, tolerate_known=tolerate_known).check_all()
+    Checker(run).check_all()
     return run
 
 
@@ -1421,16 +1401,15 @@ def test_schedules_that_found_bugs(scenario: Scenario) -> None:
     run_scenario(scenario)
 
 
-# An engine bug the suite found (pulse_core, left for its owner). No fault at
+# An engine bug the suite found, fixed in pulse_core (spec/scenarios/
+# times-rounded-near-a-jump-in-session-time-keep-their-side.json). No fault at
 # all: with a 0.25 s replay bound, audio held while a settings change drains
-# overflows and [8320, 9200) ticks are dropped, so on the draining socket the
-# engine marks a negative shift at connection tick 3049, where w12 (given at
-# ticks 9200-9680) begins. The emulator reports w12's start as 0.3811 s, i.e.
-# 3048.8 ticks: its 0.1 ms rounding lands a fifth of a tick before the mark, so
-# PulseConnection._session_ticks maps it to the far side of the discontinuity
-# and the word comes back starting at tick 8319.8, earlier by the whole
-# dropped span (its end, after the mark, is right). Mapping the server's time
-# to the nearest tick before looking the mark up would fix it.
+# overflows and [8320, 9200) ticks are dropped, so on the draining socket
+# session time jumps at connection tick 3049, where w12 (given at ticks
+# 9200-9680) begins. The emulator reports w12's start as 0.3811 s, i.e. 3048.8
+# ticks (its 0.1 ms rounding), a fifth of a tick before the jump; the engine
+# used to map it to the near side, so w12 came back starting at tick 8319.8,
+# early by the whole dropped span.
 ENGINE_BUG_NEGATIVE_MARK = Scenario(
     actions=(
         Words(count=2, chunks=(4000,), gap=400, pause=0.0),
@@ -1454,16 +1433,7 @@ ENGINE_BUG_NEGATIVE_MARK = Scenario(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pulse_core: a time within rounding before a dropped-audio mark maps across it",
-)
 def test_a_word_right_after_audio_dropped_while_draining_keeps_its_time() -> None:
-    run_scenario(ENGINE_BUG_NEGATIVE_MARK, tolerate_known=False)
-
-
-def test_the_known_engine_bug_is_tolerated_in_generated_runs() -> None:
-    # The generated runs tolerate exactly this signature (see known_negative_mark_bug).
     run_scenario(ENGINE_BUG_NEGATIVE_MARK)
 
 
