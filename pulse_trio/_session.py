@@ -248,6 +248,9 @@ class Session:
         self._raise_if_failed()
         while self._outgoing_bytes >= self._outgoing_limit and not self._closed_seen:
             await self._space.wait()
+            # A failure wakes the waiters and cancels the block in one step: let the
+            # cancellation win, so the failure is raised once every event is delivered.
+            await trio.lowlevel.checkpoint_if_cancelled()
             self._raise_if_failed()
         self._input(self._conn.send_audio, data)
         # Taken: a cancellation now must not make the caller think otherwise.
@@ -298,6 +301,11 @@ class Session:
         grow; once the iterator is closed, or if none was ever opened by the
         time the buffer fills, the session stops keeping events for one
         (handlers still get them).
+
+        If the session fails for good, the ``async with`` block is cancelled;
+        an iterator read inside the block ends there, while one read by a task
+        outside it (or a handler) still gets every event up to ``Closed``
+        before ``open_session`` raises.
         """
         self._iterating = True
         try:
@@ -641,7 +649,7 @@ class Session:
                 "connection failed%s: %s", " for good" if event.permanent else "", event.reason
             )
         elif isinstance(event, ServerError | MalformedMessage):
-            log.warning("server problem: %s", event)
+            log.warning("server problem: %s", self._redact(str(event)))
         elif isinstance(event, AudioDropped):
             log.warning(
                 "dropped %d bytes of audio (%.2f-%.2f s): %s",
@@ -754,10 +762,13 @@ async def open_session(
             try:
                 with session.body_scope:  # cancelled if the session fails for good
                     yield session
-            except BaseException:
-                session._abort()
-                nursery.cancel_scope.cancel()
-                raise
+            except BaseException as exc:
+                if exc is not session._failure:
+                    session._abort()
+                    nursery.cancel_scope.cancel()
+                    raise
+                # The session's own failure, raised by a call in the block (from a
+                # task outside it, say): deliver the events first, as below.
             # A graceful close; after a failure, the events up to Closed are
             # still delivered (handlers and events()) before the error is raised.
             await session.aclose()

@@ -203,6 +203,62 @@ async def test_a_failed_session_delivers_every_event_before_raising(
     assert kinds(iterated) == expected
 
 
+async def _fail_while_sending(shielded: bool) -> tuple[list[str], list[str]]:
+    """A permanent server error while the block sends audio through a one-byte
+    outgoing buffer (so send_audio is waiting for room when the failure lands);
+    ``events()`` is read from outside the block. With ``shielded`` the block
+    sends from a shielded scope, so the failure reaches it as the exception,
+    not as a cancellation."""
+    emulator = Emulator()
+    emulator.faults.error(2, code="LANGUAGE_NOT_ENABLED_IN_REGION", after_bytes=3200)
+    handled: list[Event] = []
+    iterated: list[Event] = []
+    audio = encode(["hello", "world", "again", "and", "again"], trail=0.15)
+    async with trio.open_nursery() as nursery:
+        with pytest.raises(RegionError):
+            async with open_session(
+                KEY, base_url=URL, connector=emulator.memory_connector(), outgoing_buffer=1
+            ) as session:
+
+                async def handler(event: Event) -> None:
+                    await trio.sleep(0)
+                    handled.append(event)
+
+                session.event_handler("on_event")(handler)
+
+                async def read() -> None:
+                    iterated.extend([event async for event in session.events()])
+
+                nursery.start_soon(read)
+                with trio.CancelScope(shield=shielded):
+                    for offset in range(0, len(audio), 640):
+                        await session.send_audio(audio[offset : offset + 640])
+                    await trio.sleep(30)
+                    await session.send_audio(audio[:640])
+    return kinds(handled), kinds(iterated)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("shielded", [False, True])
+def test_a_failure_while_send_audio_waits_delivers_every_event(seed: int, shielded: bool) -> None:
+    # Found in review: send_audio waiting for room was woken by the failure and
+    # raised it in the block, which aborted the session before its last events
+    # (the error, the refusal, the dropped audio, Closed) reached anyone. The
+    # scheduler seed varies the interleaving, as trio's test runs do.
+    trio._core._run._r.seed(seed)
+    handled, iterated = trio.run(
+        _fail_while_sending, shielded, clock=trio.testing.MockClock(autojump_threshold=0)
+    )
+    assert handled == iterated
+    assert handled[-5:] == [
+        "ServerError",
+        "Disconnected",
+        "ConnectionFailed",
+        "AudioDropped",
+        "Closed",
+    ]
+
+
 async def test_region_error_is_raised_as_region_error(autojump_clock: Any) -> None:
     emulator = Emulator(region="us")
     with pytest.raises(RegionError, match="LANGUAGE_NOT_ENABLED_IN_REGION"):
@@ -566,6 +622,19 @@ async def test_the_key_is_never_logged(autojump_clock: Any, caplog: Any) -> None
     for record in records:
         assert KEY not in record.getMessage()
         assert getattr(record, "session_id", None) == session.id
+
+
+async def test_server_text_echoing_the_key_is_logged_redacted(
+    autojump_clock: Any, caplog: Any
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="pulse_trio")
+    emulator = Emulator()
+    emulator.faults.malformed(f"{{not json, your key was {KEY}", after_bytes=1)
+    async with session_with(emulator) as (session, events):
+        await speak(session, "echo")
+    assert kinds(events, MalformedMessage) == ["MalformedMessage"]
+    problems = [r.getMessage() for r in caplog.records if "server problem" in r.getMessage()]
+    assert problems and all("<redacted>" in text and KEY not in text for text in problems)
 
 
 async def test_send_audio_waits_when_the_outgoing_buffer_is_full(autojump_clock: Any) -> None:
