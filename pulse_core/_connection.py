@@ -1086,6 +1086,26 @@ class PulseConnection:
                 adjusted = ticks - self._mark_cum[index]
         return self._conn_base + adjusted
 
+    def _session_span(
+        self, start: float | None, end: float | None
+    ) -> tuple[float | None, float | None]:
+        """Map an item's connection-time span to session time (seconds)."""
+        tps = self._tps
+        if start is None or end is None:
+            return (
+                None if start is None else self._session_ticks(start) / tps,
+                None if end is None else self._session_ticks(end, end=True) / tps,
+            )
+        first = self._session_ticks(start)
+        last = self._session_ticks(end, end=True)
+        if first > last:
+            # A short item across a jump, both its ends within the snap: put it
+            # wholly on the side that holds more of it.
+            before = (self._session_ticks(start, end=True), last)
+            after = (first, self._session_ticks(end))
+            first, last = before if before[1] - before[0] >= after[1] - after[0] else after
+        return first / tps, last / tps
+
     def _session_time(self, seconds: float, *, end: bool = False) -> float:
         return self._session_ticks(seconds, end=end) / self._tps
 
@@ -1163,26 +1183,25 @@ class PulseConnection:
     # ------------------------------------------------------------------
 
     def _on_transcription(self, now: float, message: TranscriptionMessage) -> None:
-        words = tuple(
-            Word(
-                word=w.word,
-                start=None if w.start is None else self._session_time(w.start),
-                end=None if w.end is None else self._session_time(w.end, end=True),
-                confidence=w.confidence,
-                speaker=w.speaker,
-                speaker_confidence=w.speaker_confidence,
+        word_list: list[Word] = []
+        for w in message.words:
+            first, last = self._session_span(w.start, w.end)
+            word_list.append(
+                Word(
+                    word=w.word,
+                    start=first,
+                    end=last,
+                    confidence=w.confidence,
+                    speaker=w.speaker,
+                    speaker_confidence=w.speaker_confidence,
+                )
             )
-            for w in message.words
-        )
-        utterances = tuple(
-            Utterance(
-                text=u.text,
-                start=None if u.start is None else self._session_time(u.start),
-                end=None if u.end is None else self._session_time(u.end, end=True),
-                speaker=u.speaker,
-            )
-            for u in message.utterances
-        )
+        utterance_list: list[Utterance] = []
+        for u in message.utterances:
+            first, last = self._session_span(u.start, u.end)
+            utterance_list.append(Utterance(text=u.text, start=first, end=last, speaker=u.speaker))
+        words = tuple(word_list)
+        utterances = tuple(utterance_list)
         start, end = _span(words) if words else _span(utterances)
         finalized = False
         late = False
