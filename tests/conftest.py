@@ -4,10 +4,14 @@ Without ``--hypothesis-seed`` a seed is drawn here and forced for the run, so
 the property and chaos tests explore new examples on every run and yet any
 failure can be replayed exactly: the seed is in the report header and in each
 failing test's report, as the command that reruns it.
+
+Tests marked ``slow`` (the long property and chaos runs) are skipped unless
+selected with ``-m slow`` or ``PULSE_SLOW_TESTS=1``.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 from typing import Any
 
@@ -21,6 +25,15 @@ def pytest_configure(config: pytest.Config) -> None:
     # Runs before Hypothesis' plugin reads the option.
     if getattr(config.option, SEED_OPTION, None) is None:
         setattr(config.option, SEED_OPTION, str(secrets.randbelow(2**32)))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if "slow" in (config.getoption("markexpr") or "") or os.environ.get("PULSE_SLOW_TESTS"):
+        return
+    skip = pytest.mark.skip(reason="a long generated run: select it with -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 def pytest_report_header(config: pytest.Config) -> str:

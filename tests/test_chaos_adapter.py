@@ -82,7 +82,6 @@ with ``PULSE_SLOW_TESTS=1``).
 
 from __future__ import annotations
 
-import os
 import random
 import traceback
 from collections.abc import Callable
@@ -1437,17 +1436,7 @@ def test_a_word_right_after_audio_dropped_while_draining_keeps_its_time() -> Non
     run_scenario(ENGINE_BUG_NEGATIVE_MARK)
 
 
-@pytest.fixture
-def long_run(request: pytest.FixtureRequest) -> None:
-    """The long runs go only when asked for (``-m slow``, or PULSE_SLOW_TESTS=1)."""
-    if "slow" not in (request.config.getoption("markexpr") or "") and not os.environ.get(
-        "PULSE_SLOW_TESTS"
-    ):
-        pytest.skip("a long chaos run: select it with -m slow")
-
-
 @pytest.mark.slow
-@pytest.mark.usefixtures("long_run")
 @SLOW
 @given(scenario=scenarios())
 def test_open_session_under_fault_schedules_long(scenario: Scenario) -> None:

@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import random
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -1041,23 +1040,12 @@ def test_replay_overflow_is_reported_exactly() -> None:
     run_state_machine_as_test(SmallReplayMachine, settings=FAST)
 
 
-@pytest.fixture
-def long_run(request: pytest.FixtureRequest) -> None:
-    """The long runs go only when asked for (``-m slow``, or PULSE_SLOW_TESTS=1)."""
-    if "slow" not in (request.config.getoption("markexpr") or "") and not os.environ.get(
-        "PULSE_SLOW_TESTS"
-    ):
-        pytest.skip("a long property run: select it with -m slow")
-
-
 @pytest.mark.slow
-@pytest.mark.usefixtures("long_run")
 def test_no_transcript_or_audio_is_lost_under_faults_long() -> None:
     run_state_machine_as_test(PulseMachine, settings=SLOW)
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("long_run")
 def test_replay_overflow_is_reported_exactly_long() -> None:
     run_state_machine_as_test(SmallReplayMachine, settings=SLOW)
 
