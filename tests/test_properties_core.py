@@ -492,6 +492,18 @@ class PulseMachine(RuleBasedStateMachine):
         if not self.drive.finished:
             self.advance(seconds)
 
+    @precondition(lambda self: self.drive.socket is not None and self.at_boundary())
+    @rule(extra=st.sampled_from([0.0, 0.05, 0.5, 1.0]))
+    @guarded
+    def fall_silent(self, extra: float) -> None:
+        """The server answers all it owes, then the application sends nothing for
+        a keepalive interval or more: the engine's keepalive silence goes out,
+        and later times must skip it."""
+        socket = self.drive.socket
+        assert socket is not None
+        self.drive.deliver(len(socket.inbox))
+        self.drive.advance(self.config.keepalive_interval * (1 + extra))
+
     @precondition(lambda self: self.drive.socket is not None and bool(self.drive.socket.inbox))
     @rule(
         count=st.one_of(st.none(), st.integers(1, 4)),
