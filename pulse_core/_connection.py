@@ -71,7 +71,7 @@ PERMANENT_ERROR_CODES: Final = frozenset({"LANGUAGE_NOT_ENABLED_IN_REGION"})
 CONCURRENCY_LIMIT_CLOSE: Final = 1008
 # Highest Opus bitrate (510 kbit/s), used to bound compressed audio in bytes.
 _COMPRESSED_BYTES_PER_SECOND: Final = 64_000
-_MAX_KEEPALIVE_MARKS: Final = 4096
+_MAX_MARKS: Final = 4096
 # Server times within this many seconds of a jump in session time are taken to
 # be at it (the service rounds its timestamps; see _session_ticks).
 _JUMP_SNAP: Final = 0.01
@@ -957,6 +957,7 @@ class PulseConnection:
                     permanent=True,
                     retry_after=None,
                     attempt=self._attempt,
+                    gave_up=True,
                 )
             )
             self._fail(now, message)
@@ -987,11 +988,12 @@ class PulseConnection:
         if status == 429 and retry_after is not None and retry_after > policy.max_retry_after:
             permanent = True
             reason = f"{reason} (asked to retry after {retry_after:g} s)"
-        if (
+        gave_up = (
             not permanent
             and policy.max_attempts is not None
             and self._attempt >= policy.max_attempts
-        ):
+        )
+        if gave_up:
             permanent = True
             reason = f"gave up after {policy.max_attempts} attempts: {reason}"
         self._emit(
@@ -1001,6 +1003,7 @@ class PulseConnection:
                 permanent=permanent,
                 retry_after=retry_after,
                 attempt=self._attempt,
+                gave_up=gave_up,
             )
         )
         if permanent:
@@ -1044,7 +1047,7 @@ class PulseConnection:
         """At this connection's current position, ``ticks`` of connection time
         that are not session time (keepalive silence), or, when negative,
         session time the connection never got (audio dropped while held)."""
-        if len(self._mark_starts) >= _MAX_KEEPALIVE_MARKS:
+        if len(self._mark_starts) >= _MAX_MARKS:
             self._mark_base = self._mark_cum[0]
             del self._mark_starts[0], self._mark_lens[0], self._mark_cum[0]
         previous = self._mark_cum[-1] if self._mark_cum else self._mark_base

@@ -89,6 +89,9 @@ class ConnectionFailed:
     permanent: bool
     retry_after: float | None
     attempt: int
+    #: The reconnect policy ran out of attempts (``max_attempts``): this is the
+    #: last straw, not a refusal that retrying could not change.
+    gave_up: bool = False
 
 
 @attrs.frozen(kw_only=True)

@@ -65,7 +65,7 @@ def error_for(reason: str, failure: ConnectionFailed | None) -> SessionFailedErr
     # A status says why only when that refusal ended the session (not, say, a
     # 429 the engine was still waiting out when close_timeout ran out).
     status = failure.status if failure is not None and failure.permanent else None
-    if reason.startswith("gave up"):
+    if failure is not None and failure.gave_up:
         # Whatever the last refusal was (a 429 that asked for a short wait too).
         return ConnectionGaveUpError(reason, failure)
     if status == 401:
