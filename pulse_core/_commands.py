@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
-from typing import TypeAlias
+from typing import Final, TypeAlias
 
 import attrs
 
-__all__ = ["CloseConnection", "Command", "Connect", "SendBinary", "SendPing", "SendText"]
+__all__ = [
+    "CLOSE_STREAM",
+    "FINALIZE",
+    "CloseConnection",
+    "Command",
+    "Connect",
+    "SendBinary",
+    "SendPing",
+    "SendText",
+]
+
+#: The control message that asks for the current turn's final (PROTOCOL §6).
+FINALIZE: Final = '{"type":"finalize"}'
+#: The control message that ends the stream: the server answers ``is_last``.
+CLOSE_STREAM: Final = '{"type":"close_stream"}'
 
 
 def _redact_headers(headers: tuple[tuple[str, str], ...]) -> str:

@@ -26,7 +26,16 @@ from __future__ import annotations
 import math
 from typing import Any, Final
 
-from ._commands import CloseConnection, Command, Connect, SendBinary, SendPing, SendText
+from ._commands import (
+    CLOSE_STREAM,
+    FINALIZE,
+    CloseConnection,
+    Command,
+    Connect,
+    SendBinary,
+    SendPing,
+    SendText,
+)
 from ._config import ConnectionConfig
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._events import (
@@ -43,20 +52,20 @@ from ._events import (
     SettingsApplied,
     SpeechEnded,
     SpeechStarted,
-    Transcript,
     UnhandledMessage,
 )
+from ._finals import confirmed_upto, transcript
 from ._ledger import AudioLedger
+from ._liveness import KEEPALIVE_PING, Liveness
 from ._messages import (
     ErrorMessage,
     SpeechEndedMessage,
     SpeechStartedMessage,
     TranscriptionMessage,
     UnknownMessage,
-    Utterance,
-    Word,
     parse_server_message,
 )
+from ._replay import replay, send_held
 from ._retry import PERMANENT_ERROR_CODES, JitterSource, Retry, Verdict
 from ._settings import Settings
 from ._state import SOCKET_STATES, TERMINAL_STATES, TRANSITIONS, State, Trigger
@@ -65,18 +74,9 @@ from ._turns import Finalize, Latency, Turns
 
 __all__ = ["JitterSource", "PulseConnection"]
 
-FINALIZE: Final = '{"type":"finalize"}'
-CLOSE_STREAM: Final = '{"type":"close_stream"}'
-KEEPALIVE_PING: Final = b"pulse-keepalive"
 
 _NO_INPUT_STATES: Final = frozenset({State.CLOSING, State.CLOSED, State.FAILED})
 _WIRE_STATES: Final = frozenset({State.OPEN, State.DRAINING})  # keepalive runs
-
-
-def _span(items: tuple[Word, ...] | tuple[Utterance, ...]) -> tuple[float | None, float | None]:
-    starts = [item.start for item in items if item.start is not None]
-    ends = [item.end for item in items if item.end is not None]
-    return (min(starts) if starts else None, max(ends) if ends else None)
 
 
 class PulseConnection:
@@ -107,20 +107,14 @@ class PulseConnection:
             latency=Latency(config.latency_samples, config.ttfs_p99_latency),
         )
         self._retry = Retry(config.reconnect, jitter)
+        self._liveness = Liveness(config)
 
         # -- the live connection --------------------------------------------
         self._streaming = False  # OPEN: frames go out as soon as they are made
         self._connections = 0
         self._connect_deadline: float | None = None
         self._retry_at: float | None = None
-        self._last_wire = 0.0  # last audio or keepalive on the socket
-        self._last_received = -math.inf
         self._was_lost = False  # the next Connected is a reconnect
-        # Keepalive silence for this encoding (None: a ping instead, for Opus).
-        self._silence = config.encoding.silence(config.sample_rate, config.keepalive_silence)
-        self._silence_ticks = (
-            len(self._silence) // (config.encoding.sample_width or 1) if self._silence else 0
-        )
 
         # -- settings --------------------------------------------------------
         self._previous_settings = config.settings  # those of the last socket (or the start)
@@ -133,7 +127,6 @@ class PulseConnection:
         # -- statistics (the parts keep their own) ----------------------------
         self._finals = 0
         self._reconnects = 0
-        self._keepalives = 0
 
     # ------------------------------------------------------------------
     # Introspection
@@ -177,7 +170,7 @@ class PulseConnection:
             reconnects=self._reconnects,
             dropped_bytes=ledger.dropped_bytes,
             dropped_seconds=ledger.dropped_ticks / tps,
-            keepalives=self._keepalives,
+            keepalives=self._liveness.count,
             latency=turns.latency.summary(),
         )
 
@@ -205,7 +198,7 @@ class PulseConnection:
         if coalescing is not None:
             candidates.append(coalescing)
         if self._state in _WIRE_STATES:
-            candidates.append(self._last_wire + config.keepalive_interval)
+            candidates.append(self._liveness.deadline())
         finalize = self._turns.next()
         if finalize is not None:
             candidates.append(finalize.deadline)
@@ -329,7 +322,10 @@ class PulseConnection:
             if state is State.DRAINING:
                 # The settings switch is abandoned: send what was held back on
                 # this connection rather than open another just to close it.
-                self._send_unsent(now)
+                held = send_held(now, self._ledger, self._turns, self._timeline)
+                if any(isinstance(command, SendBinary) for command in held):
+                    self._liveness.wrote(now)
+                self._commands += held
             self._transition(Trigger.CLOSE)
             self._send_text(CLOSE_STREAM)
         elif not self._owes_anything():
@@ -359,8 +355,7 @@ class PulseConnection:
             self._reconnects += 1
             self._was_lost = False
         self._retry.opened(now)
-        self._last_wire = now
-        self._last_received = now
+        self._liveness.opened(now)
         settings = self._config.settings
         self._emit(
             Connected(
@@ -376,7 +371,9 @@ class PulseConnection:
             self._settings_changed = False
         self._previous_settings = settings
         self._ledger.report_drop()
-        self._replay(now)
+        self._commands += replay(now, self._ledger, self._turns, self._timeline)
+        if self._timeline.ticks:
+            self._liveness.wrote(now)
         self._streaming = True
         if self._close_requested:
             self._transition(Trigger.CLOSE)
@@ -435,7 +432,7 @@ class PulseConnection:
         self._input(now)
         if self._state not in SOCKET_STATES:
             return  # from a connection the engine already closed
-        self._last_received = now
+        self._liveness.heard(now)
         if not isinstance(data, str):
             # The service only sends JSON text; a binary frame is a protocol error.
             self._emit(
@@ -493,7 +490,7 @@ class PulseConnection:
             self._retry_at = None
             self._transition(Trigger.RETRY_DUE)
             self._connect(now)
-        if self._state in _WIRE_STATES and now >= self._last_wire + config.keepalive_interval:
+        if self._state in _WIRE_STATES and self._liveness.due(now):
             self._keepalive(now)
 
     # ------------------------------------------------------------------
@@ -545,7 +542,7 @@ class PulseConnection:
             self._commands.append(SendBinary(data))
             ledger.sent(end)
             self._timeline.advance(ticks)
-            self._last_wire = now
+            self._liveness.wrote(now)
         if ledger.over_bound:
             live = self._state in SOCKET_STATES
             ledger.evict(live=live)
@@ -557,68 +554,16 @@ class PulseConnection:
         for frame, ticks in self._ledger.flush(now, closing=closing):
             self._add_frame(now, frame, ticks)
 
-    def _replay(self, now: float) -> None:
-        """Send, on a fresh socket, everything the server has not confirmed,
-        with the finalizes owed placed where their audio ends."""
-        ledger = self._ledger
-        turns = self._turns
-        commands = self._commands
-        headers = ledger.stream_headers
-        if headers:
-            # A new connection is a new Ogg stream: it needs the header pages.
-            commands.append(SendBinary(headers))
-        turns.reask(now, ledger.replay_from)
-        base: int | None = None
-        ticks = 0
-        last = ledger.max_sent
-        for start, first, end, data in ledger.replay_frames():
-            for request in turns.owed_before(start):
-                self._send_finalize(now, request)
-            if base is None:
-                base = first
-            commands.append(SendBinary(data))
-            ticks += end - first
-            last = max(last, end)
-        for request in turns.take_owed():
-            self._send_finalize(now, request)
-        self._timeline.restart(ledger.received - ticks if base is None else base, ticks)
-        ledger.sent(ledger.received)
-        ledger.max_sent = last
-        if ticks:
-            self._last_wire = now
-
-    def _send_unsent(self, now: float) -> None:
-        """Send frames and finalizes held back on the live socket (DRAINING)."""
-        ledger = self._ledger
-        expected = ledger.sent_upto
-        for start, end, data in ledger.unsent_frames():
-            for request in self._turns.owed_before(start):
-                self._send_finalize(now, request)
-            if start > expected:
-                # Held audio was dropped (replay bound): the session jumps
-                # ahead while this socket's clock does not.
-                self._timeline.jump(start - expected)
-            expected = end
-            self._commands.append(SendBinary(data))
-            self._timeline.advance(end - start)
-            self._last_wire = now
-            ledger.max_sent = max(ledger.max_sent, end)
-        for request in self._turns.take_owed():
-            self._send_finalize(now, request)
-        ledger.sent_upto = ledger.received
-
     def _keepalive(self, now: float) -> None:
         """No audio went out for a keepalive interval: send silence (or a ping)."""
-        self._last_wire = now
-        self._keepalives += 1
-        silence = self._silence
+        silence = self._liveness.keepalive(now)
         if silence is None:
             # Opus has no byte-level silence; a ping keeps the socket alive.
             self._commands.append(SendPing(KEEPALIVE_PING))
             return
         self._commands.append(SendBinary(silence))
         # The silence shifts the server's clock but not the session's.
-        self._timeline.silence(self._silence_ticks)
+        self._timeline.silence(self._liveness.silence_ticks)
 
     # ------------------------------------------------------------------
     # Internals: connections
@@ -683,7 +628,8 @@ class PulseConnection:
         verdict = self._retry.lost(now, code=code, reason=summary)
         self._socket_gone(code=code, reason=reason, local=local, will_reconnect=not verdict.give_up)
         if verdict.give_up:
-            self._give_up(now, verdict, status=None, retry_after=None)
+            self._emit(self._failure(verdict, status=None, retry_after=None))
+            self._fail(now, verdict.reason)
             return
         self._was_lost = True
         self._transition(Trigger.CONNECTION_LOST)
@@ -701,36 +647,26 @@ class PulseConnection:
         verdict = self._retry.refused(
             status=status, reason=reason, retry_after=retry_after, final=final
         )
+        self._emit(self._failure(verdict, status=status, retry_after=retry_after))
         if verdict.give_up:
-            self._give_up(now, verdict, status=status, retry_after=retry_after)
+            self._fail(now, verdict.reason)
             return
-        self._emit(
-            ConnectionFailed(
-                reason=verdict.reason,
-                status=status,
-                permanent=False,
-                retry_after=retry_after,
-                attempt=verdict.attempt,
-            )
-        )
         self._was_lost = True
         self._transition(Trigger.CONNECT_FAILED)
         self._schedule_retry(now, verdict)
 
-    def _give_up(
-        self, now: float, verdict: Verdict, *, status: int | None, retry_after: float | None
-    ) -> None:
-        self._emit(
-            ConnectionFailed(
-                reason=verdict.reason,
-                status=status,
-                permanent=True,
-                retry_after=retry_after,
-                attempt=verdict.attempt,
-                gave_up=verdict.gave_up,
-            )
+    @staticmethod
+    def _failure(
+        verdict: Verdict, *, status: int | None, retry_after: float | None
+    ) -> ConnectionFailed:
+        return ConnectionFailed(
+            reason=verdict.reason,
+            status=status,
+            permanent=verdict.give_up,
+            retry_after=retry_after,
+            attempt=verdict.attempt,
+            gave_up=verdict.gave_up,
         )
-        self._fail(now, verdict.reason)
 
     def _schedule_retry(self, now: float, verdict: Verdict) -> None:
         self._retry_at = now + verdict.delay
@@ -770,7 +706,7 @@ class PulseConnection:
             stalled = (
                 request.sent_at is not None
                 and self._state in (State.OPEN, State.CLOSING)
-                and self._last_received < request.sent_at
+                and self._liveness.last_received < request.sent_at
             )  # (when DRAINING, the switch below replaces the socket anyway)
             self._emit(turns.time_out(now, request, "no final within finalize_timeout"))
             if stalled:
@@ -788,66 +724,14 @@ class PulseConnection:
     # ------------------------------------------------------------------
 
     def _on_transcription(self, now: float, message: TranscriptionMessage) -> None:
-        timeline = self._timeline
-        word_list: list[Word] = []
-        for w in message.words:
-            first, last = timeline.session_span(w.start, w.end)
-            word_list.append(
-                Word(
-                    word=w.word,
-                    start=first,
-                    end=last,
-                    confidence=w.confidence,
-                    speaker=w.speaker,
-                    speaker_confidence=w.speaker_confidence,
-                )
-            )
-        utterance_list: list[Utterance] = []
-        for u in message.utterances:
-            first, last = timeline.session_span(u.start, u.end)
-            utterance_list.append(Utterance(text=u.text, start=first, end=last, speaker=u.speaker))
-        words = tuple(word_list)
-        utterances = tuple(utterance_list)
-        start, end = _span(words) if words else _span(utterances)
         answer = None
         if message.is_final:
             self._finals += 1
             answer = self._turns.answer(now, message.from_finalize)
-            coverage = answer.position if answer is not None else None
-            if message.words and message.words[-1].end is not None:
-                # Word timestamps say exactly how far the final reaches.
-                reach = round(timeline.session_ticks(message.words[-1].end, end=True))
-                coverage = reach if coverage is None else max(coverage, reach)
-            ledger = self._ledger
-            if message.is_last:
-                coverage = ledger.received
-            if coverage is not None:
-                ledger.confirm(min(coverage, ledger.sent_upto))
-        self._emit(
-            Transcript(
-                text=message.text,
-                is_final=message.is_final,
-                finalized=answer is not None and not answer.late,
-                is_last=message.is_last,
-                turn=answer.turn if answer is not None else None,
-                latency=answer.latency if answer is not None else None,
-                late=answer is not None and answer.late,
-                from_finalize=message.from_finalize,
-                language=message.language,
-                languages=message.languages,
-                words=words,
-                utterances=utterances,
-                redacted_entities=message.redacted_entities,
-                speaker=message.speaker,
-                speaker_confidence=message.speaker_confidence,
-                start=start,
-                end=end,
-                full_transcript=message.full_transcript,
-                session_id=message.session_id,
-                connection=self._connections,
-                raw=message.raw,
-            )
-        )
+            upto = confirmed_upto(message, answer, self._timeline, self._ledger)
+            if upto is not None:
+                self._ledger.confirm(upto)
+        self._emit(transcript(message, answer, self._timeline, self._connections))
         if message.is_last and self._state is State.CLOSING:
             self._close_complete(now)
         elif self._state is State.DRAINING and not self._turns.awaiting:

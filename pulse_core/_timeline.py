@@ -30,6 +30,8 @@ from __future__ import annotations
 import bisect
 from typing import Final
 
+from ._messages import Utterance, Word
+
 __all__ = ["JUMP_SNAP", "MAX_MARKS", "Timeline"]
 
 #: Marks kept per connection. A connection that outlives this many keepalives
@@ -154,3 +156,28 @@ class Timeline:
             after = (first, self.session_ticks(end))
             first, last = before if before[1] - before[0] >= after[1] - after[0] else after
         return first / tps, last / tps
+
+    def words(self, words: tuple[Word, ...]) -> tuple[Word, ...]:
+        """The server's words with their times in session seconds."""
+        mapped = []
+        for w in words:
+            first, last = self.session_span(w.start, w.end)
+            mapped.append(
+                Word(
+                    word=w.word,
+                    start=first,
+                    end=last,
+                    confidence=w.confidence,
+                    speaker=w.speaker,
+                    speaker_confidence=w.speaker_confidence,
+                )
+            )
+        return tuple(mapped)
+
+    def utterances(self, utterances: tuple[Utterance, ...]) -> tuple[Utterance, ...]:
+        """The server's utterances (sentences) with their times in session seconds."""
+        mapped = []
+        for u in utterances:
+            first, last = self.session_span(u.start, u.end)
+            mapped.append(Utterance(text=u.text, start=first, end=last, speaker=u.speaker))
+        return tuple(mapped)

@@ -1,0 +1,78 @@
+"""What a server transcription means for the session (spec/PROTOCOL.md §5, §6).
+
+A transcription message becomes one :class:`Transcript` event: its times mapped
+from the connection's clock to session time, and, for a final, the turn it
+answers. A final also *confirms* audio: everything before the position returned
+by :func:`confirmed_upto` is transcribed and need never be replayed. Getting that
+position wrong either loses audio (too far) or transcribes it twice after a
+reconnect (not far enough), so the rule lives here, in one place:
+
+* a final that answers a finalize covers the audio before that finalize;
+* word timestamps say exactly how far any final reaches (the last word's end);
+* ``is_last`` covers everything;
+* nothing beyond what the live socket was sent is ever confirmed.
+"""
+
+from __future__ import annotations
+
+from ._events import Transcript
+from ._ledger import AudioLedger
+from ._messages import TranscriptionMessage, Utterance, Word
+from ._timeline import Timeline
+from ._turns import Answer
+
+__all__ = ["confirmed_upto", "transcript"]
+
+
+def confirmed_upto(
+    message: TranscriptionMessage, answer: Answer | None, timeline: Timeline, ledger: AudioLedger
+) -> int | None:
+    """The session tick a final confirms the audio up to (``None``: nothing)."""
+    coverage = answer.position if answer is not None else None
+    if message.words and message.words[-1].end is not None:
+        # Word timestamps say exactly how far the final reaches.
+        reach = round(timeline.session_ticks(message.words[-1].end, end=True))
+        coverage = reach if coverage is None else max(coverage, reach)
+    if message.is_last:
+        coverage = ledger.received
+    if coverage is None:
+        return None
+    return min(coverage, ledger.sent_upto)
+
+
+def transcript(
+    message: TranscriptionMessage, answer: Answer | None, timeline: Timeline, connection: int
+) -> Transcript:
+    """The event for ``message``, in session time."""
+    words = timeline.words(message.words)
+    utterances = timeline.utterances(message.utterances)
+    start, end = _span(words) if words else _span(utterances)
+    return Transcript(
+        text=message.text,
+        is_final=message.is_final,
+        finalized=answer is not None and not answer.late,
+        is_last=message.is_last,
+        turn=answer.turn if answer is not None else None,
+        latency=answer.latency if answer is not None else None,
+        late=answer is not None and answer.late,
+        from_finalize=message.from_finalize,
+        language=message.language,
+        languages=message.languages,
+        words=words,
+        utterances=utterances,
+        redacted_entities=message.redacted_entities,
+        speaker=message.speaker,
+        speaker_confidence=message.speaker_confidence,
+        start=start,
+        end=end,
+        full_transcript=message.full_transcript,
+        session_id=message.session_id,
+        connection=connection,
+        raw=message.raw,
+    )
+
+
+def _span(items: tuple[Word, ...] | tuple[Utterance, ...]) -> tuple[float | None, float | None]:
+    starts = [item.start for item in items if item.start is not None]
+    ends = [item.end for item in items if item.end is not None]
+    return (min(starts) if starts else None, max(ends) if ends else None)
