@@ -17,7 +17,7 @@ __all__ = [
     "SendText",
 ]
 
-#: The control message that asks for the current turn's final (PROTOCOL §6).
+#: The control message that asks for the current turn's final (spec/PROTOCOL.md §3, §6 rule 3).
 FINALIZE: Final = '{"type":"finalize"}'
 #: The control message that ends the stream: the server answers ``is_last``.
 CLOSE_STREAM: Final = '{"type":"close_stream"}'

@@ -250,6 +250,12 @@ class ConnectionConfig:
     keepalive_interval: float = attrs.field(default=5.0, validator=_check_positive)
     #: Seconds of silence per keepalive.
     keepalive_silence: float = attrs.field(default=0.1, validator=_check_positive)
+    #: Seconds the server may stay silent (no message, no pong) before the engine
+    #: pings it to check that the connection is alive.
+    ping_interval: float = attrs.field(default=5.0, validator=_check_positive)
+    #: Seconds a liveness ping may go unanswered, with nothing else heard, before
+    #: the connection is taken as dead and replaced (its audio is replayed).
+    ping_timeout: float = attrs.field(default=5.0, validator=_check_positive)
     #: Seconds to wait for the final answering a finalize.
     finalize_timeout: float = attrs.field(default=5.0, validator=_check_positive)
     #: Seconds from close() to giving up on the server's ``is_last`` final.

@@ -56,7 +56,7 @@ from ._events import (
 )
 from ._finals import confirmed_upto, transcript
 from ._ledger import AudioLedger
-from ._liveness import KEEPALIVE_PING, Liveness
+from ._liveness import KEEPALIVE_PING, LIVENESS_PING, Check, Liveness
 from ._messages import (
     ErrorMessage,
     SpeechEndedMessage,
@@ -199,6 +199,8 @@ class PulseConnection:
             candidates.append(coalescing)
         if self._state in _WIRE_STATES:
             candidates.append(self._liveness.deadline())
+        if self._state in SOCKET_STATES:
+            candidates.append(self._liveness.check_deadline())
         finalize = self._turns.next()
         if finalize is not None:
             candidates.append(finalize.deadline)
@@ -432,7 +434,7 @@ class PulseConnection:
         self._input(now)
         if self._state not in SOCKET_STATES:
             return  # from a connection the engine already closed
-        self._liveness.heard(now)
+        self._liveness.received(now)
         if not isinstance(data, str):
             # The service only sends JSON text; a binary frame is a protocol error.
             self._emit(
@@ -466,6 +468,16 @@ class PulseConnection:
             assert isinstance(message, UnknownMessage)
             self._emit(UnhandledMessage(message_type=message.message_type, raw=message.raw))
 
+    def pong_received(self, now: float) -> None:
+        """The server answered a ping: the connection is alive.
+
+        Report every pong of the live connection (the liveness rule counts
+        them as hearing from the server, like any message).
+        """
+        self._input(now)
+        if self._state in SOCKET_STATES:
+            self._liveness.heard(now)
+
     def handle_timer(self, now: float) -> None:
         """Time passed: do whatever was due by ``now``."""
         self._input(now)
@@ -490,6 +502,8 @@ class PulseConnection:
             self._retry_at = None
             self._transition(Trigger.RETRY_DUE)
             self._connect(now)
+        if self._state in SOCKET_STATES:
+            self._check_liveness(now)
         if self._state in _WIRE_STATES and self._liveness.due(now):
             self._keepalive(now)
 
@@ -553,6 +567,23 @@ class PulseConnection:
         """Frame everything held (finalize and close must not wait for coalescing)."""
         for frame, ticks in self._ledger.flush(now, closing=closing):
             self._add_frame(now, frame, ticks)
+
+    def _check_liveness(self, now: float) -> None:
+        """Probe a silent server; replace a connection that stays silent."""
+        check = self._liveness.check(now)
+        if check is Check.PING:
+            self._commands.append(SendPing(LIVENESS_PING))
+        elif check is Check.DEAD:
+            silent = now - self._liveness.last_heard
+            reason = "server stopped answering"
+            self._commands.append(CloseConnection(code=1011, reason=reason))
+            self._connection_lost(
+                now,
+                code=1011,
+                reason=reason,
+                local=True,
+                summary=f"no answer from the server for {silent:.1f} s, not even to a ping",
+            )
 
     def _keepalive(self, now: float) -> None:
         """No audio went out for a keepalive interval: send silence (or a ping)."""

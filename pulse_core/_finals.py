@@ -1,4 +1,4 @@
-"""What a server transcription means for the session (spec/PROTOCOL.md §5, §6).
+"""What a server transcription means for the session (spec/PROTOCOL.md §5; §6 rules 3 and 6).
 
 A transcription message becomes one :class:`Transcript` event: its times mapped
 from the connection's clock to session time, and, for a final, the turn it

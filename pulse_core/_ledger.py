@@ -16,7 +16,7 @@ it. Along the session's audio the ledger keeps these marks, in this order::
 * ``replay_from``: everything before is confirmed by a delivered final, or
   reported dropped, and is forgotten;
 * ``retained``: the frames from ``replay_from`` on, kept for replay, at most
-  ``replay_seconds`` worth of bytes (spec/PROTOCOL.md §4).
+  ``replay_seconds`` worth of bytes (spec/PROTOCOL.md §6 rules 6 and 10).
 
 Invariants:
 

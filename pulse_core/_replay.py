@@ -1,5 +1,5 @@
 """Replay: what a socket is sent when it did not carry the session so far
-(spec/PROTOCOL.md §4).
+(spec/PROTOCOL.md §6 rules 6 and 7).
 
 After a reconnect or a settings switch the new socket gets, before any new
 audio, every frame the server has not confirmed with a delivered final (the

@@ -1,4 +1,4 @@
-"""``Retry``: whether to connect again, and when (spec/PROTOCOL.md §7).
+"""``Retry``: whether to connect again, and when (spec/PROTOCOL.md §6 rule 5).
 
 Every rule about giving up lives here: which refusals are final, how long a
 ``Retry-After`` may ask the engine to wait, how many consecutive failures the

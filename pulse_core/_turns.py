@@ -1,4 +1,4 @@
-"""``Turns``: finalize requests and what became of them (spec/PROTOCOL.md §6).
+"""``Turns``: finalize requests and what became of them (spec/PROTOCOL.md §6 rule 3).
 
 Each finalize opens a *turn*: the audio since the previous finalize. The
 service answers every ``finalize`` it received with exactly one final, in

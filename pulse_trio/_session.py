@@ -456,7 +456,7 @@ class Session:
                         await ws.send_message(command.text)
                     else:
                         # A ping waits for its pong: never hold the audio up for it.
-                        nursery.start_soon(self._ping, ws, command.payload)
+                        nursery.start_soon(self._ping, link, ws, command.payload)
                 except ConnectionClosed:
                     # The reader reports the close, once it has handed the engine
                     # every message that arrived before it.
@@ -465,9 +465,11 @@ class Session:
             if not link.outbox:
                 await link.wake.wait()
 
-    async def _ping(self, ws: WebSocketConnection, payload: bytes) -> None:
+    async def _ping(self, link: _Link, ws: WebSocketConnection, payload: bytes) -> None:
         with contextlib.suppress(ConnectionClosed, ValueError):  # ValueError: same ping in flight
             await ws.ping(payload or None)
+            # The engine's liveness rule counts a pong as hearing from the server.
+            self._report(link, "pong_received")
 
     async def _run_link(self, link: _Link, command: Connect) -> None:
         if link.abandoned:

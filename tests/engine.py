@@ -16,6 +16,7 @@ from pulse_core import (
     SendPing,
     SendText,
 )
+from pulse_core._liveness import LIVENESS_PING
 
 BASE_URL = "ws://127.0.0.1:8765"
 
@@ -28,8 +29,11 @@ def config(**options: Any) -> ConnectionConfig:
 class Harness:
     """A PulseConnection plus the outputs it produced, kept for inspection."""
 
-    def __init__(self, jitter: Any = None, **options: Any) -> None:
+    def __init__(self, jitter: Any = None, *, answer_pings: bool = True, **options: Any) -> None:
         self.conn = PulseConnection(config(**options), jitter=jitter)
+        #: Answer the engine's liveness pings at once, as a live server does
+        #: (the answered pings are kept in ``commands`` but not returned).
+        self.answer_pings = answer_pings
         self.commands: list[Command] = []
         self.events: list[Event] = []
         self.now = 0.0
@@ -62,7 +66,14 @@ class Harness:
     def tick(self, now: float) -> tuple[list[Command], list[Event]]:
         self.now = now
         self.conn.handle_timer(now)
-        return self.collect()
+        commands, events = self.collect()
+        probe = SendPing(LIVENESS_PING)
+        if self.answer_pings and probe in commands:
+            self.conn.pong_received(now)
+            more_commands, more_events = self.collect()
+            commands = [command for command in commands if command != probe] + more_commands
+            events += more_events
+        return commands, events
 
     def of(self, kind: type) -> list[Any]:
         return [event for event in self.events if isinstance(event, kind)]

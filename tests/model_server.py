@@ -48,6 +48,7 @@ from pulse_core import (
     SendPing,
     SendText,
 )
+from pulse_core._liveness import KEEPALIVE_PING
 from pulse_trio.emulator import Accept, Close, ServerSession, TokenEngine, check_request
 from pulse_trio.token_audio import encode
 
@@ -94,6 +95,13 @@ class Injected:
     permanent: bool = False
 
 
+@attrs.frozen
+class Pong:
+    """The server's answer to a ping, queued with its other frames."""
+
+    payload: bytes
+
+
 @attrs.define
 class Socket:
     """One open WebSocket of the simulation and its model server."""
@@ -103,7 +111,7 @@ class Socket:
     server: ServerSession
     opened_at: float
     last_wire: float
-    inbox: collections.deque[str | Close | Injected] = attrs.field(factory=collections.deque)
+    inbox: collections.deque[str | Close | Injected | Pong] = attrs.field(factory=collections.deque)
     close_stream_sent: bool = False
     finalizes_sent: int = 0
     keepalives: int = 0
@@ -285,7 +293,9 @@ class Drive:
             if isinstance(item, Close):
                 self.drop_socket(item.code)
                 return
-            if isinstance(item, Injected):
+            if isinstance(item, Pong):
+                self.call("pong_received", detail={"socket": socket.number, "pong": item.payload})
+            elif isinstance(item, Injected):
                 detail = {"socket": socket.number, "injected": item}
                 self.call("receive_message", item.data, detail=detail)
             else:
@@ -311,7 +321,13 @@ class Drive:
             elif isinstance(command, SendText):
                 self._send_text(command.text)
             elif isinstance(command, SendPing):
-                raise AssertionError("invariant 4: a ping for linear16, which has byte silence")
+                assert command.payload != KEEPALIVE_PING, (
+                    "invariant 4: a keepalive ping for linear16, which has byte silence"
+                )
+                # Liveness probe: the server's WebSocket layer answers it, in
+                # order with the frames it sends.
+                if self.socket is not None:
+                    self.socket.inbox.append(Pong(command.payload))
             elif isinstance(command, CloseConnection):
                 if self.socket is not None:
                     step.closed_sockets.append(
