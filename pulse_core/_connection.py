@@ -26,6 +26,8 @@ from __future__ import annotations
 import math
 from typing import Any, Final
 
+import attrs
+
 from ._commands import (
     CLOSE_STREAM,
     FINALIZE,
@@ -54,7 +56,7 @@ from ._events import (
     SpeechStarted,
     UnhandledMessage,
 )
-from ._finals import confirmed_upto, transcript
+from ._finals import confirmed_upto, transcript, within_connection
 from ._ledger import AudioLedger
 from ._liveness import KEEPALIVE_PING, LIVENESS_PING, Check, Liveness
 from ._messages import (
@@ -441,8 +443,16 @@ class PulseConnection:
                 MalformedMessage(error="unexpected binary frame", data=repr(bytes(data[:60])))
             )
             return
+        timeline = self._timeline
         try:
             message = parse_server_message(data, max_size=self._config.max_message_size)
+            # Times are checked before they steer anything (PROTOCOL §5).
+            if isinstance(message, TranscriptionMessage):
+                message = within_connection(message, timeline)
+            elif isinstance(message, SpeechStartedMessage | SpeechEndedMessage):
+                message = attrs.evolve(
+                    message, timestamp=timeline.fit(message.timestamp, "timestamp")
+                )
         except RemoteProtocolError as exc:
             self._emit(MalformedMessage(error=str(exc), data=data[:200]))
             return
@@ -451,14 +461,14 @@ class PulseConnection:
         elif isinstance(message, SpeechStartedMessage):
             self._emit(
                 SpeechStarted(
-                    timestamp=self._timeline.session_time(message.timestamp),
+                    timestamp=timeline.session_time(message.timestamp),
                     session_id=message.session_id,
                 )
             )
         elif isinstance(message, SpeechEndedMessage):
             self._emit(
                 SpeechEnded(
-                    timestamp=self._timeline.session_time(message.timestamp, end=True),
+                    timestamp=timeline.session_time(message.timestamp, end=True),
                     session_id=message.session_id,
                 )
             )
@@ -759,7 +769,13 @@ class PulseConnection:
         if message.is_final:
             self._finals += 1
             answer = self._turns.answer(now, message.from_finalize)
-            upto = confirmed_upto(message, answer, self._timeline, self._ledger)
+            upto = confirmed_upto(
+                message,
+                answer,
+                self._timeline,
+                self._ledger,
+                closing=self._state is State.CLOSING,
+            )
             if upto is not None:
                 self._ledger.confirm(upto)
         self._emit(transcript(message, answer, self._timeline, self._connections))

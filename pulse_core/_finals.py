@@ -9,11 +9,21 @@ reconnect (not far enough), so the rule lives here, in one place:
 
 * a final that answers a finalize covers the audio before that finalize;
 * word timestamps say exactly how far any final reaches (the last word's end);
-* ``is_last`` covers everything;
+* ``is_last`` covers everything, but only as the answer to ``close_stream``
+  (mid-session it is taken as an ordinary final);
 * nothing beyond what the live socket was sent is ever confirmed.
+
+Server times are checked first (:func:`within_connection`): a time a little
+outside the audio the connection carried is clamped; one far outside makes
+the message malformed, so a bogus time can neither crash the engine nor
+confirm the wrong audio.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+
+import attrs
 
 from ._events import Transcript
 from ._ledger import AudioLedger
@@ -21,19 +31,60 @@ from ._messages import TranscriptionMessage, Utterance, Word
 from ._timeline import Timeline
 from ._turns import Answer
 
-__all__ = ["confirmed_upto", "transcript"]
+__all__ = ["confirmed_upto", "transcript", "within_connection"]
+
+
+def within_connection(message: TranscriptionMessage, timeline: Timeline) -> TranscriptionMessage:
+    """``message`` with every time fitted to the audio the connection carried.
+
+    Raises ``RemoteProtocolError`` when a time is far outside it.
+    """
+    fit = timeline.fit
+    changed = False
+    words: list[Word] = []
+    for word in message.words:
+        start = _fit(fit, word.start, "word start")
+        end = _fit(fit, word.end, "word end")
+        if start != word.start or end != word.end:
+            word = attrs.evolve(word, start=start, end=end)  # noqa: PLW2901
+            changed = True
+        words.append(word)
+    utterances: list[Utterance] = []
+    for item in message.utterances:
+        start = _fit(fit, item.start, "utterance start")
+        end = _fit(fit, item.end, "utterance end")
+        if start != item.start or end != item.end:
+            item = attrs.evolve(item, start=start, end=end)  # noqa: PLW2901
+            changed = True
+        utterances.append(item)
+    if not changed:
+        return message
+    return attrs.evolve(message, words=tuple(words), utterances=tuple(utterances))
+
+
+def _fit(fit: Callable[[float, str], float], value: float | None, what: str) -> float | None:
+    return None if value is None else fit(value, what)
 
 
 def confirmed_upto(
-    message: TranscriptionMessage, answer: Answer | None, timeline: Timeline, ledger: AudioLedger
+    message: TranscriptionMessage,
+    answer: Answer | None,
+    timeline: Timeline,
+    ledger: AudioLedger,
+    *,
+    closing: bool,
 ) -> int | None:
-    """The session tick a final confirms the audio up to (``None``: nothing)."""
+    """The session tick a final confirms the audio up to (``None``: nothing).
+
+    ``closing``: ``close_stream`` was sent on this connection, so ``is_last``
+    is the end of the session.
+    """
     coverage = answer.position if answer is not None else None
     if message.words and message.words[-1].end is not None:
         # Word timestamps say exactly how far the final reaches.
         reach = round(timeline.session_ticks(message.words[-1].end, end=True))
         coverage = reach if coverage is None else max(coverage, reach)
-    if message.is_last:
+    if message.is_last and closing:
         coverage = ledger.received
     if coverage is None:
         return None

@@ -17,6 +17,7 @@ Invariants:
 
 from __future__ import annotations
 
+import math
 from typing import Final, Protocol
 
 import attrs
@@ -104,8 +105,10 @@ class Retry:
         """A connection attempt failed with ``status`` (``None``: no answer).
 
         4xx refusals other than 408 and 429 are final (the request itself is
-        wrong), as is a 429 asking to wait longer than ``max_retry_after``, or
-        anything the transport calls ``final``.
+        wrong), as are redirects (never followed), any ``Retry-After`` longer
+        than ``max_retry_after`` (whatever the status), and anything the
+        transport calls ``final``. A shorter ``Retry-After`` is a floor on the
+        delay.
         """
         policy = self._policy
         self._attempt += 1
@@ -113,7 +116,16 @@ class Retry:
         permanent = final or (
             status is not None and 400 <= status < 500 and status not in _RETRYABLE_CLIENT_ERRORS
         )
-        if status == 429 and retry_after is not None and retry_after > policy.max_retry_after:
+        if status is not None and 300 <= status < 400:
+            # A redirect is never followed (the key would go to another host),
+            # and asking the same URL again gets the same answer.
+            permanent = True
+            reason = f"{reason} (redirects are not followed)"
+        if retry_after is not None and math.isnan(retry_after):
+            retry_after = None  # no usable wait: the policy's own delay
+        if retry_after is not None and retry_after > policy.max_retry_after:
+            # Whatever the status: a server asking for a long wait (a day, or
+            # for ever) is refusing for now; waiting would hang the session.
             permanent = True
             reason = f"{reason} (asked to retry after {retry_after:g} s)"
         if permanent:

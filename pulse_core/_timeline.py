@@ -30,9 +30,10 @@ from __future__ import annotations
 import bisect
 from typing import Final
 
+from ._errors import RemoteProtocolError
 from ._messages import Utterance, Word
 
-__all__ = ["JUMP_SNAP", "MAX_MARKS", "Timeline"]
+__all__ = ["JUMP_SNAP", "MAX_MARKS", "TIME_TOLERANCE", "Timeline"]
 
 #: Marks kept per connection. A connection that outlives this many keepalives
 #: forgets the oldest; its silence is folded into the base, which is exact for
@@ -42,6 +43,10 @@ MAX_MARKS: Final = 4096
 #: service rounds its timestamps (to 10 ms), so a word ending just before a jump
 #: may be reported a hair after it, and would otherwise map across the gap.
 JUMP_SNAP: Final = 0.01
+#: Server times at most this many seconds outside the audio the connection
+#: carried are rounding, and are clamped to it; further out they are nonsense
+#: (a negative time, ``1e305``) and the message is malformed (PROTOCOL §5).
+TIME_TOLERANCE: Final = 0.5
 
 
 class Timeline:
@@ -77,6 +82,19 @@ class Timeline:
         self._lens.clear()
         self._cum.clear()
         self._base = 0
+
+    def fit(self, seconds: float, what: str) -> float:
+        """A server time checked against the audio this connection carried:
+        clamped to it within :data:`TIME_TOLERANCE`, refused beyond."""
+        carried = self._ticks / self._tps
+        if seconds < 0.0 or seconds > carried:
+            if seconds < -TIME_TOLERANCE or seconds > carried + TIME_TOLERANCE:
+                raise RemoteProtocolError(
+                    f"{what} {seconds:g} s is outside the {carried:g} s of audio "
+                    "this connection carried"
+                )
+            return min(max(seconds, 0.0), carried)
+        return seconds
 
     def advance(self, ticks: int) -> None:
         """``ticks`` of the application's audio went out on this connection."""
