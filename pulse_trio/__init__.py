@@ -12,6 +12,7 @@ moves bytes over trio-websocket. It also ships the local emulator
 and the ``pulse`` command line.
 """
 
+from ._connector import Connector, default_connector
 from ._errors import (
     AuthenticationError,
     CertificateError,
@@ -22,7 +23,7 @@ from ._errors import (
     RegionError,
     SessionFailedError,
 )
-from ._session import HANDLER_EVENTS, Connector, Session, default_connector, open_session
+from ._session import HANDLER_EVENTS, Session, open_session
 
 __all__ = [
     "HANDLER_EVENTS",
