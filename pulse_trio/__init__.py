@@ -9,7 +9,7 @@
 Every protocol decision is made by ``pulse_core.PulseConnection``; this package
 moves bytes over trio-websocket. It also ships the local emulator
 (``pulse_trio.emulator``), token audio for tests (``pulse_trio.token_audio``)
-and the ``pulse`` command line.
+and the ``pulse`` command line (``pulse_trio.cli``).
 """
 
 from ._connector import Connector, default_connector
