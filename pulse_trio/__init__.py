@@ -7,9 +7,10 @@
             ...
 
 Every protocol decision is made by ``pulse_core.PulseConnection``; this package
-moves bytes over trio-websocket. It also ships the local emulator
-(``pulse_trio.emulator``), token audio for tests (``pulse_trio.token_audio``)
-and the ``pulse`` command line (``pulse_trio.cli``).
+moves bytes over trio-websocket. Two wings ship with it and are never imported
+by it: the local emulator with token audio for tests (``pulse_trio.emulator``,
+``pulse_trio.emulator.token_audio``) and the ``pulse`` command line
+(``pulse_trio.cli``).
 """
 
 from ._connector import Connector, default_connector

@@ -49,7 +49,7 @@ from pulse_core import (
     SendText,
 )
 from pulse_trio.emulator import Accept, Close, ServerSession, TokenEngine, check_request
-from pulse_trio.token_audio import encode
+from pulse_trio.emulator.token_audio import encode
 
 __all__ = [
     "API_KEY",

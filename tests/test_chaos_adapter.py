@@ -132,7 +132,7 @@ from pulse_trio import (
     open_session,
 )
 from pulse_trio.emulator import Emulator
-from pulse_trio.token_audio import encode
+from pulse_trio.emulator.token_audio import encode
 
 KEY = "sk_chaos_test_key_0123456789"
 URL = "ws://127.0.0.1:8765"  # reached in memory, never dialled

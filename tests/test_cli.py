@@ -1,7 +1,7 @@
 """`pulse transcribe`, run as a user runs it: the real command in a subprocess.
 
-Audio is token audio (pulse_trio.token_audio) in WAV files written here, byte
-by byte, so every header flavour is exercised. The server is the emulator:
+Audio is token audio (pulse_trio.emulator.token_audio) in WAV files written
+here, byte by byte, so every header flavour is exercised. The server is the emulator:
 in-process with `--local`, or `pulse emulator` started once as a subprocess
 (with `--api-key`, so a wrong key is refused). Independent runs go
 concurrently to keep the file fast.
@@ -30,7 +30,7 @@ from pulse_core import Transcript, Word
 from pulse_trio.cli import main
 from pulse_trio.cli._input import InputError, open_source
 from pulse_trio.cli._output import make_formatter, timestamp
-from pulse_trio.token_audio import TokenDecoder, encode, ogg_opus_stream
+from pulse_trio.emulator.token_audio import TokenDecoder, encode, ogg_opus_stream
 
 ROOT = Path(__file__).resolve().parent.parent
 GOOD_KEY = "sk_cli_test_good_key"

@@ -47,7 +47,7 @@ import trio
 from trio_websocket import WebSocketConnection, WebSocketRequest
 
 from pulse_trio.emulator import Emulator, ServerSession
-from pulse_trio.token_audio import encode
+from pulse_trio.emulator.token_audio import encode
 
 TURNS = (["hello", "world"], ["second", "turn"])
 SAMPLE_RATE = 16000

@@ -12,7 +12,7 @@ import trio
 
 from pulse_core import Transcript
 from pulse_trio import open_session
-from pulse_trio.token_audio import encode
+from pulse_trio.emulator.token_audio import encode
 
 ROOT = Path(__file__).resolve().parent.parent
 

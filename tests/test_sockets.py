@@ -49,7 +49,7 @@ from pulse_trio import (
     open_session,
 )
 from pulse_trio.emulator import Emulator
-from pulse_trio.token_audio import encode, opus_packets
+from pulse_trio.emulator.token_audio import encode, opus_packets
 
 KEY = "sk_sockets_test_key_0123456789"
 LIMIT = 20  # seconds; no test comes near it

@@ -607,7 +607,8 @@ def _local_engine() -> tuple[Any, str]:
     from pulse_trio.emulator import TokenEngine  # noqa: PLC0415 - imported when used: it loads slowly
 
     return TokenEngine(), (
-        "token audio. It recognises only token audio (made with pulse_trio.token_audio), not speech"
+        "token audio. It recognises only token audio "
+        "(made with pulse_trio.emulator.token_audio), not speech"
     )
 
 
@@ -920,7 +921,7 @@ class _Transcriber:
         if self.args.local and not self.words and not self.aborted:
             console.notice(
                 "no words were recognised: the built-in emulator reads only token audio "
-                "(pulse_trio.token_audio), not speech"
+                "(pulse_trio.emulator.token_audio), not speech"
             )
         if self.aborted:
             console.notice("stopped before the transcript was finished")

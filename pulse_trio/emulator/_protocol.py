@@ -17,7 +17,8 @@ from urllib.parse import parse_qsl, urlsplit
 import attrs
 
 from pulse_core import SAMPLE_RATES, Encoding, Language, Region
-from pulse_trio.token_audio import DecodedWord, TokenDecoder
+
+from .token_audio import DecodedWord, TokenDecoder
 
 __all__ = [
     "Accept",
@@ -78,7 +79,7 @@ class RecognitionEngine(Protocol):
 
 
 class TokenEngine:
-    """Recognises token audio (see ``pulse_trio.token_audio``), exactly."""
+    """Recognises token audio (see ``pulse_trio.emulator.token_audio``), exactly."""
 
     name = "token"
 
