@@ -21,10 +21,10 @@ from ._protocol import (
     Reject,
     ServerParams,
     ServerSession,
-    TokenEngine,
     check_request,
 )
 from ._server import Emulator, Fault, Faults
+from ._token_engine import TokenEngine
 
 __all__ = [
     "Accept",
