@@ -32,7 +32,7 @@ from pulse_trio.cli._input import InputError, open_source
 from pulse_trio.cli._output import make_formatter, timestamp
 from pulse_trio.emulator.token_audio import TokenDecoder, encode, ogg_opus_stream
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 GOOD_KEY = "sk_cli_test_good_key"
 BAD_KEY = "sk_cli_test_WRONG_key_123"
 RATE = 16000
