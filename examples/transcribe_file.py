@@ -5,7 +5,7 @@
 With SMALLEST_API_KEY set (and no --local) this talks to the Pulse service.
 Without a key, or with --local, it starts the local emulator in-process, which
 recognises *token audio* such as the shipped examples/hello.wav (made with
-pulse_trio.token_audio; see the README).
+pulse_trio.emulator.token_audio; see the README).
 """
 
 from __future__ import annotations

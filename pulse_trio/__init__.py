@@ -7,11 +7,13 @@
             ...
 
 Every protocol decision is made by ``pulse_core.PulseConnection``; this package
-moves bytes over trio-websocket. It also ships the local emulator
-(``pulse_trio.emulator``), token audio for tests (``pulse_trio.token_audio``)
-and the ``pulse`` command line.
+moves bytes over trio-websocket. Two wings ship with it and are never imported
+by it: the local emulator with token audio for tests (``pulse_trio.emulator``,
+``pulse_trio.emulator.token_audio``) and the ``pulse`` command line
+(``pulse_trio.cli``).
 """
 
+from ._connector import Connector, default_connector
 from ._errors import (
     AuthenticationError,
     CertificateError,
@@ -22,7 +24,7 @@ from ._errors import (
     RegionError,
     SessionFailedError,
 )
-from ._session import HANDLER_EVENTS, Connector, Session, default_connector, open_session
+from ._session import HANDLER_EVENTS, Session, open_session
 
 __all__ = [
     "HANDLER_EVENTS",

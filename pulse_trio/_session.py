@@ -6,7 +6,8 @@ clock works in tests) and the background tasks, and tells the engine what the
 network did. Four tasks run under the session:
 
 * the *executor* carries out the engine's commands in order (it alone writes);
-* one *link* task per connection dials, then reads frames into the engine;
+* one *link* task per connection dials (through its connector, ``_connector``),
+  then reads frames into the engine;
 * the *timer* calls ``handle_timer`` whenever the engine's deadline passes;
 * the *forwarder* hands events to handlers and to ``events()``.
 
@@ -27,10 +28,9 @@ import os
 import random
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeAlias
-from urllib.parse import urlsplit
 
 import trio
 from trio_websocket import (
@@ -38,7 +38,6 @@ from trio_websocket import (
     ConnectionRejected,
     HandshakeError,
     WebSocketConnection,
-    wrap_client_stream,
 )
 
 from pulse_core import (
@@ -71,17 +70,13 @@ from pulse_core import (
     UnhandledMessage,
 )
 
+from ._connector import Connector, close_transport, default_connector
 from ._errors import SessionFailedError, error_for
 
-__all__ = ["Connector", "Session", "open_session"]
+__all__ = ["HANDLER_EVENTS", "Session", "open_session"]
 
 logger = logging.getLogger("pulse_trio")
 
-#: Opens a WebSocket: (nursery for its background task, url, headers, ssl context).
-Connector: TypeAlias = Callable[
-    [trio.Nursery, str, list[tuple[bytes, bytes]], ssl.SSLContext | None],
-    Awaitable[WebSocketConnection],
-]
 Handler: TypeAlias = Callable[[Any], Any]
 
 #: Handler names (the service-event names Pipecat users know, and more).
@@ -113,47 +108,6 @@ def _retry_after(headers: tuple[tuple[bytes, bytes], ...] | None) -> float | Non
             except ValueError:
                 return None  # an HTTP date: leave the delay to the policy
     return None
-
-
-async def default_connector(
-    nursery: trio.Nursery,
-    url: str,
-    headers: list[tuple[bytes, bytes]],
-    ssl_context: ssl.SSLContext | None,
-    *,
-    max_message_size: int = 1 << 20,
-) -> WebSocketConnection:
-    """Dial TCP (and TLS for wss, with the system's certificate verification
-    unless ``ssl_context`` says otherwise), then run the WebSocket handshake.
-
-    The connector owns the stream so that it is closed whatever happens:
-    trio-websocket leaves it open when the handshake is refused.
-    """
-    parts = urlsplit(url)
-    secure = parts.scheme == "wss"
-    host = parts.hostname or ""
-    port = parts.port or (443 if secure else 80)
-    resource = parts.path + (f"?{parts.query}" if parts.query else "")
-    stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
-    try:
-        if secure:
-            context = ssl_context or ssl.create_default_context()
-            stream = trio.SSLStream(stream, context, server_hostname=host, https_compatible=True)
-            await stream.do_handshake()
-        name = f"[{host}]" if ":" in host else host  # an IPv6 literal
-        authority = name if parts.port is None else f"{name}:{parts.port}"
-        return await wrap_client_stream(
-            nursery,
-            stream,  # type: ignore[arg-type]
-            authority,
-            resource,
-            extra_headers=headers,
-            message_queue_size=16,
-            max_message_size=max_message_size,
-        )
-    except BaseException:
-        await trio.aclose_forcefully(stream)
-        raise
 
 
 class _Link:
@@ -480,7 +434,7 @@ class Session:
                     try:
                         await self._link_body(nursery, link, command)
                     finally:
-                        await _close_transport(link.ws)
+                        await close_transport(link.ws)
                     nursery.cancel_scope.cancel()
             except BaseExceptionGroup as group:
                 # trio-websocket raises from its reader task too: the first
@@ -662,14 +616,6 @@ class Session:
             )
         elif isinstance(event, Closed):
             log.info("closed%s", f" with error: {event.error}" if event.error else "")
-
-
-async def _close_transport(ws: WebSocketConnection | None) -> None:
-    """Close the stream under ``ws``: trio-websocket leaves it open when the
-    server closed first, which would leak the socket."""
-    stream = getattr(ws, "_stream", None)
-    if stream is not None:
-        await trio.aclose_forcefully(stream)
 
 
 _NETWORK_ERRORS = (

@@ -10,7 +10,7 @@ final per finalize, automatic finals (endpointing, max_words), close_stream
 with is_last, voice-activity events, word and sentence timestamps,
 diarization, full transcripts and redaction, plus fault injection.
 Recognition is pluggable; the built-in engine reads token audio
-(``pulse_trio.token_audio``).
+(``pulse_trio.emulator.token_audio``).
 """
 
 from ._protocol import (
@@ -21,10 +21,10 @@ from ._protocol import (
     Reject,
     ServerParams,
     ServerSession,
-    TokenEngine,
     check_request,
 )
 from ._server import Emulator, Fault, Faults
+from ._token_engine import TokenEngine
 
 __all__ = [
     "Accept",

@@ -4,6 +4,10 @@
 reason) and ``ServerSession`` turns what a client sends into what the service
 would answer. The trio server in ``_server.py`` only moves bytes; the
 property tests use ``ServerSession`` directly as a model of the service.
+
+What the session needs of a recogniser is ``RecognitionEngine`` (one
+``RecognitionStream`` per connection); the engines live in modules of their
+own (``_token_engine.py``).
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from urllib.parse import parse_qsl, urlsplit
 import attrs
 
 from pulse_core import SAMPLE_RATES, Encoding, Language, Region
-from pulse_trio.token_audio import DecodedWord, TokenDecoder
+
+from .token_audio import DecodedWord
 
 __all__ = [
     "Accept",
@@ -27,7 +32,6 @@ __all__ = [
     "Reject",
     "ServerParams",
     "ServerSession",
-    "TokenEngine",
     "check_request",
 ]
 
@@ -75,15 +79,6 @@ class RecognitionEngine(Protocol):
     name: str
 
     def stream(self, encoding: Encoding, sample_rate: int) -> RecognitionStream: ...
-
-
-class TokenEngine:
-    """Recognises token audio (see ``pulse_trio.token_audio``), exactly."""
-
-    name = "token"
-
-    def stream(self, encoding: Encoding, sample_rate: int) -> RecognitionStream:
-        return TokenDecoder(encoding, sample_rate)
 
 
 @attrs.frozen(kw_only=True)

@@ -29,10 +29,10 @@ from ._protocol import (
     RecognitionEngine,
     Reject,
     ServerSession,
-    TokenEngine,
     check_request,
     region_refusal,
 )
+from ._token_engine import TokenEngine
 
 __all__ = ["Emulator", "Fault", "Faults"]
 

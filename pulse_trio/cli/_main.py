@@ -1,26 +1,5 @@
-"""The ``pulse`` command line (also ``python -m pulse_trio``).
-
-    pulse transcribe PATH [options]   transcribe a WAV or Ogg Opus file; PATH - reads stdin
-    pulse emulator [options]          serve a local Pulse-compatible server
-
-``pulse transcribe`` reads WAV (PCM 8/16/24/32-bit, IEEE float, a-law, mu-law;
-any number of channels, mixed to mono), Ogg Opus, or raw audio described by
-``--encoding``/``--sample-rate``. Files go as fast as the connection takes them
-(``--realtime`` or ``--speed N`` to pace them like a live source); stdin streams
-as it arrives. It writes ``--format text|jsonl|json|srt|vtt`` to stdout or
-``--output FILE``. The API key comes from ``SMALLEST_API_KEY`` or
-``--api-key-file FILE``, never from an argument, and is never printed;
-``--local`` runs against the emulator in-process instead.
-
-Exit statuses:
-
-* 0   success
-* 2   usage or input error (bad option, unreadable or unsupported audio, no key)
-* 3   authentication or permission refused (AuthenticationError, PermissionDeniedError)
-* 4   the service could not be used: the network gave up (ConnectionGaveUpError)
-      or the session failed otherwise (any other SessionFailedError)
-* 130 interrupted: the first Ctrl-C stops reading and finishes the transcript of
-      what was sent; a second one stops at once
+"""The ``pulse`` command: its arguments, ``pulse transcribe``, ``pulse emulator``
+and ``main`` (the exit statuses are in the package's docstring).
 """
 
 from __future__ import annotations
@@ -60,16 +39,17 @@ from pulse_core import (
     SpeechStarted,
     Transcript,
 )
-
-from ._errors import (
+from pulse_trio import (
     AuthenticationError,
     ConnectionGaveUpError,
     PermissionDeniedError,
+    Session,
     SessionFailedError,
+    open_session,
 )
+
 from ._input import RAW_ENCODINGS, AudioSource, InputError, SilenceDetector, open_source
 from ._output import FORMATS, Formatter, make_formatter
-from ._session import Session, open_session
 from ._terminal import LiveLine, use_color
 
 __all__ = ["main"]
@@ -385,7 +365,7 @@ def _add_emulator(commands: Any) -> None:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    from .emulator import Emulator  # noqa: PLC0415 - imported when used: it loads slowly
+    from pulse_trio.emulator import Emulator  # noqa: PLC0415 - imported when used: it loads slowly
 
     context = None
     if args.certfile:
@@ -624,10 +604,11 @@ def _local_engine() -> tuple[Any, str]:
 
     Today that is the token-audio engine; a speech engine would be chosen here.
     """
-    from .emulator import TokenEngine  # noqa: PLC0415 - imported when used: it loads slowly
+    from pulse_trio.emulator import TokenEngine  # noqa: PLC0415 - imported when used: it loads slowly
 
     return TokenEngine(), (
-        "token audio. It recognises only token audio (made with pulse_trio.token_audio), not speech"
+        "token audio. It recognises only token audio "
+        "(made with pulse_trio.emulator.token_audio), not speech"
     )
 
 
@@ -741,7 +722,7 @@ class _Transcriber:
     async def _run(self, nursery: trio.Nursery) -> None:
         args = self.args
         if args.local:
-            from .emulator import Emulator  # noqa: PLC0415 - only for --local
+            from pulse_trio.emulator import Emulator  # noqa: PLC0415 - only for --local
 
             engine, about = _local_engine()
             emulator = Emulator(engine=engine, region=args.region)
@@ -940,7 +921,7 @@ class _Transcriber:
         if self.args.local and not self.words and not self.aborted:
             console.notice(
                 "no words were recognised: the built-in emulator reads only token audio "
-                "(pulse_trio.token_audio), not speech"
+                "(pulse_trio.emulator.token_audio), not speech"
             )
         if self.aborted:
             console.notice("stopped before the transcript was finished")

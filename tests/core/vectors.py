@@ -28,7 +28,7 @@ from pulse_core import (
     SendText,
 )
 
-SPEC = Path(__file__).resolve().parent.parent / "spec"
+SPEC = Path(__file__).resolve().parents[2] / "spec"
 SCENARIOS = SPEC / "scenarios"
 MESSAGES = SPEC / "messages"
 API_KEY = "sk_test_vector_key"

@@ -33,8 +33,12 @@ from collections.abc import Iterable, Iterator
 import attrs
 
 from pulse_core import Encoding, OggPageSplitter
-
-from ._g711 import alaw_to_linear16, linear16_to_alaw, linear16_to_mulaw, mulaw_to_linear16
+from pulse_trio._g711 import (
+    alaw_to_linear16,
+    linear16_to_alaw,
+    linear16_to_mulaw,
+    mulaw_to_linear16,
+)
 
 __all__ = [
     "LEVEL_BASE",

@@ -1,8 +1,8 @@
 """open_session() end to end against the emulator, on trio's virtual clock.
 
 The emulator is reached over in-memory streams (``Emulator.memory_connector``),
-so time is virtual and every test is deterministic; tests/test_sockets.py does
-the same over real loopback sockets.
+so time is virtual and every test is deterministic; test_sockets.py, beside
+this file, does the same over real loopback sockets.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from pulse_trio import (
     open_session,
 )
 from pulse_trio.emulator import Emulator
-from pulse_trio.token_audio import encode
+from pulse_trio.emulator.token_audio import encode
 
 KEY = "sk_session_test_key_0123456789"
 URL = "ws://127.0.0.1:8765"  # reached in memory, never dialled
@@ -169,7 +169,7 @@ async def test_permanent_401_is_raised_and_not_retried(autojump_clock: Any) -> N
 async def test_a_failed_session_delivers_every_event_before_raising(
     autojump_clock: Any,
 ) -> None:
-    # Found by tests/test_chaos_adapter.py: the session's tasks were cancelled as
+    # Found by tests/adapter/test_chaos_adapter.py: the session's tasks were cancelled as
     # soon as it failed, so handlers and events() could miss the last events:
     # the answer to a finalize (FinalizeTimedOut), AudioDropped, Closed.
     emulator = Emulator()
@@ -318,7 +318,7 @@ class _HangingUp:
 async def test_frames_that_arrived_before_a_hang_up_reach_the_engine(
     autojump_clock: Any,
 ) -> None:
-    # Found by tests/test_chaos_adapter.py: when the writer noticed a closed
+    # Found by tests/adapter/test_chaos_adapter.py: when the writer noticed a closed
     # connection before the reader had handed on what arrived before the close,
     # the close was reported first and those frames were thrown away (an error,
     # or a final).
@@ -343,7 +343,7 @@ async def test_frames_that_arrived_before_a_hang_up_reach_the_engine(
 async def test_a_refusal_landing_with_the_attempts_replacement_is_not_raised(
     autojump_clock: Any,
 ) -> None:
-    # Found by tests/test_chaos_adapter.py: an attempt replaced by a settings
+    # Found by tests/adapter/test_chaos_adapter.py: an attempt replaced by a settings
     # change (its task cancelled) whose handshake was refused at that same
     # moment raised ExceptionGroup([ConnectionRejected]) out of open_session.
     emulator = Emulator()
@@ -416,7 +416,7 @@ async def test_a_stalled_server_is_replaced(autojump_clock: Any) -> None:
 async def test_audio_queued_on_a_lost_connection_is_not_counted_forever(
     autojump_clock: Any,
 ) -> None:
-    # Found by tests/test_chaos_adapter.py: frames still waiting to be written
+    # Found by tests/adapter/test_chaos_adapter.py: frames still waiting to be written
     # when the server cut the connection stayed counted against outgoing_buffer,
     # so every such loss shrank the room send_audio() has, for good.
     emulator = Emulator()
@@ -433,7 +433,7 @@ async def test_audio_queued_on_a_lost_connection_is_not_counted_forever(
 async def test_a_settings_change_while_connecting_dials_only_the_new_url(
     autojump_clock: Any,
 ) -> None:
-    # Found by tests/test_chaos_adapter.py: the attempt the change replaced
+    # Found by tests/adapter/test_chaos_adapter.py: the attempt the change replaced
     # still dialled (after the new one) when its task started late.
     emulator = Emulator()
     dialled: list[str] = []
@@ -463,7 +463,7 @@ async def test_giving_up_raises_connection_gave_up(autojump_clock: Any) -> None:
 async def test_running_out_of_attempts_on_429s_raises_connection_gave_up(
     autojump_clock: Any,
 ) -> None:
-    # Found by tests/test_chaos_adapter.py: it raised RateLimitError, which is
+    # Found by tests/adapter/test_chaos_adapter.py: it raised RateLimitError, which is
     # documented for a Retry-After longer than the policy allows.
     emulator = Emulator()
     emulator.faults.refuse(3, status=429, retry_after=1)
@@ -477,7 +477,7 @@ async def test_running_out_of_attempts_on_429s_raises_connection_gave_up(
 async def test_a_close_timing_out_while_rate_limited_is_not_a_rate_limit_error(
     autojump_clock: Any,
 ) -> None:
-    # Found by tests/test_chaos_adapter.py: the last 429 (waited out, not a
+    # Found by tests/adapter/test_chaos_adapter.py: the last 429 (waited out, not a
     # refusal) made a close timeout raise RateLimitError, which is documented
     # for a Retry-After longer than the policy allows.
     emulator = Emulator()

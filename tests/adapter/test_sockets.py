@@ -1,7 +1,7 @@
 """open_session() against the emulator over real loopback sockets: ws and wss.
 
-tests/test_session.py covers the behaviours on in-memory streams and trio's
-virtual clock; this file runs the same adapter over the real network stack
+test_session.py, beside this file, covers the behaviours on in-memory streams
+and trio's virtual clock; this file runs the same adapter over the real network stack
 (TCP on 127.0.0.1 with an ephemeral port, TLS with a trustme CA), so the real
 clock runs here and every test is bounded by ``trio.fail_after``.
 
@@ -49,7 +49,7 @@ from pulse_trio import (
     open_session,
 )
 from pulse_trio.emulator import Emulator
-from pulse_trio.token_audio import encode, opus_packets
+from pulse_trio.emulator.token_audio import encode, opus_packets
 
 KEY = "sk_sockets_test_key_0123456789"
 LIMIT = 20  # seconds; no test comes near it

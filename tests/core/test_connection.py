@@ -33,7 +33,7 @@ from pulse_core import (
     Transcript,
     UnhandledMessage,
 )
-from tests.engine import Harness, audio_sent, kinds, texts
+from tests.core.engine import Harness, audio_sent, kinds, texts
 
 SECOND = b"\x01\x00" * 16000  # one second of 16 kHz linear16
 

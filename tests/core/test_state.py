@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pulse_core._state import TERMINAL_STATES, TRANSITIONS, State, Trigger, markdown_table
 
-PROTOCOL = Path(__file__).resolve().parent.parent / "spec" / "PROTOCOL.md"
+PROTOCOL = Path(__file__).resolve().parents[2] / "spec" / "PROTOCOL.md"
 
 
 def test_protocol_md_has_the_generated_table() -> None:

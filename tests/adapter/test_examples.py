@@ -12,9 +12,9 @@ import trio
 
 from pulse_core import Transcript
 from pulse_trio import open_session
-from pulse_trio.token_audio import encode
+from pulse_trio.emulator.token_audio import encode
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -326,7 +326,7 @@ class Converter:
             self.encoding = "alaw" if tag == FORMAT_ALAW else "mulaw"
         else:
             # G.711 is 8 kHz mono on the wire: anything else goes as linear16.
-            from ._g711 import (  # noqa: PLC0415 - its tables take 0.15 s to build
+            from pulse_trio._g711 import (  # noqa: PLC0415 - its tables take 0.15 s to build
                 alaw_to_linear16,
                 mulaw_to_linear16,
             )

@@ -21,6 +21,10 @@ naming the invariant. Every input's outcome is handed to an observer as a
 Token audio here is linear16 at 8 kHz. Gaps between words are *quiet*: samples
 of value 3, silence to the token decoder but never all-zero bytes, so that an
 all-zero binary frame on the wire can only be the engine's keepalive silence.
+
+It lives with the engine's tests, the only ones that use it, although it is
+built on the emulator (``pulse_trio.emulator``'s public ``ServerSession``,
+``TokenEngine`` and ``check_request``): the engine is what it drives.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ from pulse_core import (
 )
 from pulse_core._liveness import KEEPALIVE_PING
 from pulse_trio.emulator import Accept, Close, ServerSession, TokenEngine, check_request
-from pulse_trio.token_audio import encode
+from pulse_trio.emulator.token_audio import encode
 
 __all__ = [
     "API_KEY",

@@ -23,7 +23,7 @@ messages that client is known to send.
 
       python -m venv /tmp/pipecat-venv
       /tmp/pipecat-venv/bin/pip install pipecat-ai
-      PULSE_PIPECAT_PYTHON=/tmp/pipecat-venv/bin/python pytest tests/test_compat.py
+      PULSE_PIPECAT_PYTHON=/tmp/pipecat-venv/bin/python pytest tests/emulator/test_compat.py
 
 Every session is bounded in time (``trio.fail_after`` outside, ``asyncio``
 timeouts inside the clients) and uses only the loopback interface.
@@ -47,7 +47,7 @@ import trio
 from trio_websocket import WebSocketConnection, WebSocketRequest
 
 from pulse_trio.emulator import Emulator, ServerSession
-from pulse_trio.token_audio import encode
+from pulse_trio.emulator.token_audio import encode
 
 TURNS = (["hello", "world"], ["second", "turn"])
 SAMPLE_RATE = 16000

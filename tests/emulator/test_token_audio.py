@@ -1,4 +1,4 @@
-"""Token audio (pulse_trio.token_audio) and the G.711 codecs under it.
+"""Token audio (pulse_trio.emulator.token_audio) and the G.711 codecs under it.
 
 Token audio must decode back to exactly the words that made it, in every
 encoding, at every sample rate, however it is cut into chunks, with word times
@@ -27,7 +27,7 @@ from pulse_trio._g711 import (
     linear16_to_mulaw,
     mulaw_to_linear16,
 )
-from pulse_trio.token_audio import (
+from pulse_trio.emulator.token_audio import (
     LEVEL_BASE,
     LEVEL_STEP,
     SILENCE_BELOW,

@@ -72,12 +72,12 @@ scheduler seeds) and a ``@reproduce_failure(...)`` blob. Either
 * add the printed ``@reproduce_failure('...', b'...')`` decorator to the test,
   or
 * rerun with the seed Hypothesis printed:
-  ``pytest tests/test_chaos_adapter.py --hypothesis-seed=N``.
+  ``pytest tests/adapter/test_chaos_adapter.py --hypothesis-seed=N``.
 
 The default run is 200 generated examples, plus the schedules that found
 bugs (``FOUND``), replayed as they are. The long runs (thousands of examples)
-go only when asked for: ``pytest tests/test_chaos_adapter.py -m slow`` (or
-with ``PULSE_SLOW_TESTS=1``).
+go only when asked for: ``pytest tests/adapter/test_chaos_adapter.py -m slow``
+(or with ``PULSE_SLOW_TESTS=1``).
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ from pulse_trio import (
     open_session,
 )
 from pulse_trio.emulator import Emulator
-from pulse_trio.token_audio import encode
+from pulse_trio.emulator.token_audio import encode
 
 KEY = "sk_chaos_test_key_0123456789"
 URL = "ws://127.0.0.1:8765"  # reached in memory, never dialled
@@ -1363,7 +1363,7 @@ SLOW = settings(FAST, max_examples=4000)
 
 
 # Schedules that found adapter bugs (each fixed, with a focused test in
-# tests/test_session.py), replayed on every run.
+# tests/adapter/test_session.py), replayed on every run.
 FOUND = [
     # The replaced attempt dialled the old URL after the new one.
     Scenario(actions=(ChangeSettings(change="diarize"), Words(count=1, chunks=(4000,), gap=400))),

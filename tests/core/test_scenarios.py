@@ -7,7 +7,7 @@ import json
 import jsonschema
 import pytest
 
-from tests.vectors import SCENARIOS, load, replay
+from tests.core.vectors import SCENARIOS, load, replay
 
 VECTORS = load(SCENARIOS)
 SCHEMA = json.loads((SCENARIOS / "schema.json").read_text())

@@ -24,7 +24,7 @@ from pulse_core import (
     Word,
     parse_server_message,
 )
-from tests.vectors import MESSAGES, load, matches, to_json
+from tests.core.vectors import MESSAGES, load, matches, to_json
 
 VECTORS = load(MESSAGES)
 VECTORS_BY_NAME = dict(VECTORS)

@@ -1,7 +1,7 @@
 """`pulse transcribe`, run as a user runs it: the real command in a subprocess.
 
-Audio is token audio (pulse_trio.token_audio) in WAV files written here, byte
-by byte, so every header flavour is exercised. The server is the emulator:
+Audio is token audio (pulse_trio.emulator.token_audio) in WAV files written
+here, byte by byte, so every header flavour is exercised. The server is the emulator:
 in-process with `--local`, or `pulse emulator` started once as a subprocess
 (with `--api-key`, so a wrong key is refused). Independent runs go
 concurrently to keep the file fast.
@@ -27,12 +27,12 @@ import pytest
 import trio
 
 from pulse_core import Transcript, Word
-from pulse_trio._cli import main
-from pulse_trio._input import InputError, open_source
-from pulse_trio._output import make_formatter, timestamp
-from pulse_trio.token_audio import TokenDecoder, encode, ogg_opus_stream
+from pulse_trio.cli import main
+from pulse_trio.cli._input import InputError, open_source
+from pulse_trio.cli._output import make_formatter, timestamp
+from pulse_trio.emulator.token_audio import TokenDecoder, encode, ogg_opus_stream
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 GOOD_KEY = "sk_cli_test_good_key"
 BAD_KEY = "sk_cli_test_WRONG_key_123"
 RATE = 16000
@@ -791,7 +791,7 @@ async def test_help_documents_exit_statuses_and_python_m_is_pulse(
     assert "usage: pulse transcribe PATH [options]" in sub.out
     for option in ("--realtime", "--speed", "--format", "--output", "--stats", "--local"):
         assert option in sub.out
-    import pulse_trio._cli as cli  # noqa: PLC0415
+    import pulse_trio.cli as cli  # noqa: PLC0415
 
     assert cli.__doc__ is not None
     assert "130 interrupted" in cli.__doc__ and "ConnectionGaveUpError" in cli.__doc__

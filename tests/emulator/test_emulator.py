@@ -40,7 +40,7 @@ from pulse_trio.emulator import (
     TokenEngine,
     check_request,
 )
-from pulse_trio.token_audio import encode, ogg_opus_stream, opus_packets, silence
+from pulse_trio.emulator.token_audio import encode, ogg_opus_stream, opus_packets, silence
 
 LIVE = "/waves/v1/stt/live"
 LEGACY = "/waves/v1/pulse/get_text"

@@ -7,9 +7,10 @@ refused with 5xx/429/4xx or never answered, sockets dropped with any close
 code, server replies held back and delivered in bursts, error messages in the
 three documented shapes, transient and permanent, malformed frames and unknown
 message types slipped in among the replies, the clock jumping past every
-timeout) and documented misuses. The service is ``tests.model_server``: a simulated transport
-serving each socket with the emulator's ``ServerSession`` and token engine, so
-every final's words are exactly the words whose audio reached that socket.
+timeout) and documented misuses. The service is ``tests.core.model_server``: a
+simulated transport serving each socket with the emulator's ``ServerSession``
+and token engine, so every final's words are exactly the words whose audio
+reached that socket.
 
 Words are unique (``w1``, ``w2``, ...) so that order, loss and duplication are
 visible. After every step, and at teardown once the session has been driven
@@ -43,7 +44,7 @@ test plan; spec/PROTOCOL.md section 6 has the rules they come from):
 Reproducing a failure: Hypothesis prints the failing program of steps; the
 run's seed is in the pytest header and in the failing test's report
 (tests/conftest.py), and ``python -m pytest <test> --hypothesis-seed=N``
-replays it. Long runs: ``python -m pytest -m slow tests/test_properties_core.py``
+replays it. Long runs: ``python -m pytest -m slow tests/core/test_properties_core.py``
 (3000 examples per machine).
 """
 
@@ -87,7 +88,7 @@ from pulse_core import (
     Transcript,
     UnhandledMessage,
 )
-from tests.model_server import (
+from tests.core.model_server import (
     API_KEY,
     RATE,
     WIDTH,

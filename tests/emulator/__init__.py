@@ -1,0 +1,1 @@
+"""Tests of the emulator (pulse_trio.emulator), token audio and compatibility with other clients."""
