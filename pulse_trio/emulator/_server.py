@@ -11,12 +11,11 @@ from urllib.parse import urlsplit
 
 import attrs
 import trio
+import wsproto.utilities
 from trio_websocket import (
     ConnectionClosed,
     WebSocketConnection,
     WebSocketRequest,
-    WebSocketServer,
-    serve_websocket,
     wrap_client_stream,
     wrap_server_stream,
 )
@@ -172,13 +171,13 @@ class Emulator:
         self.active = 0
         self.connections = 0
         self.handshakes = 0
-        self.server: WebSocketServer | None = None
+        self._port: int | None = None
 
     @property
     def port(self) -> int:
-        if self.server is None:
+        if self._port is None:
             raise RuntimeError("the emulator is not serving")
-        return int(self.server.port)
+        return self._port
 
     def url(self, host: str = "127.0.0.1", *, secure: bool = False) -> str:
         """The base URL to give a client."""
@@ -192,13 +191,29 @@ class Emulator:
         ssl_context: ssl.SSLContext | None = None,
         task_status: trio.TaskStatus[Emulator] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Serve until cancelled (use with ``nursery.start``)."""
+        """Serve until cancelled (use with ``nursery.start``).
+
+        Each connection is served on its own (:meth:`serve_stream`): whatever
+        goes wrong on one never reaches the others or the listener.
+        """
+
+        async def connection(stream: trio.SocketStream) -> None:
+            if ssl_context is None:
+                await self.serve_stream(stream)
+                return
+            tls = trio.SSLStream(stream, ssl_context, server_side=True)
+            try:
+                await tls.do_handshake()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                logger.debug("TLS handshake failed")
+                await trio.aclose_forcefully(tls)
+                return
+            await self.serve_stream(tls)
+
         async with trio.open_nursery() as nursery:
-            self.server = await nursery.start(
-                lambda task_status: serve_websocket(
-                    self.handle, host, port, ssl_context, task_status=task_status
-                )
-            )
+            listeners = await trio.open_tcp_listeners(port, host=host)
+            self._port = int(listeners[0].socket.getsockname()[1])
+            nursery.start_soon(trio.serve_listeners, connection, listeners)
             task_status.started(self)
 
     def memory_connector(self) -> Callable[..., Any]:
@@ -230,11 +245,23 @@ class Emulator:
         return connect
 
     async def serve_stream(self, stream: trio.abc.Stream) -> None:
-        """Serve one connection over an already-open stream (e.g. a memory stream)."""
-        async with trio.open_nursery() as nursery:
-            request = await wrap_server_stream(nursery, stream)
-            await self.handle(request)
-            nursery.cancel_scope.cancel()
+        """Serve one connection over an already-open stream (e.g. a memory stream).
+
+        A connection that fails ends alone. In particular a client's ping that
+        arrives after this side sent its close frame makes trio-websocket answer
+        with a pong that wsproto refuses (``LocalProtocolError``, raised from
+        the connection's reader task; trio-websocket issue #184): the
+        connection was closing anyway, so it is logged and let go.
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                request = await wrap_server_stream(nursery, stream)
+                await self.handle(request)
+                nursery.cancel_scope.cancel()
+        except* (wsproto.utilities.LocalProtocolError, trio.BrokenResourceError) as group:
+            logger.debug("connection ended by a protocol error: %r", group.exceptions[0])
+        finally:
+            await trio.aclose_forcefully(stream)
 
     async def handle(self, request: WebSocketRequest) -> None:
         self.handshakes += 1

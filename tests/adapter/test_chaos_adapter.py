@@ -1032,9 +1032,8 @@ class Checker:
             self.failures += 1
         status, retry_after = item.status, item.retry_after
         refused = status is not None and 400 <= status < 500 and status not in (408, 429)
-        refused = refused or (
-            status == 429 and retry_after is not None and retry_after > MAX_RETRY_AFTER
-        )
+        # A Retry-After beyond the bound is a refusal whatever the status (PROTOCOL §6 rule 5).
+        refused = refused or (retry_after is not None and retry_after > MAX_RETRY_AFTER)
         limit = self.scenario.max_attempts
         exhausted = limit is not None and self.failures >= limit
         self.check(

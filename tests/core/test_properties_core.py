@@ -811,8 +811,9 @@ class PulseMachine(RuleBasedStateMachine):
         policy = self.config.reconnect
         status = step.detail.get("status")
         retry_after = step.detail.get("retry_after")
+        # A Retry-After beyond the bound is a refusal whatever the status (PROTOCOL §6 rule 5).
         refused = status in PERMANENT_STATUSES or (
-            status == 429 and retry_after is not None and retry_after > policy.max_retry_after
+            retry_after is not None and retry_after > policy.max_retry_after
         )
         exhausted = policy.max_attempts is not None and self.failures >= policy.max_attempts
         assert item.permanent == (refused or exhausted), (
