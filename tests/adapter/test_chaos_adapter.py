@@ -56,6 +56,9 @@ sends, and after the run checks, end to end:
    ends within a virtual-time budget (``trio.fail_after``) and a bound on
    scheduler steps (a livelock in zero virtual time).
 
+What became of each word (2, 3 and the words of 1) is kept by the word ledger,
+tests/word_ledger.py, which the engine's state machine shares.
+
 And nothing the server sends is swallowed: every frame the engine is given
 produces its event (every injected error a ``ServerError``, every malformed
 frame a ``MalformedMessage``, every unknown type an ``UnhandledMessage``), and
@@ -105,7 +108,6 @@ from pulse_core import (
     Connected,
     ConnectionFailed,
     Disconnected,
-    DropReason,
     Encoding,
     Event,
     FinalizeTimedOut,
@@ -133,6 +135,7 @@ from pulse_trio import (
 )
 from pulse_trio.emulator import Emulator
 from pulse_trio.emulator.token_audio import encode
+from tests.word_ledger import WordLedger
 
 KEY = "sk_chaos_test_key_0123456789"
 URL = "ws://127.0.0.1:8765"  # reached in memory, never dialled
@@ -385,15 +388,6 @@ def scenarios(draw: st.DrawFn) -> Scenario:
 
 
 @attrs.define
-class GivenWord:
-    """A word the application gave: its text and audio span in session ticks."""
-
-    name: str
-    start: int
-    end: int
-
-
-@attrs.define
 class Step:
     """One engine input, as the adapter made it, and everything it produced."""
 
@@ -410,10 +404,6 @@ class Step:
 
 def word_audio(word: str) -> bytes:
     return encode([word], encoding=Encoding.LINEAR16, sample_rate=RATE, gap=0.0)
-
-
-def overlaps(start: float, end: float, ranges: list[tuple[int, int]]) -> bool:
-    return any(start < high and end > low for low, high in ranges)
 
 
 def query_of(url: str) -> dict[str, str]:
@@ -470,8 +460,7 @@ class Run:
         self.app_events: list[Event] = []
         self.iter_events: list[Event] = []
         self.iter_ended = False
-        self.words: list[GivenWord] = []
-        self.index: dict[str, int] = {}
+        self.ledger = WordLedger(RATE, width=WIDTH, tolerance=TOLERANCE)  # the words given
         self.given_bytes = 0
         self.last_finalize_tick = 0
         self.turn_positions: list[int] = []  # session tick of each turn's finalize
@@ -723,11 +712,7 @@ class Run:
 
     async def give_words(self, session: Session, action: Words) -> None:
         for _ in range(action.count):
-            name = f"w{len(self.words) + 1}"
-            audio = word_audio(name)
-            start = self.given_bytes // WIDTH
-            self.index[name] = len(self.words)
-            self.words.append(GivenWord(name, start, start + len(audio) // WIDTH))
+            audio = self.ledger.give(self.given_bytes // WIDTH, word_audio)
             data = audio + bytes(WIDTH * action.gap)
             floor = -(-len(data) // MOST_CHUNKS)
             paused = 0.0
@@ -778,17 +763,10 @@ class Checker:
     def __init__(self, run: Run) -> None:
         self.run = run
         self.scenario = run.scenario
-        self.words = run.words
-        self.index = run.index
-        self.drops: list[tuple[int, int]] = []
-        self.delivered: dict[int, int] = {}
-        self.last_index = -1
-        self.last_end = 0.0
-        self.fragments = 0
+        self.ledger = run.ledger  # what became of each word given
         self.answered: list[int] = []
         self.timed_out: set[int] = set()
         self.finalized = 0
-        self.dropped_bytes = 0
         self.connection: int | None = None
         self.connections = 0
         self.disconnections = 0
@@ -1070,22 +1048,7 @@ class Checker:
         self.retry_not_before = step.now + item.delay
 
     def on_drop(self, item: AudioDropped) -> None:
-        start, end = round(item.start * RATE), round(item.end * RATE)
-        if item.reason is DropReason.PARTIAL_SAMPLE:
-            self.check(item.bytes < WIDTH and start == end, f"invariant 2: {item!r}")
-            self.dropped_bytes += item.bytes
-            return
-        self.check(end > start, f"invariant 2: an empty drop {item!r}")
-        self.check(item.bytes == (end - start) * WIDTH, f"invariant 2: drop bytes wrong: {item!r}")
-        self.check(not overlaps(start, end, self.drops), f"invariant 2: dropped twice: {item!r}")
-        for index, count in self.delivered.items():
-            word = self.words[index]
-            self.check(
-                not (count and start < word.end and end > word.start),
-                f"invariant 2: {item!r} covers {word.name}, already transcribed",
-            )
-        self.drops.append((start, end))
-        self.dropped_bytes += item.bytes
+        self.report(self.ledger.dropped(item))
 
     def on_answer(self, turn: int | None) -> None:
         self.check(turn is not None, "invariant 1: an answer without a turn")
@@ -1117,73 +1080,19 @@ class Checker:
             )
         else:
             self.check(item.turn is None and not item.late, f"invariant 1: {item!r}")
-        self.check(
-            item.text == " ".join(word.word for word in item.words),
-            f"the final's text and words disagree: {item!r}",
-        )
-        for word in item.words:
-            assert word.start is not None and word.end is not None
-            self.on_word(word.word, word.start * RATE, word.end * RATE)
+        position = None
         if item.finalized and item.turn is not None:
             position = self.run.turn_positions[item.turn - 1]
-            for word in item.words:
-                assert word.end is not None
-                self.check(
-                    word.end * RATE <= position + TOLERANCE,
-                    f"invariant 1: the answer to turn {item.turn} has {word.word}, given after "
-                    "its finalize",
-                )
-            self.require_delivered(
-                lambda given: given.end <= position,
-                f"the answer to turn {item.turn} (finalize at tick {position})",
-            )
-
-    def on_word(self, text: str, start: float, end: float) -> None:
-        self.check(
-            start >= self.last_end - TOLERANCE,
-            f"invariant 3: {text} at tick {start:g} goes back before tick {self.last_end:g}",
-        )
-        self.last_end = end
-        index = self.index.get(text)
-        given = None if index is None else self.words[index]
-        if given is None or overlaps(given.start, given.end, self.drops):
-            cut = [
-                number
-                for number, word in enumerate(self.words)
-                if overlaps(word.start, word.end, self.drops)
-                and start >= word.start - TOLERANCE
-                and end <= word.end + TOLERANCE
-            ]
-            self.check(
-                bool(cut), f"invariant 2: {text!r} at ticks {start:g}-{end:g} is not a word given"
-            )
-            self.fragments += 1
-            if index is None:
-                return
-            self.check(index in cut, f"invariant 2: {text!r} at ticks {start:g}-{end:g}")
-        else:
-            self.check(
-                abs(start - given.start) <= TOLERANCE and abs(end - given.end) <= TOLERANCE,
-                f"invariant 3: {text} at ticks {start:g}-{end:g}, given at {given.start}-{given.end}",
-            )
-        assert given is not None and index is not None
-        self.check(not self.delivered.get(index), f"invariant 2: {text} transcribed twice")
-        self.check(
-            index > self.last_index,
-            f"invariant 2: {text} after {self.words[self.last_index].name}",
-        )
-        self.require_delivered(lambda word: word.end <= given.start, text)
-        self.delivered[index] = 1
-        self.last_index = index
+        self.report(self.ledger.final(item, answers=position))
 
     def on_vad(self, item: SpeechStarted | SpeechEnded) -> None:
         tick = item.timestamp * RATE
-        edges = [word.start if isinstance(item, SpeechStarted) else word.end for word in self.words]
+        words = self.ledger.words
+        edges = [word.start if isinstance(item, SpeechStarted) else word.end for word in words]
         near = any(abs(tick - edge) <= TOLERANCE for edge in edges)
         cut = any(
-            overlaps(word.start, word.end, self.drops)
-            and word.start - TOLERANCE <= tick <= word.end + TOLERANCE
-            for word in self.words
+            self.ledger.is_dropped(word) and word.start - TOLERANCE <= tick <= word.end + TOLERANCE
+            for word in words
         )
         self.check(
             near or cut,
@@ -1191,14 +1100,10 @@ class Checker:
             f"{'began' if isinstance(item, SpeechStarted) else 'ended'}",
         )
 
-    def require_delivered(self, before: Callable[[GivenWord], bool], what: str) -> None:
-        for index, word in enumerate(self.words):
-            if before(word) and not self.delivered.get(index):
-                self.check(
-                    overlaps(word.start, word.end, self.drops),
-                    f"invariant 2: {word.name} is missing before {what}, and no AudioDropped "
-                    "covers it",
-                )
+    def report(self, problems: list[str]) -> None:
+        """What the word ledger found (tests/word_ledger.py), through ``check``."""
+        for problem in problems:
+            self.check(False, problem)
 
     # 4: what the application saw.
 
@@ -1243,24 +1148,9 @@ class Checker:
         summary = closed.summary
         self.check(summary.finalized_turns == self.finalized, "summary: finalized turns")
         self.check(summary.timed_out_turns == len(self.timed_out), "summary: timed-out turns")
-        self.check(summary.dropped_bytes == self.dropped_bytes, "summary: dropped bytes")
+        self.check(summary.dropped_bytes == self.ledger.dropped_bytes, "summary: dropped bytes")
         self.check(summary.connections == self.connections, "summary: connections")
-        given_ticks = run.given_bytes // WIDTH
-        for index, word in enumerate(self.words):
-            count = self.delivered.get(index, 0)
-            if word.end > given_ticks:
-                self.check(
-                    count == 0 and closed.error is not None,
-                    f"{word.name} was never given in full, yet the session did not fail",
-                )
-            elif not overlaps(word.start, word.end, self.drops):
-                self.check(
-                    count == 1,
-                    f"invariant 2: {word.name} (ticks {word.start}-{word.end}) never "
-                    f"transcribed, and no AudioDropped covers it (drops: {self.drops})",
-                )
-        if not self.drops:
-            self.check(self.fragments == 0, "invariant 2: fragments without drops")
+        self.report(self.ledger.end(run.given_bytes // WIDTH, failed=closed.error is not None))
         if closed.error is None:
             self.check(
                 isinstance(run.after_close_error, LocalProtocolError),
@@ -1271,12 +1161,12 @@ class Checker:
                 isinstance(run.after_close_error, SessionFailedError),
                 f"invariant 4: send_audio() after a failure raised {run.after_close_error!r}",
             )
-        event(f"words: {min(len(self.words) // 10 * 10, 30)}+")
+        event(f"words: {min(len(self.ledger.words) // 10 * 10, 30)}+")
         event(f"connections: {min(self.connections, 4)}{'+' if self.connections >= 4 else ''}")
         event(
             f"answered turns: {min(len(self.answered), 4)}{'+' if len(self.answered) >= 4 else ''}"
         )
-        event(f"dropped audio: {bool(self.drops)}")
+        event(f"dropped audio: {bool(self.ledger.drops)}")
         injected = (ServerError, MalformedMessage, UnhandledMessage)
         event(f"injected frames seen: {any(isinstance(e, injected) for e in run.app_events)}")
         event(f"timed-out turns: {bool(self.timed_out)}")

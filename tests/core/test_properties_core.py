@@ -41,6 +41,9 @@ test plan; spec/PROTOCOL.md section 6 has the rules they come from):
    ``ServerError``/``MalformedMessage``/``UnhandledMessage``; a transport
    following section 8 never spins on a due deadline.
 
+What became of each word (2, 3 and the words of 1) is kept by the word ledger,
+tests/word_ledger.py, which the adapter's chaos suite shares.
+
 Reproducing a failure: Hypothesis prints the failing program of steps; the
 run's seed is in the pytest header and in the failing test's report
 (tests/conftest.py), and ``python -m pytest <test> --hypothesis-seed=N``
@@ -56,7 +59,6 @@ import random
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import attrs
 import pytest
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
@@ -100,9 +102,8 @@ from tests.core.model_server import (
     raw_delay,
     word_audio,
 )
+from tests.word_ledger import WordLedger
 
-# Half a tick: the service rounds times to 0.1 ms, an error of at most 0.4 tick at 8 kHz.
-TOLERANCE = 0.5
 PERMANENT_STATUSES = (400, 401, 403)
 EOU_VALUES = (100, 300, 800, 2000)
 MOST_CHUNKS = 12  # a word or a silence is given in at most about this many calls
@@ -173,17 +174,9 @@ def guarded(function: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@attrs.define
-class GivenWord:
-    """A word the application gave: its text and audio span in session ticks."""
-
-    name: str
-    start: int
-    end: int
-
-
-def overlaps(start: float, end: float, ranges: list[tuple[int, int]]) -> bool:
-    return any(start < high and end > low for low, high in ranges)
+def require(problems: list[str]) -> None:
+    """Fail at once on what the word ledger found (tests/word_ledger.py)."""
+    assert not problems, "\n".join(problems)
 
 
 class PulseMachine(RuleBasedStateMachine):
@@ -261,9 +254,8 @@ class PulseMachine(RuleBasedStateMachine):
         self.drive = Drive(
             self.config, jitter=self.jitter, observer=self.observe, chatter=self.next_chatter
         )
-        # What the application gave.
-        self.words: list[GivenWord] = []
-        self.index: dict[str, int] = {}
+        # What the application gave; the ledger also follows what became of each word.
+        self.ledger = WordLedger(RATE)
         self.given_bytes = 0
         self.current: bytes | None = None  # rest of the word (and its gap) being given
         self.current_since = 0.0
@@ -277,12 +269,6 @@ class PulseMachine(RuleBasedStateMachine):
         self.timed_out: set[int] = set()
         self.finalized = 0
         self.late = 0
-        self.delivered: dict[int, int] = {}  # word index -> times seen in finals
-        self.last_index = -1
-        self.last_end = 0.0
-        self.fragments = 0
-        self.drops: list[tuple[int, int]] = []
-        self.dropped_bytes = 0
         self.connection: int | None = None  # the connection between Connected and Disconnected
         self.connections = 0
         self.disconnections = 0
@@ -323,11 +309,7 @@ class PulseMachine(RuleBasedStateMachine):
         self.drive.pump()
 
     def begin_word(self, gap: int) -> None:
-        name = f"w{len(self.words) + 1}"
-        audio = word_audio(name)
-        start = self.given_ticks
-        self.index[name] = len(self.words)
-        self.words.append(GivenWord(name, start, start + len(audio) // WIDTH))
+        audio = self.ledger.give(self.given_ticks, word_audio)
         self.current = audio + quiet(gap)
         self.current_since = self.drive.now
 
@@ -824,24 +806,10 @@ class PulseMachine(RuleBasedStateMachine):
             self.permanent = True
 
     def _on_drop(self, item: AudioDropped) -> None:
-        start, end = round(item.start * RATE), round(item.end * RATE)
         if item.reason is DropReason.PARTIAL_SAMPLE:
             # Only when the session ends in the middle of a word the machine was giving.
-            assert self.current is not None and item.bytes < WIDTH and start == end, (
-                f"invariant 2: {item!r}"
-            )
-            self.dropped_bytes += item.bytes
-            return
-        assert end > start, f"invariant 2: an empty drop {item!r}"
-        assert item.bytes == (end - start) * WIDTH, f"invariant 2: drop bytes wrong: {item!r}"
-        assert not overlaps(start, end, self.drops), f"invariant 2: audio dropped twice: {item!r}"
-        for index, count in self.delivered.items():
-            word = self.words[index]
-            assert not (count and start < word.end and end > word.start), (
-                f"invariant 2: {item!r} covers {word.name}, already transcribed"
-            )
-        self.drops.append((start, end))
-        self.dropped_bytes += item.bytes
+            assert self.current is not None, f"invariant 2: {item!r} with no word being given"
+        require(self.ledger.dropped(item))
 
     def _on_answer(self, turn: int | None) -> None:
         assert turn is not None
@@ -868,69 +836,11 @@ class PulseMachine(RuleBasedStateMachine):
             self.late += 1
         else:
             assert item.turn is None and not item.late, f"invariant 1: {item!r}"
-        assert item.text == " ".join(word.word for word in item.words), (
-            f"the final's text and words disagree: {item!r}"
-        )
-        for word in item.words:
-            assert word.start is not None and word.end is not None
-            self._on_word(word.word, word.start * RATE, word.end * RATE)
+        position = None
         if item.finalized:
             assert item.turn is not None
             position = self.turn_positions[item.turn - 1]
-            for word in item.words:
-                assert word.end is not None and word.end * RATE <= position + TOLERANCE, (
-                    f"invariant 1: the answer to turn {item.turn} has {word.word}, given after "
-                    "its finalize"
-                )
-            self._require_delivered(
-                lambda given: given.end <= position,
-                f"the answer to turn {item.turn} (finalize at tick {position})",
-            )
-
-    def _on_word(self, text: str, start: float, end: float) -> None:
-        assert start >= self.last_end - TOLERANCE, (
-            f"invariant 3: {text} at tick {start:g} goes back before tick {self.last_end:g}"
-        )
-        self.last_end = end
-        index = self.index.get(text)
-        given = None if index is None else self.words[index]
-        if given is None or overlaps(given.start, given.end, self.drops):
-            # A word cut by a dropped range may come back in part: what is left of
-            # it decodes as a fragment, or as the word when the cut took less than
-            # half a symbol. Nothing else may come back.
-            cut = [
-                number
-                for number, word in enumerate(self.words)
-                if overlaps(word.start, word.end, self.drops)
-                and start >= word.start - TOLERANCE
-                and end <= word.end + TOLERANCE
-            ]
-            assert cut, f"invariant 2: {text!r} at ticks {start:g}-{end:g} is not a word given"
-            self.fragments += 1
-            if index is None:
-                return
-            assert index in cut, f"invariant 2: {text!r} at ticks {start:g}-{end:g}"
-        else:
-            assert abs(start - given.start) <= TOLERANCE and abs(end - given.end) <= TOLERANCE, (
-                f"invariant 3: {text} at ticks {start:g}-{end:g}, "
-                f"given at {given.start}-{given.end}"
-            )
-        assert given is not None and index is not None
-        assert not self.delivered.get(index), f"invariant 2: {text} transcribed twice"
-        assert index > self.last_index, (
-            f"invariant 2: {text} after {self.words[self.last_index].name}"
-        )
-        self._require_delivered(lambda word: word.end <= given.start, text)
-        self.delivered[index] = 1
-        self.last_index = index
-
-    def _require_delivered(self, before: Callable[[GivenWord], bool], what: str) -> None:
-        for index, word in enumerate(self.words):
-            if before(word) and not self.delivered.get(index):
-                assert overlaps(word.start, word.end, self.drops), (
-                    f"invariant 2: {word.name} is missing before {what}, and no AudioDropped "
-                    "covers it"
-                )
+        require(self.ledger.final(item, answers=position))
 
     # -- teardown: drive the session to its end, then check the whole run ---------------------
 
@@ -998,27 +908,15 @@ class PulseMachine(RuleBasedStateMachine):
         summary = closed.summary
         assert summary.finalized_turns == self.finalized
         assert summary.timed_out_turns == len(self.timed_out)
-        assert summary.dropped_bytes == self.dropped_bytes
+        assert summary.dropped_bytes == self.ledger.dropped_bytes
         assert summary.connections == self.connections
-        # 2: every word whose audio was not dropped, exactly once.
-        for index, word in enumerate(self.words):
-            count = self.delivered.get(index, 0)
-            if word.end > self.given_ticks:
-                # The session failed while this word was being given.
-                assert count == 0 and closed.error is not None
-            elif overlaps(word.start, word.end, self.drops):
-                assert count <= 1
-            else:
-                assert count == 1, (
-                    f"invariant 2: {word.name} (ticks {word.start}-{word.end}) never "
-                    f"transcribed, and no AudioDropped covers it (drops: {self.drops})"
-                )
-        if not self.drops:
-            assert self.fragments == 0
+        # 2: every word whose audio was not dropped, exactly once (one cut short
+        # only when the session failed while it was being given).
+        require(self.ledger.end(self.given_ticks, failed=closed.error is not None))
         # Statistics of what the run exercised (shown by --hypothesis-show-statistics).
-        event(f"words: {min(len(self.words) // 5 * 5, 20)}+")
+        event(f"words: {min(len(self.ledger.words) // 5 * 5, 20)}+")
         event(f"reconnects: {min(self.reconnects, 3)}+")
-        event(f"dropped audio: {bool(self.drops)}")
+        event(f"dropped audio: {bool(self.ledger.drops)}")
         event(f"timed-out turns: {bool(self.timed_out)}")
         event(f"late answers: {bool(self.late)}")
         event(f"keepalives: {bool(drive.keepalives)}")
