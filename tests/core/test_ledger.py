@@ -323,6 +323,25 @@ def test_a_confirm_past_a_zero_length_frame_releases_every_frame_before_it() -> 
     assert ledger.retained_bytes == len(pages[3])
 
 
+def test_a_confirmed_frame_left_retained_is_neither_replayed_nor_dropped() -> None:
+    # What the loss above costs: the frame is held a while longer, nothing else.
+    ledger, drops = make("ogg_opus", sample_rate=48000, replay_seconds=0.005)  # 320 bytes
+    pages = [audio_page(960, 2), audio_page(-1, 3), audio_page(1920, 4), audio_page(2880, 5)]
+    _ogg_frames(ledger, *pages)
+    ledger.confirm(2000)
+    assert ledger.retained[0][:2] == (960, 1920)
+    assert [item[:3] for item in ledger.replay_frames()] == [(1920, 1920, 2880)]
+    page = audio_page(3840, 6, size=200)
+    ((data, ticks),) = ledger.hold(0.0, page)
+    add(ledger, data, ticks, send=True, live=True)
+    assert [frame[:2] for frame in ledger.retained] == [(1920, 2880), (2880, 3840)]
+    assert ledger.retained_bytes == retained_size(ledger) <= 320
+    ledger.socket_ended()
+    ledger.report_drop()
+    assert drops == []
+    assert ledger.replay_from == 2000
+
+
 # -- the replay bound -------------------------------------------------------------------
 
 
