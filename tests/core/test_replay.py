@@ -233,6 +233,18 @@ def test_max_sent_remembers_the_furthest_any_socket_got() -> None:
     assert session.at(0) == 10
 
 
+def test_audio_dropped_before_any_socket_had_it_never_counts_as_sent() -> None:
+    session = Session(replay_seconds=0.0025)  # 20 bytes kept
+    session.open()
+    session.audio(bytes(10))
+    session.lose()
+    session.audio(bytes(30))  # a frame larger than the bound: dropped whole
+    assert session.open() == []
+    ledger = session.ledger
+    assert (ledger.sent_upto, ledger.max_sent) == (40, 10)
+    assert (session.timeline.ticks, session.at(0)) == (0, 40)
+
+
 # -- send_held ---------------------------------------------------------------------------
 
 
