@@ -1,0 +1,211 @@
+"""``confirmed_upto`` and ``transcript`` on their own: what a final means.
+
+Invariants checked (pulse_core/_finals.py):
+
+* a final that answers a finalize confirms the audio before that finalize's
+  position (late answers too); word timestamps confirm up to the last word's
+  end in session time (whichever reaches further), and only when the last
+  word has an end; ``is_last`` confirms everything received; a final with
+  none of these confirms nothing;
+* nothing beyond what the live socket was sent is ever confirmed;
+* the ``Transcript`` event carries the message's fields, its words and
+  utterances in session time, its span (from the words, else the
+  utterances), and the answer's turn, latency and lateness (``finalized``
+  only for an answer in time).
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+import pytest
+
+from pulse_core import ConnectionConfig
+from pulse_core._finals import confirmed_upto, transcript
+from pulse_core._ledger import AudioLedger
+from pulse_core._messages import TranscriptionMessage, Utterance, Word
+from pulse_core._timeline import Timeline
+from pulse_core._turns import Answer
+
+TPS = 8000
+
+
+def ledger(received: int = 800, sent: int | None = None) -> AudioLedger:
+    """Mu-law at 8 kHz: ``received`` ticks framed, ``sent`` of them on the socket."""
+    book = AudioLedger(
+        ConnectionConfig(api_key="k", encoding="mulaw", sample_rate=8000), lambda drop: None
+    )
+    book.append(bytes(received), received)
+    book.sent(received if sent is None else sent)
+    return book
+
+
+def final(*ends: float | None, is_last: bool = False) -> TranscriptionMessage:
+    words = tuple(
+        Word(word=f"w{n}", start=None if end is None else end - 0.01, end=end)
+        for n, end in enumerate(ends)
+    )
+    return TranscriptionMessage(text="x", is_final=True, is_last=is_last, words=words)
+
+
+def answer(position: int, *, late: bool = False) -> Answer:
+    return Answer(turn=1, position=position, late=late, latency=None if late else 0.2)
+
+
+# -- how far a final confirms ------------------------------------------------------------
+
+
+def test_an_answer_confirms_up_to_its_finalize() -> None:
+    assert confirmed_upto(final(), answer(300), Timeline(TPS), ledger()) == 300
+
+
+def test_a_late_answer_confirms_too() -> None:
+    assert confirmed_upto(final(), answer(300, late=True), Timeline(TPS), ledger()) == 300
+
+
+def test_word_timestamps_confirm_up_to_the_last_word_in_session_time() -> None:
+    timeline = Timeline(TPS)
+    timeline.restart(200, 0)
+    timeline.advance(100)
+    timeline.silence(80)  # keepalive: 10 ms of connection time only
+    timeline.advance(500)
+    # The last word ends at connection 0.05 s (400 ticks): session 200 + 400 - 80.
+    assert confirmed_upto(final(0.02, 0.05), None, timeline, ledger()) == 520
+
+
+def test_whichever_reaches_further() -> None:
+    timeline = Timeline(TPS)
+    assert confirmed_upto(final(0.05), answer(300), timeline, ledger()) == 400
+    assert confirmed_upto(final(0.02), answer(300), timeline, ledger()) == 300
+
+
+def test_only_the_last_word_end_counts() -> None:
+    timeline = Timeline(TPS)
+    assert confirmed_upto(final(0.05, None), None, timeline, ledger()) is None
+    assert confirmed_upto(final(0.05, None), answer(100), timeline, ledger()) == 100
+    assert confirmed_upto(final(0.09, 0.05), None, timeline, ledger()) == 400
+
+
+def test_a_word_end_just_after_a_jump_confirms_only_up_to_the_jump() -> None:
+    timeline = Timeline(TPS)
+    timeline.advance(400)
+    timeline.jump(160)  # held audio dropped
+    timeline.advance(240)
+    # 0.0504 s is 3 ticks after the jump, within the 80-tick snap: the audio before it.
+    assert confirmed_upto(final(0.0504), None, timeline, ledger()) == 400
+    assert confirmed_upto(final(0.07), None, timeline, ledger()) == 560 + 160
+
+
+def test_nothing_to_go_by_confirms_nothing() -> None:
+    timeline = Timeline(TPS)
+    assert confirmed_upto(final(), None, timeline, ledger()) is None
+    assert confirmed_upto(final(None), None, timeline, ledger()) is None
+
+
+def test_is_last_confirms_everything_received() -> None:
+    timeline = Timeline(TPS)
+    assert confirmed_upto(final(is_last=True), None, timeline, ledger(800)) == 800
+    assert confirmed_upto(final(0.01, is_last=True), answer(50), timeline, ledger(800)) == 800
+
+
+@pytest.mark.parametrize(
+    ("message", "given"),
+    [
+        (final(), answer(700)),  # an answer past what this socket has
+        (final(0.09), None),  # a word past it
+        (final(is_last=True), None),
+    ],
+)
+def test_never_beyond_what_the_socket_was_sent(
+    message: TranscriptionMessage, given: Answer | None
+) -> None:
+    assert confirmed_upto(message, given, Timeline(TPS), ledger(800, sent=600)) == 600
+
+
+# -- the event ----------------------------------------------------------------------------
+
+
+def _message(**fields: object) -> TranscriptionMessage:
+    base: dict[str, object] = {
+        "text": "hello there",
+        "is_final": True,
+        "from_finalize": True,
+        "session_id": "s1",
+        "language": "en",
+        "languages": ("en", "hi"),
+        "redacted_entities": ("NAME",),
+        "speaker": 2,
+        "speaker_confidence": 0.7,
+        "full_transcript": "so far: hello there",
+        "raw": MappingProxyType({"transcript": "hello there"}),
+    }
+    base.update(fields)
+    return TranscriptionMessage(**base)  # type: ignore[arg-type]
+
+
+def test_transcript_carries_the_message_in_session_time() -> None:
+    timeline = Timeline(TPS)
+    timeline.restart(8000, 0)  # this connection began one second into the session
+    words = (
+        Word(word="hello", start=0.1, end=0.4, confidence=0.9, speaker=2),
+        Word(word="there", start=0.5, end=0.9, confidence=0.8, speaker=2),
+    )
+    utterances = (Utterance(text="hello there", start=0.1, end=0.9, speaker=2),)
+    message = _message(words=words, utterances=utterances)
+    event = transcript(message, Answer(3, 7200, late=False, latency=0.25), timeline, 4)
+    assert (event.text, event.is_final, event.is_last) == ("hello there", True, False)
+    assert (event.finalized, event.late, event.turn, event.latency) == (True, False, 3, 0.25)
+    assert (event.from_finalize, event.session_id, event.connection) == (True, "s1", 4)
+    assert (event.language, event.languages) == ("en", ("en", "hi"))
+    assert (event.redacted_entities, event.speaker, event.speaker_confidence) == (
+        ("NAME",),
+        2,
+        0.7,
+    )
+    assert event.full_transcript == "so far: hello there"
+    assert event.raw is message.raw
+    assert [(w.word, w.start, w.end, w.confidence) for w in event.words] == [
+        ("hello", pytest.approx(1.1), pytest.approx(1.4), 0.9),
+        ("there", pytest.approx(1.5), pytest.approx(1.9), 0.8),
+    ]
+    assert [(u.start, u.end) for u in event.utterances] == [
+        (pytest.approx(1.1), pytest.approx(1.9))
+    ]
+    assert (event.start, event.end) == (pytest.approx(1.1), pytest.approx(1.9))
+
+
+def test_a_late_answer_is_not_finalized() -> None:
+    event = transcript(_message(), Answer(2, 10, late=True, latency=None), Timeline(TPS), 1)
+    assert (event.finalized, event.late, event.turn, event.latency) == (False, True, 2, None)
+
+
+def test_an_unanswered_final_or_interim_has_no_turn() -> None:
+    for message in (_message(from_finalize=False), _message(is_final=False, from_finalize=None)):
+        event = transcript(message, None, Timeline(TPS), 1)
+        assert (event.finalized, event.late, event.turn, event.latency) == (
+            False,
+            False,
+            None,
+            None,
+        )
+        assert event.from_finalize is message.from_finalize
+        assert event.is_final is message.is_final
+
+
+def test_the_span_comes_from_the_words_else_the_utterances() -> None:
+    timeline = Timeline(TPS)
+    words = (
+        Word(word="a", start=None, end=0.2),
+        Word(word="b", start=0.3, end=None),
+        Word(word="c", start=0.4, end=0.5),
+    )
+    utterances = (Utterance(text="a b c", start=0.0, end=1.0),)
+    event = transcript(_message(words=words, utterances=utterances), None, timeline, 1)
+    assert (event.start, event.end) == (pytest.approx(0.3), pytest.approx(0.5))
+    event = transcript(_message(utterances=utterances), None, timeline, 1)
+    assert (event.start, event.end) == (0.0, 1.0)
+    untimed = (Word(word="a"), Word(word="b"))
+    event = transcript(_message(words=untimed, utterances=utterances), None, timeline, 1)
+    assert (event.start, event.end) == (None, None)
+    event = transcript(_message(), None, timeline, 1)
+    assert (event.start, event.end, event.words, event.utterances) == (None, None, (), ())

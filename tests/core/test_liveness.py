@@ -1,0 +1,120 @@
+"""``Liveness`` on its own: when a keepalive is due and what it is.
+
+Invariants checked (pulse_core/_liveness.py):
+
+* the next keepalive is due ``keepalive_interval`` after anything last went
+  out (audio or a keepalive); a keepalive moves that clock to ``now``, so the
+  next one is a whole interval away and the timer never spins;
+* ``last_received`` starts at minus infinity and is reset when a connection
+  opens, so silence before a connection existed is never held against it;
+* the keepalive is silence in the session's encoding (mu-law 0xFF, a-law 0xD5,
+  linear PCM zeros) of ``keepalive_silence`` seconds, or ``None`` (a ping) for
+  Opus, and ``silence_ticks`` is how much connection time it adds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pulse_core import ConnectionConfig
+from pulse_core._liveness import KEEPALIVE_PING, Liveness
+
+
+def make(**overrides: object) -> Liveness:
+    return Liveness(ConnectionConfig(api_key="k", **overrides))  # type: ignore[arg-type]
+
+
+def test_clocks_start_when_a_connection_opens() -> None:
+    liveness = make(keepalive_interval=5.0)
+    assert liveness.last_received == -math.inf
+    assert (liveness.last_wire, liveness.count) == (0.0, 0)
+    liveness.opened(100.0)
+    assert (liveness.last_wire, liveness.last_received) == (100.0, 100.0)
+    assert liveness.deadline() == 105.0
+    liveness.heard(101.0)
+    assert liveness.last_received == 101.0
+    liveness.opened(200.0)  # a new connection: earlier silence does not count
+    assert liveness.last_received == 200.0
+
+
+def test_a_keepalive_is_due_an_interval_after_the_last_audio() -> None:
+    liveness = make(keepalive_interval=5.0)
+    liveness.opened(0.0)
+    liveness.wrote(3.0)
+    assert liveness.deadline() == 8.0
+    assert not liveness.due(7.999)
+    assert liveness.due(8.0)
+    # What comes in from the server does not move it.
+    liveness.heard(7.5)
+    assert liveness.deadline() == 8.0
+
+
+def test_a_keepalive_puts_the_next_one_a_whole_interval_away() -> None:
+    liveness = make(keepalive_interval=5.0)
+    liveness.opened(0.0)
+    assert liveness.keepalive(12.0) is not None  # late: sent when it is handled
+    assert liveness.count == 1
+    assert liveness.deadline() == 17.0
+    assert not liveness.due(16.9)
+    liveness.keepalive(17.0)
+    assert (liveness.count, liveness.deadline()) == (2, 22.0)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "rate", "byte", "width"),
+    [
+        ("mulaw", 8000, 0xFF, 1),
+        ("alaw", 8000, 0xD5, 1),
+        ("linear16", 16000, 0x00, 2),
+        ("linear16", 44100, 0x00, 2),
+        ("linear32", 24000, 0x00, 4),
+    ],
+)
+def test_keepalive_silence_per_encoding(encoding: str, rate: int, byte: int, width: int) -> None:
+    liveness = make(encoding=encoding, sample_rate=rate, keepalive_silence=0.1)
+    silence = liveness.keepalive(1.0)
+    assert silence is not None
+    assert set(silence) == {byte}
+    assert len(silence) == round(rate * 0.1) * width
+    assert liveness.silence_ticks == round(rate * 0.1)
+
+
+@pytest.mark.parametrize("encoding", ["opus", "ogg_opus"])
+def test_opus_keepalives_are_pings(encoding: str) -> None:
+    liveness = make(encoding=encoding, sample_rate=48000)
+    assert liveness.silence is None
+    assert liveness.silence_ticks == 0
+    assert liveness.keepalive(1.0) is None
+    assert liveness.count == 1
+    assert KEEPALIVE_PING == b"pulse-keepalive"
+
+
+def test_silence_length_follows_keepalive_silence() -> None:
+    liveness = make(encoding="mulaw", sample_rate=8000, keepalive_silence=0.25)
+    assert liveness.silence is not None and len(liveness.silence) == 2000
+    assert liveness.silence_ticks == 2000
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    interval=st.floats(0.01, 30),
+    writes=st.lists(st.floats(0, 5), max_size=20),
+)
+def test_the_timer_never_spins(interval: float, writes: list[float]) -> None:
+    """Handling every due keepalive leaves the next deadline in the future."""
+    liveness = make(keepalive_interval=interval)
+    now = 0.0
+    liveness.opened(now)
+    for gap in writes:
+        now += gap
+        if liveness.due(now):
+            liveness.keepalive(now)
+            assert not liveness.due(now)
+            assert liveness.deadline() > now
+        else:
+            liveness.wrote(now)
+        assert liveness.last_wire == now

@@ -1,0 +1,299 @@
+"""``Retry`` on its own: whether to connect again, and when.
+
+Invariants checked (pulse_core/_retry.py):
+
+* refusals: 4xx other than 408 and 429 are final, as is anything the
+  transport calls final and a 429 asking to wait longer than
+  ``max_retry_after``; 408, 429, 5xx, 3xx and no answer at all are retried;
+* a ``Retry-After`` is a floor under the backoff, and close code 1008 (the
+  concurrency limit) puts ``concurrency_delay`` under it;
+* ``attempt`` counts consecutive failures; ``max_attempts`` of them give up
+  (``gave_up``), a final refusal does not count as giving up; a connection
+  that stayed open ``stable_after`` seconds resets the count when it ends;
+* the jitter source is drawn from exactly once per scheduled retry and never
+  for a verdict that gives up, and the delay is the policy's for that draw.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pulse_core import ReconnectPolicy
+from pulse_core._retry import CONCURRENCY_LIMIT_CLOSE, Retry, Verdict
+
+
+class Draws:
+    """A jitter source that always draws ``value`` and counts its draws."""
+
+    def __init__(self, value: float = 0.5) -> None:
+        self.value = value
+        self.calls = 0
+
+    def random(self) -> float:
+        self.calls += 1
+        return self.value
+
+
+def policy(**overrides: object) -> ReconnectPolicy:
+    fields: dict[str, object] = {
+        "base_delay": 1.0,
+        "multiplier": 2.0,
+        "max_delay": 8.0,
+        "max_attempts": None,
+        "jitter": 0.5,
+        "stable_after": 5.0,
+        "max_retry_after": 30.0,
+        "concurrency_delay": 2.0,
+    }
+    fields.update(overrides)
+    return ReconnectPolicy(**fields)  # type: ignore[arg-type]
+
+
+def make(draw: float = 0.5, **overrides: object) -> tuple[Retry, Draws]:
+    draws = Draws(draw)
+    return Retry(policy(**overrides), draws), draws
+
+
+def refuse(
+    retry: Retry, status: int | None, *, retry_after: float | None = None, final: bool = False
+) -> Verdict:
+    return retry.refused(status=status, reason="", retry_after=retry_after, final=final)
+
+
+# -- refusals -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 405, 409, 422, 451, 499])
+def test_client_errors_are_final(status: int) -> None:
+    retry, draws = make()
+    verdict = refuse(retry, status)
+    assert verdict == Verdict(True, False, f"HTTP {status}", 0.0, 1)
+    assert draws.calls == 0
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504, 599, 301, 302, 307, None])
+def test_other_refusals_are_retried(status: int | None) -> None:
+    retry, draws = make()
+    verdict = refuse(retry, status)
+    reason = f"HTTP {status}" if status else "connection failed"
+    # The first delay is base_delay shortened by jitter * draw.
+    assert verdict == Verdict(False, False, reason, 0.75, 1)
+    assert draws.calls == 1
+
+
+def test_a_reason_given_is_kept() -> None:
+    retry, _ = make()
+    verdict = retry.refused(status=401, reason="bad key", retry_after=None, final=False)
+    assert verdict.reason == "bad key"
+
+
+def test_the_transport_can_call_a_refusal_final() -> None:
+    retry, draws = make()
+    verdict = refuse(retry, None, final=True)
+    assert (verdict.give_up, verdict.gave_up, verdict.delay) == (True, False, 0.0)
+    verdict = refuse(make()[0], 503, final=True)
+    assert verdict.give_up
+    assert draws.calls == 0
+
+
+def test_retry_after_is_a_floor_under_the_backoff() -> None:
+    retry, draws = make()
+    assert refuse(retry, 503, retry_after=4.0).delay == 4.0
+    assert refuse(retry, 429, retry_after=0.1).delay == 1.5  # the backoff is longer
+    assert draws.calls == 2
+
+
+def test_a_429_asking_too_long_a_wait_is_final() -> None:
+    retry, draws = make()
+    assert refuse(retry, 429, retry_after=30.0).delay == 30.0  # at the limit: waited for
+    verdict = refuse(retry, 429, retry_after=30.5)
+    assert verdict == Verdict(True, False, "HTTP 429 (asked to retry after 30.5 s)", 0.0, 2)
+    assert draws.calls == 1
+
+
+def test_only_a_429_retry_after_is_bounded() -> None:
+    retry, _ = make()
+    verdict = refuse(retry, 503, retry_after=120.0)
+    assert (verdict.give_up, verdict.delay) == (False, 120.0)
+
+
+# -- attempts -----------------------------------------------------------------------
+
+
+def test_backoff_grows_to_max_delay() -> None:
+    retry, _ = make(draw=0.0)
+    assert [refuse(retry, 503).delay for _ in range(6)] == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    assert retry.attempt == 6
+
+
+def test_without_a_jitter_source_the_delay_is_the_raw_one() -> None:
+    retry = Retry(policy(), None)
+    assert [refuse(retry, 503).delay for _ in range(3)] == [1.0, 2.0, 4.0]
+
+
+def test_max_attempts_gives_up_without_drawing() -> None:
+    retry, draws = make(max_attempts=3)
+    assert [refuse(retry, 503).give_up for _ in range(2)] == [False, False]
+    verdict = refuse(retry, 503)
+    assert verdict == Verdict(True, True, "gave up after 3 attempts: HTTP 503", 0.0, 3)
+    assert draws.calls == 2
+
+
+def test_one_attempt_gives_up_at_the_first_failure() -> None:
+    retry, draws = make(max_attempts=1)
+    verdict = retry.lost(10.0, code=1006, reason="dropped")
+    assert verdict == Verdict(True, True, "gave up after 1 attempts: dropped", 0.0, 1)
+    assert draws.calls == 0
+
+
+def test_a_final_refusal_on_the_last_attempt_is_not_giving_up() -> None:
+    retry, _ = make(max_attempts=2)
+    refuse(retry, 503)
+    verdict = refuse(retry, 401)
+    assert (verdict.give_up, verdict.gave_up, verdict.reason) == (True, False, "HTTP 401")
+
+
+def test_never_giving_up() -> None:
+    retry, draws = make(max_attempts=None)
+    assert not any(refuse(retry, 503).give_up for _ in range(200))
+    assert draws.calls == 200
+    assert retry.attempt == 200
+
+
+def test_dial_numbers_the_attempt() -> None:
+    retry, _ = make()
+    assert (retry.dial(), retry.dialled) == (1, 1)
+    refuse(retry, 503)
+    refuse(retry, 503)
+    assert retry.dial() == 3
+    retry.opened(0.0)
+    retry.settle(10.0)
+    assert (retry.dialled, retry.dial()) == (3, 1)
+
+
+# -- lost connections ---------------------------------------------------------------------
+
+
+def test_a_connection_lost_soon_counts_on() -> None:
+    retry, draws = make()
+    refuse(retry, 503)
+    retry.opened(10.0)
+    verdict = retry.lost(14.9, code=1006, reason="dropped")
+    assert verdict == Verdict(False, False, "dropped", 1.5, 2)
+    assert draws.calls == 2
+
+
+def test_a_connection_that_stayed_open_resets_the_count() -> None:
+    retry, _ = make()
+    for _ in range(3):
+        refuse(retry, 503)
+    retry.opened(10.0)
+    verdict = retry.lost(15.0, code=1006, reason="dropped")  # exactly stable_after
+    assert (verdict.attempt, verdict.delay) == (1, 0.75)
+
+
+def test_settle_forgives_only_after_stable_after() -> None:
+    retry, _ = make()
+    refuse(retry, 503)
+    retry.opened(1.0)
+    retry.settle(5.9)
+    assert retry.attempt == 1
+    retry.settle(6.0)
+    assert retry.attempt == 0
+
+
+def test_the_concurrency_close_waits_at_least_concurrency_delay() -> None:
+    retry, draws = make()
+    retry.opened(0.0)
+    verdict = retry.lost(1.0, code=CONCURRENCY_LIMIT_CLOSE, reason="too many")
+    assert (verdict.give_up, verdict.delay) == (False, 2.0)
+    # Another close code has no floor.
+    assert retry.lost(1.0, code=1011, reason="error").delay == 1.5
+    # A backoff already longer than the floor stands.
+    assert retry.lost(1.0, code=CONCURRENCY_LIMIT_CLOSE, reason="too many").delay == 3.0
+    assert draws.calls == 3
+
+
+def test_losing_the_last_attempt_gives_up_without_drawing() -> None:
+    retry, draws = make(max_attempts=2)
+    retry.opened(0.0)
+    assert not retry.lost(1.0, code=None, reason="dropped").give_up
+    retry.opened(2.0)
+    verdict = retry.lost(3.0, code=CONCURRENCY_LIMIT_CLOSE, reason="too many")
+    assert verdict == Verdict(True, True, "gave up after 2 attempts: too many", 0.0, 2)
+    assert draws.calls == 1
+
+
+# -- any sequence -------------------------------------------------------------------------
+
+_FAILURES = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("refused"),
+            st.sampled_from([None, 301, 400, 401, 403, 404, 408, 429, 500, 503]),
+            st.one_of(st.none(), st.floats(0, 60)),
+            st.booleans(),
+        ),
+        st.tuples(
+            st.just("lost"),
+            st.sampled_from([None, 1000, 1006, 1008, 1011]),
+            st.floats(0, 12),  # seconds the connection stayed open
+            st.just(False),
+        ),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    failures=_FAILURES,
+    draw=st.floats(0, 0.999),
+    jitter=st.sampled_from([0.0, 0.3, 1.0]),
+    max_attempts=st.one_of(st.none(), st.integers(1, 6)),
+)
+def test_one_draw_per_retry_and_delays_within_the_policy(
+    failures: list[tuple[str, int | None, float | None, bool]],
+    draw: float,
+    jitter: float,
+    max_attempts: int | None,
+) -> None:
+    retry, draws = make(draw=draw, jitter=jitter, max_attempts=max_attempts)
+    rules = policy(jitter=jitter, max_attempts=max_attempts)
+    now = 0.0
+    scheduled = 0
+    expected_attempt = 0
+    for kind, code, extra, final in failures:
+        permanent = False
+        if kind == "refused":
+            verdict = retry.refused(status=code, reason="", retry_after=extra, final=final)
+            floor = extra or 0.0
+            permanent = (
+                final
+                or (code is not None and 400 <= code < 500 and code not in (408, 429))
+                or (code == 429 and extra is not None and extra > rules.max_retry_after)
+            )
+        else:
+            assert extra is not None
+            opened = now
+            retry.opened(opened)
+            now += extra
+            if opened + rules.stable_after <= now:
+                expected_attempt = 0
+            verdict = retry.lost(now, code=code, reason="lost")
+            floor = rules.concurrency_delay if code == CONCURRENCY_LIMIT_CLOSE else 0.0
+        expected_attempt += 1
+        assert verdict.attempt == expected_attempt == retry.attempt
+        exhausted = max_attempts is not None and expected_attempt >= max_attempts
+        assert verdict.give_up == (permanent or exhausted)
+        assert verdict.gave_up == (exhausted and not permanent)
+        if verdict.give_up:
+            assert verdict.delay == 0.0
+            break
+        scheduled += 1
+        raw = rules.raw_delay(expected_attempt)
+        assert verdict.delay == pytest.approx(max(rules.delay(expected_attempt, draw), floor))
+        assert raw * (1 - jitter) - 1e-9 <= verdict.delay <= max(raw, floor) + 1e-9
+    assert draws.calls == scheduled
