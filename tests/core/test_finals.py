@@ -56,11 +56,14 @@ def answer(position: int, *, late: bool = False) -> Answer:
 
 
 def test_an_answer_confirms_up_to_its_finalize() -> None:
-    assert confirmed_upto(final(), answer(300), Timeline(TPS), ledger()) == 300
+    assert confirmed_upto(final(), answer(300), Timeline(TPS), ledger(), closing=True) == 300
 
 
 def test_a_late_answer_confirms_too() -> None:
-    assert confirmed_upto(final(), answer(300, late=True), Timeline(TPS), ledger()) == 300
+    assert (
+        confirmed_upto(final(), answer(300, late=True), Timeline(TPS), ledger(), closing=True)
+        == 300
+    )
 
 
 def test_word_timestamps_confirm_up_to_the_last_word_in_session_time() -> None:
@@ -70,20 +73,20 @@ def test_word_timestamps_confirm_up_to_the_last_word_in_session_time() -> None:
     timeline.silence(80)  # keepalive: 10 ms of connection time only
     timeline.advance(500)
     # The last word ends at connection 0.05 s (400 ticks): session 200 + 400 - 80.
-    assert confirmed_upto(final(0.02, 0.05), None, timeline, ledger()) == 520
+    assert confirmed_upto(final(0.02, 0.05), None, timeline, ledger(), closing=True) == 520
 
 
 def test_whichever_reaches_further() -> None:
     timeline = Timeline(TPS)
-    assert confirmed_upto(final(0.05), answer(300), timeline, ledger()) == 400
-    assert confirmed_upto(final(0.02), answer(300), timeline, ledger()) == 300
+    assert confirmed_upto(final(0.05), answer(300), timeline, ledger(), closing=True) == 400
+    assert confirmed_upto(final(0.02), answer(300), timeline, ledger(), closing=True) == 300
 
 
 def test_only_the_last_word_end_counts() -> None:
     timeline = Timeline(TPS)
-    assert confirmed_upto(final(0.05, None), None, timeline, ledger()) is None
-    assert confirmed_upto(final(0.05, None), answer(100), timeline, ledger()) == 100
-    assert confirmed_upto(final(0.09, 0.05), None, timeline, ledger()) == 400
+    assert confirmed_upto(final(0.05, None), None, timeline, ledger(), closing=True) is None
+    assert confirmed_upto(final(0.05, None), answer(100), timeline, ledger(), closing=True) == 100
+    assert confirmed_upto(final(0.09, 0.05), None, timeline, ledger(), closing=True) == 400
 
 
 def test_a_word_end_just_after_a_jump_confirms_only_up_to_the_jump() -> None:
@@ -92,20 +95,23 @@ def test_a_word_end_just_after_a_jump_confirms_only_up_to_the_jump() -> None:
     timeline.jump(160)  # held audio dropped
     timeline.advance(240)
     # 0.0504 s is 3 ticks after the jump, within the 80-tick snap: the audio before it.
-    assert confirmed_upto(final(0.0504), None, timeline, ledger()) == 400
-    assert confirmed_upto(final(0.07), None, timeline, ledger()) == 560 + 160
+    assert confirmed_upto(final(0.0504), None, timeline, ledger(), closing=True) == 400
+    assert confirmed_upto(final(0.07), None, timeline, ledger(), closing=True) == 560 + 160
 
 
 def test_nothing_to_go_by_confirms_nothing() -> None:
     timeline = Timeline(TPS)
-    assert confirmed_upto(final(), None, timeline, ledger()) is None
-    assert confirmed_upto(final(None), None, timeline, ledger()) is None
+    assert confirmed_upto(final(), None, timeline, ledger(), closing=True) is None
+    assert confirmed_upto(final(None), None, timeline, ledger(), closing=True) is None
 
 
 def test_is_last_confirms_everything_received() -> None:
     timeline = Timeline(TPS)
-    assert confirmed_upto(final(is_last=True), None, timeline, ledger(800)) == 800
-    assert confirmed_upto(final(0.01, is_last=True), answer(50), timeline, ledger(800)) == 800
+    assert confirmed_upto(final(is_last=True), None, timeline, ledger(800), closing=True) == 800
+    assert (
+        confirmed_upto(final(0.01, is_last=True), answer(50), timeline, ledger(800), closing=True)
+        == 800
+    )
 
 
 @pytest.mark.parametrize(
@@ -119,7 +125,7 @@ def test_is_last_confirms_everything_received() -> None:
 def test_never_beyond_what_the_socket_was_sent(
     message: TranscriptionMessage, given: Answer | None
 ) -> None:
-    assert confirmed_upto(message, given, Timeline(TPS), ledger(800, sent=600)) == 600
+    assert confirmed_upto(message, given, Timeline(TPS), ledger(800, sent=600), closing=True) == 600
 
 
 # -- the event ----------------------------------------------------------------------------
@@ -209,3 +215,14 @@ def test_the_span_comes_from_the_words_else_the_utterances() -> None:
     assert (event.start, event.end) == (None, None)
     event = transcript(_message(), None, timeline, 1)
     assert (event.start, event.end, event.words, event.utterances) == (None, None, (), ())
+
+
+def test_is_last_mid_session_confirms_only_what_its_words_cover() -> None:
+    """``is_last`` ends the session only as the answer to ``close_stream``."""
+    timeline = Timeline(TPS)
+    timeline.restart(0, 800)
+    books = ledger()
+    message = TranscriptionMessage(
+        text="hi", is_final=True, is_last=True, words=(Word(word="hi", start=0.0, end=0.02),)
+    )
+    assert confirmed_upto(message, None, timeline, books, closing=False) == round(0.02 * TPS)

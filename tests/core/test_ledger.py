@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 
 from pulse_core import AudioDropped, ConnectionConfig, DropReason, LocalProtocolError
 from pulse_core._ledger import AudioLedger
-from tests.test_audio import HEADERS, audio_page, ogg_page
+from tests.core.test_audio import HEADERS, audio_page, ogg_page
 
 # Opus TOC bytes (RFC 6716 section 3.1): config 0 is a 10 ms SILK frame, config
 # 3 a 60 ms one; code 1 puts two frames in the packet.

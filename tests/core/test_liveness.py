@@ -35,8 +35,10 @@ def test_clocks_start_when_a_connection_opens() -> None:
     liveness.opened(100.0)
     assert (liveness.last_wire, liveness.last_received) == (100.0, 100.0)
     assert liveness.deadline() == 105.0
-    liveness.heard(101.0)
-    assert liveness.last_received == 101.0
+    liveness.received(101.0)
+    assert (liveness.last_received, liveness.last_heard) == (101.0, 101.0)
+    liveness.heard(102.0)  # a pong: the server is alive, but sent no message
+    assert (liveness.last_received, liveness.last_heard) == (101.0, 102.0)
     liveness.opened(200.0)  # a new connection: earlier silence does not count
     assert liveness.last_received == 200.0
 

@@ -26,7 +26,7 @@ from pulse_core._ledger import AudioLedger
 from pulse_core._replay import replay, send_held
 from pulse_core._timeline import Timeline
 from pulse_core._turns import Latency, Turns
-from tests.test_audio import HEADERS, audio_page
+from tests.core.test_audio import HEADERS, audio_page
 
 F = SendText(FINALIZE)
 

@@ -73,7 +73,7 @@ def test_client_errors_are_final(status: int) -> None:
     assert draws.calls == 0
 
 
-@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504, 599, 301, 302, 307, None])
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504, 599, None])
 def test_other_refusals_are_retried(status: int | None) -> None:
     retry, draws = make()
     verdict = refuse(retry, status)
@@ -113,10 +113,21 @@ def test_a_429_asking_too_long_a_wait_is_final() -> None:
     assert draws.calls == 1
 
 
-def test_only_a_429_retry_after_is_bounded() -> None:
-    retry, _ = make()
-    verdict = refuse(retry, 503, retry_after=120.0)
-    assert (verdict.give_up, verdict.delay) == (False, 120.0)
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_redirects_are_final(status: int) -> None:
+    retry, draws = make()
+    verdict = refuse(retry, status)
+    assert verdict.give_up and not verdict.gave_up
+    assert "redirects are not followed" in verdict.reason
+    assert draws.calls == 0
+
+
+@pytest.mark.parametrize("status", [500, 503, 429])
+def test_every_retry_after_is_bounded(status: int) -> None:
+    retry, draws = make()
+    verdict = refuse(retry, status, retry_after=86400.0)
+    assert verdict.give_up and "asked to retry after 86400 s" in verdict.reason
+    assert draws.calls == 0
 
 
 # -- attempts -----------------------------------------------------------------------
@@ -273,7 +284,8 @@ def test_one_draw_per_retry_and_delays_within_the_policy(
             permanent = (
                 final
                 or (code is not None and 400 <= code < 500 and code not in (408, 429))
-                or (code == 429 and extra is not None and extra > rules.max_retry_after)
+                or (code is not None and 300 <= code < 400)
+                or (extra is not None and extra > rules.max_retry_after)
             )
         else:
             assert extra is not None
