@@ -13,7 +13,7 @@ Strings and bytes in actions may carry placeholders filled from the request:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeAlias
 
 import attrs
@@ -45,6 +45,7 @@ __all__ = [
     "SplitFinals",
     "StopAnswering",
     "Text",
+    "Together",
     "Trigger",
     "binary_frame",
     "fragmented_text",
@@ -73,7 +74,7 @@ class Handshake:
     upgrade: bool = True
     connection: bool = True
     headers: tuple[tuple[str, str], ...] = ()
-    #: Bytes of filler headers added to the response.
+    #: One filler header line of this many bytes.
     padding: int = 0
     body: bytes = b""
     #: Filler bytes streamed after ``body`` (a huge body costs no memory here).
@@ -267,6 +268,18 @@ class StopAnswering:
     """Answer no more finalize or close_stream (keep reading)."""
 
 
+def _actions(value: Action | Sequence[Action]) -> tuple[Action, ...]:
+    return tuple(value) if isinstance(value, Sequence) else (value,)
+
+
+@attrs.frozen
+class Together:
+    """Run ``do`` holding every write back, then write it all in one send, so
+    the peer reads it at once (e.g. a final and a burst of pings)."""
+
+    do: tuple[Action, ...] = attrs.field(converter=_actions)
+
+
 Action: TypeAlias = (
     Ping
     | Pong
@@ -282,11 +295,8 @@ Action: TypeAlias = (
     | SlowRead
     | Sleep
     | StopAnswering
+    | Together
 )
-
-
-def _actions(value: Action | tuple[Action, ...] | list[Action]) -> tuple[Action, ...]:
-    return tuple(value) if isinstance(value, tuple | list) else (value,)
 
 
 @attrs.frozen

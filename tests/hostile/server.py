@@ -85,6 +85,7 @@ from .script import (
     SplitFinals,
     StopAnswering,
     Text,
+    Together,
     Trigger,
 )
 
@@ -173,6 +174,8 @@ class ConnectionRecord:
     violation: str | None = None
     bytes_received: int = 0
     bytes_sent: int = 0
+    #: Writes to the socket (a Together is one).
+    writes: int = 0
     #: How it ended: "eof", "closed", "hangup", "reset", "violation", "shutdown", ...
     ended: str | None = None
     done: trio.Event = attrs.field(factory=trio.Event, repr=False)
@@ -224,6 +227,8 @@ class _Connection:
         self.bytes_per_tick = 2
         self.fillers: dict[str, str] = {}
         self.nursery: trio.Nursery | None = None
+        #: Writes held back by a Together action.
+        self.batch: bytearray | None = None
 
     # -- running ---------------------------------------------------------------------
 
@@ -321,6 +326,8 @@ class _Connection:
             self.tps = int(query.get("sample_rate", "16000"))
         except ValueError:
             self.tps = 16000
+        if self.tps <= 0:
+            self.tps = 16000
         self.bytes_per_tick = _BYTES_PER_TICK.get(query.get("encoding", "linear16"), 2)
         authorization = request.header("Authorization") or ""
         key = authorization.removeprefix("Bearer ").strip()
@@ -370,13 +377,8 @@ class _Connection:
             headers.append(("Content-Type", "text/plain"))
             headers.append(("Connection", "close"))
         headers.extend((name, self._fill(value)) for name, value in hs.headers)
-        index = 0
-        remaining = hs.padding
-        while remaining > 0:
-            value = "x" * min(remaining, 4000)
-            headers.append((f"X-Padding-{index}", value))
-            remaining -= len(value)
-            index += 1
+        if hs.padding:
+            headers.append(("X-Padding", "x" * hs.padding))
         response = format_response(status_line, headers) + self._fill_bytes(hs.body)
         if hs.cut_after is not None:
             await self._write_raw(response[: hs.cut_after])
@@ -556,6 +558,13 @@ class _Connection:
             await trio.sleep(action.seconds)
         elif isinstance(action, StopAnswering):
             self.answer_finalize = self.answer_close_stream = False
+        elif isinstance(action, Together):
+            outer, self.batch = self.batch, bytearray()
+            try:
+                await self._run_actions(action.do)
+            finally:
+                held, self.batch = self.batch, outer
+            await self._write_raw(bytes(held))
         else:  # pragma: no cover - every action is handled above
             raise AssertionError(f"unknown action {action!r}")
 
@@ -669,13 +678,18 @@ class _Connection:
         await self._write_raw(encode_frame(opcode, payload, fin=fin), record_as=opcode)
 
     async def _write_raw(self, data: bytes, *, record_as: int | None = None) -> None:
-        if self.frozen:
+        if self.frozen or not data:
             return
-        async with self.lock:
-            await self.stream.send_all(data)
-        self.record.bytes_sent += len(data)
         if record_as is not None:
             self.record.sent.append(SentFrame(record_as, len(data), data[:_PREVIEW]))
+        if self.batch is not None:
+            self.batch += data  # written by the Together that holds it
+            return
+        async with self.lock:
+            # Counted first: the peer may read the bytes before send_all returns.
+            self.record.bytes_sent += len(data)
+            self.record.writes += 1
+            await self.stream.send_all(data)
 
     async def _close(self, code: int | None, reason: str) -> None:
         """Start the close handshake (or answer a violation); the read loop

@@ -58,6 +58,7 @@ from tests.hostile.script import (
     Script,
     SlowRead,
     SplitFinals,
+    Together,
     fragmented_text,
     invalid_utf8_text,
     redirect,
@@ -250,12 +251,14 @@ def test_encoded_frames_have_the_right_length_field(size: int) -> None:
     else:
         assert frame[:10] == bytes([0x82, 127]) + size.to_bytes(8, "big")
     assert frame.endswith(payload)
-    # The test's own client framing and the server's parser agree, fed a byte at a time.
+    # The test's own client framing and the server's parser agree, however it is cut.
     masked = client_frame(BINARY, payload)
     parser = FrameParser(require_mask=True)
     got: list[Any] = []
-    for byte in masked:
-        parser.feed(bytes([byte]))
+    pieces = [masked[i : i + 1] for i in range(16)]  # the header a byte at a time
+    pieces += [masked[i : i + 4096] for i in range(16, len(masked), 4096)]
+    for piece in pieces:
+        parser.feed(piece)
         got.extend(parser.frames())
     assert [(f.opcode, f.payload, f.masked) for f in got] == [(BINARY, payload, True)]
 
@@ -710,6 +713,27 @@ async def test_timed_faults_and_raw_frames() -> None:
         with pytest.raises(UnicodeDecodeError):
             payload.decode("utf-8")
     assert [s.opcode for s in server.connections[0].sent] == [PING, -1, -1]
+
+
+async def test_together_writes_its_actions_in_one_send() -> None:
+    script = Script(
+        faults=[
+            Fault(OnFinalize(1), Together([Final(from_finalize=True), Ping(b"a")]), replace=True)
+        ]
+    )
+    async with serving(script) as server, client_of(server) as client:
+        await client.upgrade()
+        await client.send(PING, b"settle")
+        assert await client.message() == (PONG, b"settle")
+        writes = server.connections[0].writes
+        await client.send(BINARY, b"\x00" * 3200)
+        await client.send_json({"type": "finalize"})
+        assert (await client.json())["from_finalize"] is True
+        assert await client.message() == (PING, b"a")
+        record = server.connections[0]
+        kinds = [s.opcode for s in record.sent]
+        assert kinds[-2:] == [TEXT, PING]
+        assert record.writes == writes + 1  # both frames in one write
 
 
 async def test_records_are_bounded() -> None:
