@@ -1,0 +1,367 @@
+"""What the hostile server does, as plain data.
+
+A :class:`Script` describes one connection: how the upgrade is answered
+(:class:`Handshake`), whether finalize and close_stream are answered, and a
+list of :class:`Fault` steps, each an action (or a sequence of them) run when a
+trigger condition is met. The server picks a script per connection number, so
+connection 1, 2, ... may each misbehave differently.
+
+Strings and bytes in actions may carry placeholders filled from the request:
+``{authorization}`` (the whole header value), ``{key}`` (the token after
+``Bearer``), ``{key_head}`` and ``{key_tail}`` (its first and second half).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, TypeAlias
+
+import attrs
+
+from .framing import CONTINUATION, TEXT, encode_frame
+
+__all__ = [
+    "Action",
+    "AfterAudio",
+    "AfterSeconds",
+    "Close",
+    "Error",
+    "Fault",
+    "Final",
+    "HalfOpen",
+    "Handshake",
+    "Hangup",
+    "OnClientClose",
+    "OnCloseStream",
+    "OnFinalize",
+    "OnOpen",
+    "Ping",
+    "Pong",
+    "Raw",
+    "RepeatFinal",
+    "Script",
+    "Sleep",
+    "SlowRead",
+    "SplitFinals",
+    "StopAnswering",
+    "Text",
+    "Together",
+    "Trigger",
+    "binary_frame",
+    "fragmented_text",
+    "invalid_utf8_text",
+    "oversized_text",
+    "redirect",
+    "refuse",
+]
+
+
+# -- the opening handshake ------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Handshake:
+    """How the upgrade request is answered. The default is a correct 101."""
+
+    status: int = 101
+    #: Reason phrase; default: the usual one for ``status``.
+    reason: str | None = None
+    #: Replaces the whole status line (e.g. ``b"HTTP/1.0 garbage"``).
+    status_line: bytes | None = None
+    #: Replaces the correct ``Sec-WebSocket-Accept`` value ("" leaves it out).
+    accept: str | None = None
+    #: Send ``Upgrade: websocket`` / ``Connection: Upgrade`` (101 only).
+    upgrade: bool = True
+    connection: bool = True
+    headers: tuple[tuple[str, str], ...] = ()
+    #: One filler header line of this many bytes.
+    padding: int = 0
+    body: bytes = b""
+    #: Filler bytes streamed after ``body`` (a huge body costs no memory here).
+    body_size: int = 0
+    #: ``Content-Length`` to announce; None: the true length (refusals only).
+    content_length: int | None = None
+    #: Close TCP after writing this many bytes of the response (0: before any).
+    cut_after: int | None = None
+    #: Close TCP without reading the request at all.
+    hang_up_at_once: bool = False
+    #: Never answer (the TCP connection stays open).
+    stall: bool = False
+    #: Seconds to wait before answering.
+    delay: float = 0.0
+
+
+def refuse(
+    status: int = 503,
+    *,
+    retry_after: str | None = None,
+    body: bytes = b"",
+    body_size: int = 0,
+    headers: tuple[tuple[str, str], ...] = (),
+    content_length: int | None = None,
+) -> Handshake:
+    """An HTTP refusal instead of 101, with ``Retry-After`` as given (any text)."""
+    extra = headers + ((("Retry-After", retry_after),) if retry_after is not None else ())
+    return Handshake(
+        status=status,
+        headers=extra,
+        body=body,
+        body_size=body_size,
+        content_length=content_length,
+    )
+
+
+def redirect(location: str, status: int = 301) -> Handshake:
+    return Handshake(status=status, headers=(("Location", location),))
+
+
+# -- triggers -------------------------------------------------------------------------
+
+
+@attrs.frozen
+class OnOpen:
+    """Right after the 101 is written."""
+
+
+@attrs.frozen
+class AfterAudio:
+    """Once this connection has received at least ``bytes`` of audio."""
+
+    bytes: int
+
+
+@attrs.frozen
+class OnFinalize:
+    """On the ``nth`` finalize of this connection (1-based; 0: every one)."""
+
+    nth: int = 1
+
+
+@attrs.frozen
+class OnCloseStream:
+    """When ``close_stream`` arrives."""
+
+
+@attrs.frozen
+class OnClientClose:
+    """When the client's close frame arrives, before the server replies to it."""
+
+
+@attrs.frozen
+class AfterSeconds:
+    """``seconds`` after the 101, whatever else is going on."""
+
+    seconds: float
+
+
+Trigger: TypeAlias = OnOpen | AfterAudio | OnFinalize | OnCloseStream | OnClientClose | AfterSeconds
+
+
+# -- actions --------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Ping:
+    payload: bytes = b""
+
+
+@attrs.frozen
+class Pong:
+    """An unsolicited pong."""
+
+    payload: bytes = b""
+
+
+@attrs.frozen
+class Text:
+    """A text frame (placeholders filled in)."""
+
+    text: str
+
+
+@attrs.frozen
+class Raw:
+    """Bytes written to the socket as they are (hand-made frames)."""
+
+    data: bytes
+
+
+@attrs.frozen(kw_only=True)
+class Final:
+    """A final covering the audio since the previous final (the server's
+    trivial recognition), with optional lies.
+
+    ``words`` replaces the word times (connection seconds; ``None`` keeps the
+    true ones). ``consume=False`` leaves the audio for the next final too (a
+    duplicate in the making). ``extra`` is merged into the message last.
+    """
+
+    is_last: bool = False
+    from_finalize: bool | None = None
+    words: tuple[tuple[float, float], ...] | None = None
+    transcript: str | None = None
+    consume: bool = True
+    extra: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class RepeatFinal:
+    """Send the previous final again, byte for byte."""
+
+
+@attrs.frozen(kw_only=True)
+class SplitFinals:
+    """Cover the pending audio with ``pieces`` finals, sent in reverse order."""
+
+    pieces: int = 2
+    reverse: bool = True
+    from_finalize: bool | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Error:
+    """A server error message in one of the documented shapes (spec/messages):
+    1 ``{type, status, message}``, 2 ``{type, error_code, message}``,
+    3 ``{status, error: {message, code}}``."""
+
+    shape: int = 1
+    message: str = "something went wrong"
+    code: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Close:
+    """A close frame (``code=None``: empty payload), then the close handshake."""
+
+    code: int | None = 1000
+    reason: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class Hangup:
+    """Close TCP now: EOF, or with ``reset`` a TCP RST."""
+
+    reset: bool = False
+
+
+@attrs.frozen
+class HalfOpen:
+    """Stop reading and writing for good; the TCP connection stays up."""
+
+
+@attrs.frozen
+class SlowRead:
+    """From now on read at most ``rate`` bytes per second."""
+
+    rate: float
+
+
+@attrs.frozen
+class Sleep:
+    """Pause the task that runs the fault (a reader pause stops reading too)."""
+
+    seconds: float
+
+
+@attrs.frozen
+class StopAnswering:
+    """Answer no more finalize or close_stream (keep reading)."""
+
+
+def _actions(value: Action | Sequence[Action]) -> tuple[Action, ...]:
+    return tuple(value) if isinstance(value, Sequence) else (value,)
+
+
+@attrs.frozen
+class Together:
+    """Run ``do`` holding every write back, then write it all in one send, so
+    the peer reads it at once (e.g. a final and a burst of pings)."""
+
+    do: tuple[Action, ...] = attrs.field(converter=_actions)
+
+
+Action: TypeAlias = (
+    Ping
+    | Pong
+    | Text
+    | Raw
+    | Final
+    | RepeatFinal
+    | SplitFinals
+    | Error
+    | Close
+    | Hangup
+    | HalfOpen
+    | SlowRead
+    | Sleep
+    | StopAnswering
+    | Together
+)
+
+
+@attrs.frozen
+class Fault:
+    """Run ``do`` when ``when`` holds. ``replace=True`` on a finalize or
+    close_stream trigger suppresses the server's normal answer to it."""
+
+    when: Trigger
+    do: tuple[Action, ...] = attrs.field(converter=_actions)
+    replace: bool = attrs.field(default=False, kw_only=True)
+
+
+def _faults(value: Iterable[Fault]) -> tuple[Fault, ...]:
+    return tuple(value)
+
+
+@attrs.frozen(kw_only=True)
+class Script:
+    """One connection's behaviour. The default is a well-behaved Pulse server."""
+
+    handshake: Handshake = Handshake()
+    faults: tuple[Fault, ...] = attrs.field(default=(), converter=_faults)
+    answer_finalize: bool = True
+    answer_close_stream: bool = True
+    #: The final answering close_stream says ``is_last: true``.
+    send_is_last: bool = True
+    #: After the ``is_last`` final the server closes with 1000.
+    close_after_is_last: bool = True
+    answer_pings: bool = True
+    #: Read at most this many bytes per second from the start.
+    read_rate: float | None = None
+    #: Largest client frame accepted (1009 beyond it).
+    max_frame: int = 1 << 22
+    #: Close 1002 on an unmasked client frame (RFC 6455 5.1).
+    require_mask: bool = True
+
+
+# -- hand-made frames for Raw -----------------------------------------------------------
+
+
+def fragmented_text(text: str, pieces: int = 3) -> bytes:
+    """``text`` as one message in ``pieces`` frames (split on bytes, so a
+    character may straddle two frames)."""
+    data = text.encode("utf-8")
+    size = max(1, -(-len(data) // pieces))
+    chunks = [data[i : i + size] for i in range(0, len(data), size)] or [b""]
+    frames = [
+        encode_frame(TEXT if i == 0 else CONTINUATION, chunk, fin=i == len(chunks) - 1)
+        for i, chunk in enumerate(chunks)
+    ]
+    return b"".join(frames)
+
+
+def invalid_utf8_text() -> bytes:
+    """A text frame whose payload is not UTF-8 (a lone continuation byte)."""
+    return encode_frame(TEXT, b'{"type":"transcription","transcript":"\x80\xff"}')
+
+
+def binary_frame(data: bytes = b"\x00\x01binary") -> bytes:
+    return encode_frame(0x2, data)
+
+
+def oversized_text(size: int) -> bytes:
+    """One valid JSON text frame of ``size`` bytes."""
+    head = b'{"type":"transcription","is_final":false,"transcript":"'
+    tail = b'"}'
+    filler = max(0, size - len(head) - len(tail))
+    return encode_frame(TEXT, head + b"x" * filler + tail)
