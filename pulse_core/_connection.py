@@ -577,6 +577,8 @@ class PulseConnection:
         """Frame everything held (finalize and close must not wait for coalescing)."""
         for frame, ticks in self._ledger.flush(now, closing=closing):
             self._add_frame(now, frame, ticks)
+        if closing:
+            self._ledger.drop_partial_sample()
 
     def _check_liveness(self, now: float) -> None:
         """Probe a silent server; replace a connection that stays silent."""

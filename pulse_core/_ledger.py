@@ -116,11 +116,6 @@ class AudioLedger:
     # -- what is held -----------------------------------------------------------
 
     @property
-    def compressed(self) -> bool:
-        """Frames are opaque (Opus): no byte-level slicing or coalescing."""
-        return not self._width
-
-    @property
     def buffered_bytes(self) -> int:
         """Bytes held: kept for replay, or not yet framed."""
         return self.retained_bytes + len(self._pending)
@@ -193,20 +188,27 @@ class AudioLedger:
     def flush(self, now: float, *, closing: bool = False) -> list[tuple[bytes, int]]:
         """Frame everything held (finalize and close must not wait for coalescing).
 
-        When ``closing``, half a sample that can never be sent is reported
-        dropped, and an unfinished Ogg page is sent as it is.
+        When ``closing``, an unfinished Ogg page is sent as it is. Half a
+        sample may stay pending: once the frames are appended,
+        :meth:`drop_partial_sample` reports it.
         """
         if self._width:
-            frames = self.cut(now, everything=True)
-            if closing and self._pending:
-                start = self.received
-                self.note_drop(start, start, len(self._pending), DropReason.PARTIAL_SAMPLE)
-                self._pending.clear()
-                self.pending_since = None
-            return frames
+            return self.cut(now, everything=True)
         if closing and self._ogg is not None and self._ogg.pending:
             return [(self._ogg.flush(), 0)]
         return []
+
+    def drop_partial_sample(self) -> None:
+        """The audio has ended: half a sample still pending can never be sent.
+
+        Called after the last frames are appended, so the loss is placed at
+        the very end of the audio, after any overflow those frames caused.
+        """
+        if self._pending:
+            start = self.received
+            self.note_drop(start, start, len(self._pending), DropReason.PARTIAL_SAMPLE)
+            self._pending.clear()
+            self.pending_since = None
 
     def append(self, data: bytes, ticks: int) -> Frame:
         """Add a cut frame at the write position; returns it with its ticks."""
