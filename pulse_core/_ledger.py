@@ -278,11 +278,18 @@ class AudioLedger:
                 total = self._gap_end - self.replay_from
                 self._gap_bytes -= self._gap_bytes * covered // total
         self.replay_from = position
+        # Release every frame that ends by ``position``. A zero-length frame (an
+        # Ogg page without a granule: its packet goes on in the next page) goes
+        # with the next frame, never before it, so a replay never starts on
+        # the second half of a packet.
         retained = self.retained
-        while retained and retained[0][1] <= position and retained[0][1] > retained[0][0]:
-            self.retained_bytes -= len(retained.popleft()[2])
-        # Zero-length frames (Ogg pages without a granule) go with the next one.
-        while retained and retained[0][1] == retained[0][0] and retained[0][0] < position:
+        release = 0
+        for index, (start, end, _) in enumerate(retained):
+            if end > start:
+                if end > position:
+                    break
+                release = index + 1
+        for _ in range(release):
             self.retained_bytes -= len(retained.popleft()[2])
 
     def socket_ended(self) -> None:

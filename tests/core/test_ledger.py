@@ -305,11 +305,6 @@ def test_zero_length_ogg_frames_wait_for_the_frame_after_them() -> None:
     assert [item[:3] for item in ledger.replay_frames()] == [(960, 960, 960), (960, 960, 2880)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: confirm() stops at the first frame after a granule-less page, so a "
-    "frame wholly before replay_from stays retained (and counted) until the next confirm",
-)
 def test_a_confirm_past_a_zero_length_frame_releases_every_frame_before_it() -> None:
     ledger, _ = make("ogg_opus", sample_rate=48000)
     pages = [audio_page(960, 2), audio_page(-1, 3), audio_page(1920, 4), audio_page(2880, 5)]
@@ -320,13 +315,22 @@ def test_a_confirm_past_a_zero_length_frame_releases_every_frame_before_it() -> 
     assert ledger.retained_bytes == len(pages[3])
 
 
-def test_a_confirmed_frame_left_retained_is_neither_replayed_nor_dropped() -> None:
-    # What the loss above costs: the frame is held a while longer, nothing else.
+def test_a_granule_less_page_stays_with_the_frame_after_it() -> None:
+    # Its packet goes on in the next page: a replay must not start without it.
+    ledger, _ = make("ogg_opus", sample_rate=48000)
+    pages = [audio_page(960, 2), audio_page(-1, 3), audio_page(1920, 4), audio_page(2880, 5)]
+    _ogg_frames(ledger, *pages)
+    ledger.confirm(1000)  # inside the frame after the granule-less page
+    assert [frame[:2] for frame in ledger.retained] == [(960, 960), (960, 1920), (1920, 2880)]
+    assert [item[:3] for item in ledger.replay_frames()][:2] == [(960, 960, 960), (960, 960, 1920)]
+
+
+def test_frames_confirmed_past_a_granule_less_page_are_neither_replayed_nor_dropped() -> None:
     ledger, drops = make("ogg_opus", sample_rate=48000, replay_seconds=0.005)  # 320 bytes
     pages = [audio_page(960, 2), audio_page(-1, 3), audio_page(1920, 4), audio_page(2880, 5)]
     _ogg_frames(ledger, *pages)
     ledger.confirm(2000)
-    assert ledger.retained[0][:2] == (960, 1920)
+    assert ledger.retained[0][:2] == (1920, 2880)
     assert [item[:3] for item in ledger.replay_frames()] == [(1920, 1920, 2880)]
     page = audio_page(3840, 6, size=200)
     ((data, ticks),) = ledger.hold(0.0, page)
