@@ -3,11 +3,14 @@
 The adapter is thin. ``PulseConnection`` makes every protocol decision; this
 module moves bytes, owns the clock (``trio.current_time()``, so trio's virtual
 clock works in tests) and the background tasks, and tells the engine what the
-network did. Four tasks run under the session:
+network did. After every engine input, ``_pump`` routes the engine's commands
+to the live connection's outbox and its events to the forwarder; nothing
+waits there. The tasks under the session:
 
-* the *executor* carries out the engine's commands in order (it alone writes);
 * one *link* task per connection dials (through its connector, ``_connector``),
   then reads frames into the engine;
+* that connection's *writer* carries out its outbox in order (it alone writes);
+  each ping gets a task of its own that reports the pong (``pong_received``);
 * the *timer* calls ``handle_timer`` whenever the engine's deadline passes;
 * the *forwarder* hands events to handlers and to ``events()``.
 
