@@ -5,8 +5,11 @@ Invariants checked (pulse_core/_finals.py):
 * a final that answers a finalize confirms the audio before that finalize's
   position (late answers too); word timestamps confirm up to the last word's
   end in session time (whichever reaches further), and only when the last
-  word has an end; ``is_last`` confirms everything received; a final with
-  none of these confirms nothing;
+  word has an end; ``is_last`` confirms everything received, but only as the
+  answer to ``close_stream``; a final with none of these confirms nothing;
+* times are fitted to the audio the connection carried before anything
+  else: clamped within the tolerance, refused beyond it, and a message whose
+  times fit is passed on as it is;
 * nothing beyond what the live socket was sent is ever confirmed;
 * the ``Transcript`` event carries the message's fields, its words and
   utterances in session time, its span (from the words, else the
@@ -20,8 +23,8 @@ from types import MappingProxyType
 
 import pytest
 
-from pulse_core import ConnectionConfig
-from pulse_core._finals import confirmed_upto, transcript
+from pulse_core import ConnectionConfig, RemoteProtocolError
+from pulse_core._finals import confirmed_upto, transcript, within_connection
 from pulse_core._ledger import AudioLedger
 from pulse_core._messages import TranscriptionMessage, Utterance, Word
 from pulse_core._timeline import Timeline
@@ -226,3 +229,47 @@ def test_is_last_mid_session_confirms_only_what_its_words_cover() -> None:
         text="hi", is_final=True, is_last=True, words=(Word(word="hi", start=0.0, end=0.02),)
     )
     assert confirmed_upto(message, None, timeline, books, closing=False) == round(0.02 * TPS)
+
+
+# -- times are checked first -------------------------------------------------------------
+
+
+def carried(ticks: int) -> Timeline:
+    timeline = Timeline(TPS)
+    timeline.restart(0, ticks)
+    return timeline
+
+
+def test_times_that_fit_leave_the_message_as_it_is() -> None:
+    message = TranscriptionMessage(
+        text="a", words=(Word(word="a", start=0.0, end=0.1),), utterances=(Utterance(text="a"),)
+    )
+    assert within_connection(message, carried(800)) is message
+
+
+def test_times_a_little_outside_are_clamped() -> None:
+    message = TranscriptionMessage(
+        text="a b",
+        words=(Word(word="a", start=-0.2, end=0.05), Word(word="b", start=0.05, end=0.3)),
+        utterances=(Utterance(text="a b", start=-0.2, end=0.3),),
+    )
+    fitted = within_connection(message, carried(800))  # 0.1 s carried
+    assert [(w.start, w.end) for w in fitted.words] == [(0.0, 0.05), (0.05, 0.1)]
+    assert [(u.start, u.end) for u in fitted.utterances] == [(0.0, 0.1)]
+    assert fitted.text == "a b"
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "what"),
+    [(0.0, 1e305, "word end"), (-0.6, 0.0, "word start"), (0.0, 0.61, "word end")],
+)
+def test_times_far_outside_make_the_message_malformed(start: float, end: float, what: str) -> None:
+    message = TranscriptionMessage(text="a", words=(Word(word="a", start=start, end=end),))
+    with pytest.raises(RemoteProtocolError, match=what):
+        within_connection(message, carried(800))
+
+
+def test_utterance_times_are_checked_too() -> None:
+    message = TranscriptionMessage(text="a", utterances=(Utterance(text="a", start=0.0, end=9.0),))
+    with pytest.raises(RemoteProtocolError, match="utterance end"):
+        within_connection(message, carried(800))

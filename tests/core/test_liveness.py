@@ -7,6 +7,9 @@ Invariants checked (pulse_core/_liveness.py):
   next one is a whole interval away and the timer never spins;
 * ``last_received`` starts at minus infinity and is reset when a connection
   opens, so silence before a connection existed is never held against it;
+* liveness: nothing heard (no message, no pong) for ``ping_interval`` asks
+  for one probe; nothing heard ``ping_timeout`` after the probe means dead;
+  anything heard, or a new connection, starts over;
 * the keepalive is silence in the session's encoding (mu-law 0xFF, a-law 0xD5,
   linear PCM zeros) of ``keepalive_silence`` seconds, or ``None`` (a ping) for
   Opus, and ``silence_ticks`` is how much connection time it adds.
@@ -21,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pulse_core import ConnectionConfig
-from pulse_core._liveness import KEEPALIVE_PING, Liveness
+from pulse_core._liveness import Check, Liveness
 
 
 def make(**overrides: object) -> Liveness:
@@ -92,7 +95,6 @@ def test_opus_keepalives_are_pings(encoding: str) -> None:
     assert liveness.silence_ticks == 0
     assert liveness.keepalive(1.0) is None
     assert liveness.count == 1
-    assert KEEPALIVE_PING == b"pulse-keepalive"
 
 
 def test_silence_length_follows_keepalive_silence() -> None:
@@ -120,3 +122,74 @@ def test_the_timer_never_spins(interval: float, writes: list[float]) -> None:
         else:
             liveness.wrote(now)
         assert liveness.last_wire == now
+
+
+# -- liveness ----------------------------------------------------------------------
+
+
+def test_a_silent_server_is_probed_once_then_given_up() -> None:
+    liveness = make(ping_interval=5.0, ping_timeout=3.0)
+    liveness.opened(10.0)
+    assert liveness.check_deadline() == 15.0
+    assert liveness.check(14.9) is Check.NOTHING
+    assert liveness.check(15.2) is Check.PING  # late: the probe goes when handled
+    assert liveness.probe_sent == 15.2
+    assert liveness.check_deadline() == 18.2  # ping_timeout after the probe
+    assert liveness.check(18.1) is Check.NOTHING
+    assert liveness.check(18.2) is Check.DEAD
+
+
+def test_anything_heard_starts_over() -> None:
+    liveness = make(ping_interval=5.0, ping_timeout=3.0)
+    liveness.opened(0.0)
+    assert liveness.check(5.0) is Check.PING
+    liveness.heard(6.0)  # the pong
+    assert liveness.probe_sent is None
+    assert liveness.check_deadline() == 11.0
+    assert liveness.check(8.9) is Check.NOTHING
+    assert liveness.check(11.0) is Check.PING
+    liveness.received(12.0)  # a message counts as much as a pong
+    assert (liveness.probe_sent, liveness.check_deadline()) == (None, 17.0)
+
+
+def test_a_pong_is_not_a_message() -> None:
+    # The stalled-finalize rule looks at messages only: a server whose WebSocket
+    # layer answers pings but whose recogniser says nothing is still stalled.
+    liveness = make()
+    liveness.opened(0.0)
+    liveness.heard(3.0)
+    assert (liveness.last_received, liveness.last_heard) == (0.0, 3.0)
+
+
+def test_a_new_connection_forgets_an_unanswered_probe() -> None:
+    liveness = make(ping_interval=5.0, ping_timeout=3.0)
+    liveness.opened(0.0)
+    assert liveness.check(5.0) is Check.PING
+    liveness.opened(6.0)
+    assert liveness.probe_sent is None
+    assert liveness.check(8.5) is Check.NOTHING  # not DEAD: the old probe is gone
+    assert liveness.check_deadline() == 11.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    interval=st.floats(0.01, 30),
+    timeout=st.floats(0.01, 30),
+    events=st.lists(st.tuples(st.floats(0, 10), st.booleans()), max_size=30),
+)
+def test_each_check_moves_its_deadline_past_now(
+    interval: float, timeout: float, events: list[tuple[float, bool]]
+) -> None:
+    """Whatever the rule answers, the next decision is in the future (or the
+    connection is dead and goes), so a timer driven by it never spins."""
+    liveness = make(ping_interval=interval, ping_timeout=timeout)
+    now = 0.0
+    liveness.opened(now)
+    for gap, heard in events:
+        now += gap
+        if heard:
+            liveness.heard(now)
+        answer = liveness.check(now)
+        if answer is Check.DEAD:
+            return
+        assert liveness.check_deadline() > now

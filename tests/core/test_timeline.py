@@ -24,16 +24,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pulse_core import RemoteProtocolError
 from pulse_core._messages import Utterance, Word
-from pulse_core._timeline import JUMP_SNAP, MAX_MARKS, Timeline
+from pulse_core._timeline import JUMP_SNAP, MAX_MARKS, TIME_TOLERANCE, Timeline
 
 # One tick per millisecond: times in seconds read as ticks / 1000.
 TPS = 1000
 
 
 def at(timeline: Timeline, ticks: float, *, end: bool = False) -> float:
-    """Session ticks of the connection time ``ticks`` (in connection ticks)."""
-    return timeline.session_ticks(ticks / TPS, end=end)
+    """Session ticks of the connection time ``ticks`` (in connection ticks),
+    rounded to a millionth: the round trip through seconds is not exact."""
+    return round(timeline.session_ticks(ticks / TPS, end=end), 6)
 
 
 def test_snap_is_ten_milliseconds() -> None:
@@ -287,3 +289,17 @@ def test_silence_only_maps_audio_exactly(steps: list[int]) -> None:
             session += ticks
     for connection, expected in audio:
         assert at(timeline, connection + 0.5) == expected + 0.5
+
+
+def test_fit_clamps_within_the_tolerance_and_refuses_beyond() -> None:
+    timeline = Timeline(TPS)
+    timeline.restart(500, 0)
+    timeline.advance(1000)  # one second carried
+    timeline.silence(100)  # keepalive silence is carried too
+    assert timeline.fit(0.7, "t") == 0.7
+    assert timeline.fit(-TIME_TOLERANCE, "t") == 0.0
+    assert timeline.fit(1.1 + TIME_TOLERANCE, "t") == 1.1
+    with pytest.raises(RemoteProtocolError, match=r"t -0\.51 s is outside the 1\.1 s"):
+        timeline.fit(-TIME_TOLERANCE - 0.01, "t")
+    with pytest.raises(RemoteProtocolError):
+        timeline.fit(1.1 + TIME_TOLERANCE + 0.01, "t")

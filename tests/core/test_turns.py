@@ -74,14 +74,16 @@ def test_a_turn_opens_only_after_new_audio() -> None:
 def test_next_and_due_follow_the_oldest_unanswered_request() -> None:
     turns = make()
     assert turns.next() is None and turns.due(100.0) is None
-    owed = request(turns, 0.0, 10)
+    sent = send(turns, 0.0, 10)
+    assert turns.next() is sent
+    owed = request(turns, 1.0, 20)  # made while no socket could take it
     turns.owe(owed)
-    assert turns.next() is owed
-    sent = send(turns, 1.0, 20)
-    assert turns.next() is sent  # in flight comes before owed
-    assert turns.due(1.0 + TIMEOUT - 0.001) is None
-    assert turns.due(1.0 + TIMEOUT) is sent
+    assert turns.next() is sent  # in flight comes before owed (it is older)
+    assert turns.due(TIMEOUT - 0.001) is None
+    assert turns.due(TIMEOUT) is sent
     assert (turns.pending, turns.awaiting, turns.owed, turns.any_sent) == (2, True, True, True)
+    turns.time_out(TIMEOUT, sent, "test")
+    assert turns.next() is owed and turns.due(1.0 + TIMEOUT) is owed
 
 
 # -- answers --------------------------------------------------------------------
