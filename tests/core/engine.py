@@ -32,8 +32,12 @@ class Harness:
     def __init__(self, jitter: Any = None, *, answer_pings: bool = True, **options: Any) -> None:
         self.conn = PulseConnection(config(**options), jitter=jitter)
         #: Answer the engine's liveness pings at once, as a live server does
-        #: (the answered pings are kept in ``commands`` but not returned).
+        #: (the answered pings are kept in ``commands`` and ``probes`` but not
+        #: returned by ``tick``).
         self.answer_pings = answer_pings
+        #: When each liveness probe went out.
+        self.probes: list[float] = []
+        self._heard_at = -1.0  # when the harness's server was last heard
         self.commands: list[Command] = []
         self.events: list[Event] = []
         self.now = 0.0
@@ -52,6 +56,7 @@ class Harness:
         if self.conn.state.value == "idle":
             self.conn.start(self.now)
         self.conn.connection_opened(self.now)
+        self._heard_at = self.now
         return self.collect()
 
     def send(self, data: bytes) -> list[Command]:
@@ -61,6 +66,7 @@ class Harness:
     def message(self, payload: dict[str, Any] | str) -> list[Event]:
         text = payload if isinstance(payload, str) else json.dumps(payload)
         self.conn.receive_message(self.now, text)
+        self._heard_at = self.now
         return self.collect()[1]
 
     def tick(self, now: float) -> tuple[list[Command], list[Event]]:
@@ -68,8 +74,18 @@ class Harness:
         self.conn.handle_timer(now)
         commands, events = self.collect()
         probe = SendPing(LIVENESS_PING)
-        if self.answer_pings and probe in commands:
+        count = commands.count(probe)
+        assert count <= 1, f"{count} liveness probes in one tick"
+        if count:
+            # A probe only after ping_interval with nothing heard (PROTOCOL §6 rule 11).
+            silent = now - self._heard_at
+            assert silent >= self.conn.config.ping_interval - 1e-9, (
+                f"a liveness probe at {now} though the server was heard {silent:g} s before"
+            )
+            self.probes.append(now)
+        if self.answer_pings and count:
             self.conn.pong_received(now)
+            self._heard_at = now
             more_commands, more_events = self.collect()
             commands = [command for command in commands if command != probe] + more_commands
             events += more_events

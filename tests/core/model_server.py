@@ -52,7 +52,7 @@ from pulse_core import (
     SendPing,
     SendText,
 )
-from pulse_core._liveness import KEEPALIVE_PING
+from pulse_core._liveness import KEEPALIVE_PING, LIVENESS_PING
 from pulse_trio.emulator import Accept, Close, ServerSession, TokenEngine, check_request
 from pulse_trio.emulator.token_audio import encode
 
@@ -328,6 +328,7 @@ class Drive:
                 assert command.payload != KEEPALIVE_PING, (
                     "invariant 4: a keepalive ping for linear16, which has byte silence"
                 )
+                assert command.payload == LIVENESS_PING, f"an unknown ping {command!r}"
                 # Liveness probe: the server's WebSocket layer answers it, in
                 # order with the frames it sends.
                 if self.socket is not None:

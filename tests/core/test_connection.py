@@ -655,3 +655,34 @@ def test_keepalive_marks_are_bounded() -> None:
     h.at(21000.0).send(SECOND)
     (transcript,) = h.message(final("late", words=[word("late", 4199 * 0.1 + 0.5, 4199 * 0.1 + 0.6)]))
     assert transcript.words[0].start == pytest.approx(0.5)
+
+
+def test_a_silent_server_is_probed_then_replaced_and_the_audio_replayed() -> None:
+    """PROTOCOL §6 rule 11, with audio flowing and no finalize at all."""
+    h = Harness(answer_pings=False, max_chunk_delay=0, ping_interval=2.0, ping_timeout=1.0)
+    h.open()
+    for step in range(1, 150):  # three seconds of 20 ms chunks; the server says nothing
+        h.at(step * 0.02).send(b"\x02\x00" * 320)
+        deadline = h.conn.next_deadline()
+        if deadline is not None and deadline <= h.now:
+            h.tick(h.now)
+    assert h.probes == [2.0]
+    assert h.conn.state is State.OPEN  # not yet: the probe has until 3.0
+    commands, events = h.tick(3.0)
+    assert commands == [CloseConnection(code=1011, reason="server stopped answering")]
+    assert kinds(events) == ["Disconnected", "Reconnecting"]
+    assert "not even to a ping" in events[1].reason
+    h.tick(3.25)
+    commands, _ = h.open()
+    assert audio_sent(commands) == b"\x02\x00" * 320 * 149  # nothing was confirmed
+
+
+def test_a_probe_answered_keeps_the_connection() -> None:
+    h = Harness(ping_interval=2.0, ping_timeout=1.0)
+    h.open()
+    h.at(0.5).send(b"\x02\x00" * 320)
+    for now in (2.0, 4.0, 6.0):
+        h.tick(now)
+    assert h.probes == [2.0, 4.0, 6.0]
+    assert h.conn.state is State.OPEN
+    assert h.of(Disconnected) == []
