@@ -15,7 +15,9 @@ from typing import TypeAlias
 from urllib.parse import urlsplit
 
 import trio
-from trio_websocket import WebSocketConnection, wrap_client_stream
+from trio_websocket import WebSocketConnection
+
+from ._websocket import open_client
 
 __all__ = ["Connector", "close_transport", "default_connector"]
 
@@ -38,7 +40,8 @@ async def default_connector(
     unless ``ssl_context`` says otherwise), then run the WebSocket handshake.
 
     The connector owns the stream so that it is closed whatever happens:
-    trio-websocket leaves it open when the handshake is refused.
+    trio-websocket leaves it open when the handshake is refused. A handshake
+    that cannot succeed raises ``HandshakeFailed`` at once (``_websocket``).
     """
     parts = urlsplit(url)
     secure = parts.scheme == "wss"
@@ -53,9 +56,9 @@ async def default_connector(
             await stream.do_handshake()
         name = f"[{host}]" if ":" in host else host  # an IPv6 literal
         authority = name if parts.port is None else f"{name}:{parts.port}"
-        return await wrap_client_stream(
+        return await open_client(
             nursery,
-            stream,  # type: ignore[arg-type]
+            stream,
             authority,
             resource,
             extra_headers=headers,

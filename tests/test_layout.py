@@ -7,8 +7,8 @@
   never the emulator's private modules.
 * ``pulse_trio/emulator/``: the local server, its protocol engine and token
   audio. It does not import the command line.
-* Shared private helpers at the top (``_g711.py``) serve both wings and import
-  neither.
+* Shared private helpers at the top (``_g711.py``, ``_websocket.py``) serve the
+  adapter or both wings, and import neither wing.
 * ``__main__.py`` is the entry point: it alone, outside the wing, runs the
   command line.
 
@@ -30,7 +30,7 @@ EMULATOR = "pulse_trio.emulator"
 ADAPTER = frozenset(
     {"pulse_trio", "pulse_trio._session", "pulse_trio._connector", "pulse_trio._errors"}
 )
-SHARED = frozenset({"pulse_trio._g711"})
+SHARED = frozenset({"pulse_trio._g711", "pulse_trio._websocket"})
 ENTRY_POINT = "pulse_trio.__main__"
 
 

@@ -6,21 +6,15 @@ import json
 import logging
 import ssl
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import attrs
 import trio
-import wsproto.utilities
-from trio_websocket import (
-    ConnectionClosed,
-    WebSocketConnection,
-    WebSocketRequest,
-    wrap_client_stream,
-    wrap_server_stream,
-)
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
 from pulse_core import Region
+from pulse_trio._websocket import open_client, open_server
 
 from ._protocol import (
     Accept,
@@ -36,6 +30,8 @@ from ._token_engine import TokenEngine
 __all__ = ["Emulator", "Fault", "Faults"]
 
 logger = logging.getLogger("pulse_trio.emulator")
+#: Seconds a client has to send its upgrade request (a silent one is let go).
+_HANDSHAKE_TIMEOUT: Final = 60.0
 
 _ERROR_SHAPES: dict[int, Callable[[str, str], dict[str, Any]]] = {
     1: lambda code, message: {"type": "error", "status": "error", "message": message},
@@ -194,21 +190,25 @@ class Emulator:
         """Serve until cancelled (use with ``nursery.start``).
 
         Each connection is served on its own (:meth:`serve_stream`): whatever
-        goes wrong on one never reaches the others or the listener.
+        goes wrong on one is logged and never reaches the others or the
+        listener.
         """
 
         async def connection(stream: trio.SocketStream) -> None:
-            if ssl_context is None:
-                await self.serve_stream(stream)
-                return
-            tls = trio.SSLStream(stream, ssl_context, server_side=True)
             try:
-                await tls.do_handshake()
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                logger.debug("TLS handshake failed")
-                await trio.aclose_forcefully(tls)
-                return
-            await self.serve_stream(tls)
+                if ssl_context is None:
+                    await self.serve_stream(stream)
+                    return
+                tls = trio.SSLStream(stream, ssl_context, server_side=True)
+                try:
+                    await tls.do_handshake()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    logger.debug("TLS handshake failed")
+                    await trio.aclose_forcefully(tls)
+                    return
+                await self.serve_stream(tls)
+            except Exception:
+                logger.exception("a connection failed; the emulator serves on")
 
         async with trio.open_nursery() as nursery:
             listeners = await trio.open_tcp_listeners(port, host=host)
@@ -233,33 +233,28 @@ class Emulator:
             nursery.start_soon(self.serve_stream, server)
             parts = urlsplit(url)
             resource = parts.path + (f"?{parts.query}" if parts.query else "")
-            # trio-websocket annotates socket streams but works over any trio Stream.
-            return await wrap_client_stream(
+            return await open_client(
                 nursery,
-                client,  # type: ignore[arg-type]
+                client,
                 parts.hostname or "localhost",
                 resource,
                 extra_headers=headers,
+                message_queue_size=1,
+                max_message_size=1 << 20,
             )
 
         return connect
 
     async def serve_stream(self, stream: trio.abc.Stream) -> None:
-        """Serve one connection over an already-open stream (e.g. a memory stream).
-
-        A connection that fails ends alone. In particular a client's ping that
-        arrives after this side sent its close frame makes trio-websocket answer
-        with a pong that wsproto refuses (``LocalProtocolError``, raised from
-        the connection's reader task; trio-websocket issue #184): the
-        connection was closing anyway, so it is logged and let go.
-        """
+        """Serve one connection over an already-open stream (e.g. a memory stream)."""
         try:
             async with trio.open_nursery() as nursery:
-                request = await wrap_server_stream(nursery, stream)
-                await self.handle(request)
+                request = None
+                with trio.move_on_after(_HANDSHAKE_TIMEOUT):
+                    request = await open_server(nursery, stream)
+                if request is not None:
+                    await self.handle(request)
                 nursery.cancel_scope.cancel()
-        except* (wsproto.utilities.LocalProtocolError, trio.BrokenResourceError) as group:
-            logger.debug("connection ended by a protocol error: %r", group.exceptions[0])
         finally:
             await trio.aclose_forcefully(stream)
 

@@ -1,0 +1,164 @@
+"""The WebSocket layer under the adapter and the emulator: trio-websocket, with
+its faults against peers this project did not write mended here, once, for
+both sides.
+
+* **A ping that lands after this side's close frame.** trio-websocket answers
+  every ping with a pong; once its own close frame is out, wsproto refuses to
+  send one and raises ``LocalProtocolError`` from the connection's reader task,
+  which tears down every task beside it (trio-websocket issue #184, open). RFC
+  6455 §5.5.2 asks for a pong only while the connection is open, so
+  :class:`_Connection` does not answer a ping once closing has begun.
+* **A server that hangs up during the opening handshake.** The reader task
+  ends, but nothing wakes the caller waiting for the handshake, which then
+  waits for its own timeout. :func:`open_client` waits for the handshake *or*
+  the reader's end, and raises :class:`HandshakeFailed` at once.
+* **A malformed answer to the upgrade** (a wrong ``Sec-WebSocket-Accept``, no
+  ``Upgrade`` header, headers too large for h11): h11 or wsproto raise their
+  own protocol errors from the reader task. During the handshake they become
+  :class:`HandshakeFailed`, with the protocol error as its cause.
+* **A refusal's body** is collected whole by trio-websocket; here it is cut at
+  :data:`REFUSAL_BODY_LIMIT` bytes, and the refusal reported then.
+
+This leans on trio-websocket internals (the reader task, the handshake event,
+the wsproto connection, two event handlers), the same ones its own
+``wrap_client_stream`` and ``wrap_server_stream`` use;
+``tests/adapter/test_websocket.py`` fails if an upgrade changes them.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import h11
+import trio
+import wsproto.utilities
+from trio_websocket import (
+    ConnectionRejected,
+    HandshakeError,
+    WebSocketConnection,
+    WebSocketRequest,
+)
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import Ping, RejectData
+
+__all__ = ["REFUSAL_BODY_LIMIT", "HandshakeFailed", "open_client", "open_server"]
+
+#: Bytes of a refusal's body kept (enough for any error message a server sends).
+REFUSAL_BODY_LIMIT: Final = 64 * 1024
+_PROTOCOL_ERRORS: Final = (h11.ProtocolError, wsproto.utilities.ProtocolError)
+
+
+class HandshakeFailed(HandshakeError):  # noqa: N818 - a kind of trio-websocket's HandshakeError
+    """The opening handshake ended without a WebSocket and without a refusal:
+    the peer hung up, or its answer was not a WebSocket handshake."""
+
+
+class _Connection(WebSocketConnection):
+    """A trio-websocket connection that survives the peers described above."""
+
+    async def _handle_ping_event(self, event: Ping) -> None:
+        if self._wsproto.state is not ConnectionState.OPEN:
+            return  # closing: no pong (RFC 6455 §5.5.2), and wsproto would raise
+        await super()._handle_ping_event(event)
+
+    async def _handle_reject_data_event(self, event: RejectData) -> None:
+        room = REFUSAL_BODY_LIMIT - len(self._reject_body)
+        if len(event.data) >= room:
+            self._reject_body += event.data[:room]
+            raise ConnectionRejected(
+                self._reject_status, self._reject_headers, body=self._reject_body
+            )
+        await super()._handle_reject_data_event(event)
+
+
+async def open_client(
+    nursery: trio.Nursery,
+    stream: trio.abc.Stream,
+    host: str,
+    resource: str,
+    *,
+    extra_headers: list[tuple[bytes, bytes]],
+    message_queue_size: int,
+    max_message_size: int,
+) -> WebSocketConnection:
+    """Run the client's opening handshake over ``stream``; its reader task
+    runs in ``nursery``.
+
+    Raises :class:`HandshakeFailed` as soon as the handshake cannot succeed,
+    and trio-websocket's ``ConnectionRejected`` (from the reader task, through
+    ``nursery``) when the server answers with an HTTP status.
+    """
+    connection = _Connection(
+        stream,
+        WSConnection(ConnectionType.CLIENT),
+        host=host,
+        path=resource,
+        client_extra_headers=extra_headers,
+        message_queue_size=message_queue_size,
+        max_message_size=max_message_size,
+    )
+    opened: trio.Event = connection._open_handshake
+    ended = trio.Event()
+    cause: list[BaseException] = []
+
+    async def read() -> None:
+        try:
+            await connection._reader_task()
+        except _PROTOCOL_ERRORS as exc:
+            if opened.is_set():
+                raise
+            cause.append(exc)  # open_client reports it
+        finally:
+            ended.set()
+
+    nursery.start_soon(read)
+    async with trio.open_nursery() as race:
+
+        async def until(event: trio.Event) -> None:
+            await event.wait()
+            race.cancel_scope.cancel()
+
+        race.start_soon(until, opened)
+        race.start_soon(until, ended)
+    if opened.is_set():
+        return connection
+    if cause:
+        error = cause[0]
+        raise HandshakeFailed(
+            f"the answer to the upgrade was not a WebSocket handshake: {_first_complaint(error)}"
+        ) from error
+    raise HandshakeFailed("the server closed the connection during the handshake")
+
+
+def _first_complaint(error: BaseException) -> BaseException:
+    """The first protocol error in ``error``'s chain: trio-websocket answers
+    wsproto's complaint about a response ("Bad accept token") with an event
+    that h11 then refuses, so the complaint is found among the contexts."""
+    first = error
+    link = error.__context__
+    while link is not None:
+        if isinstance(link, _PROTOCOL_ERRORS):
+            first = link
+        link = link.__context__
+    return first
+
+
+async def open_server(
+    nursery: trio.Nursery,
+    stream: trio.abc.Stream,
+    *,
+    message_queue_size: int = 1,
+    max_message_size: int = 1 << 20,
+) -> WebSocketRequest:
+    """Read a client's upgrade request over ``stream``; the connection's reader
+    task runs in ``nursery``."""
+    connection = _Connection(
+        stream,
+        WSConnection(ConnectionType.SERVER),
+        message_queue_size=message_queue_size,
+        max_message_size=max_message_size,
+    )
+    nursery.start_soon(connection._reader_task)
+    request: WebSocketRequest = await connection._get_request()
+    return request
