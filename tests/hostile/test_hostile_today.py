@@ -3,10 +3,11 @@
 Each test drives the public API (``open_session``, the engine's events, or the
 ``pulse`` command) against ``tests.hostile.server`` over loopback sockets, and
 asserts the behaviour pulse promises. A test that fails on today's code is
-marked ``xfail(strict=False, reason="BUG: ...")``: when a fix lands it passes,
-strict xfail fails it, and the mark comes off. Tests without the mark passed
-on today's code: points (or forms of a point) that did not reproduce, and
-controls next to a failure; they stay as regression tests.
+marked ``@bug(reason)``, a strict xfail whose reason says why it fails: when a
+fix lands the test passes, the strict mark turns that into a failure, and the
+mark comes off. Tests without the mark pass on today's code: points (or forms
+of a point) that did not reproduce or were fixed, and controls next to a
+failure; they stay as regression tests.
 
 The real clock runs here, so every test is bounded by ``trio.fail_after`` and
 configures short timeouts and reconnect delays.
@@ -35,6 +36,7 @@ from pulse_core import (
     ConnectionFailed,
     Disconnected,
     Event,
+    FinalizeTimedOut,
     MalformedMessage,
     Reconnecting,
     SettingsApplied,
@@ -93,6 +95,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 # -- helpers --------------------------------------------------------------------------
+
+
+def bug(reason: str) -> pytest.MarkDecorator:
+    """Mark a test that fails on today's code for ``reason`` (strict: once the
+    bug is fixed the test passes, and the mark must come off)."""
+    return pytest.mark.xfail(strict=True, reason="BUG: " + reason)
 
 
 def speech(seconds: float, offset: float = 0.0) -> bytes:
@@ -246,10 +254,9 @@ async def pulse_command(*args: str, timeout: float = LIMIT) -> subprocess.Comple
 
 # -- 1. a ping while pulse closes --------------------------------------------------------
 
-PING_AFTER_CLOSE = pytest.mark.xfail(
-    strict=False,
-    reason="BUG: trio-websocket answers a ping it reads after pulse's close frame went "
-    "out; wsproto raises LocalProtocolError, which escapes open_session()",
+PING_AFTER_CLOSE = bug(
+    "trio-websocket answers a ping it reads after pulse's close frame went out; "
+    "wsproto raises LocalProtocolError, which escapes open_session()"
 )
 #: A burst of pings written with the final that makes pulse close: trio-websocket
 #: reads them after pulse has sent its close frame.
@@ -348,14 +355,13 @@ HUGE_101 = [
         id="64k-of-headers",
     ),
 ]
-EXCEPTION_GROUP_FROM_H11 = pytest.mark.xfail(
-    strict=False,
-    reason="BUG: a malformed 101 makes h11 raise LocalProtocolError inside trio-websocket; "
-    "it escapes open_session() in an ExceptionGroup instead of a ConnectionFailed",
+
+
+@bug(
+    "wsproto refuses a malformed 101 with a server's 400 as its hint; trio-websocket "
+    "sends that answer as the client, h11 raises LocalProtocolError, and it escapes "
+    "open_session() in an ExceptionGroup instead of a ConnectionFailed"
 )
-
-
-@EXCEPTION_GROUP_FROM_H11
 @pytest.mark.parametrize("handshake", BAD_101)
 async def test_a_malformed_101_is_a_connection_failure(handshake: Handshake) -> None:
     """Point 2: every attempt gets a malformed 101: ConnectionFailed events, then
@@ -370,7 +376,11 @@ async def test_a_malformed_101_is_a_connection_failure(handshake: Handshake) -> 
     assert server.accepted == 2
 
 
-@EXCEPTION_GROUP_FROM_H11
+@bug(
+    "h11 refuses a 101 over its 16 KiB header limit; as for a malformed 101, "
+    "trio-websocket then sends a server's 400 as the client and h11's "
+    "LocalProtocolError escapes open_session() in an ExceptionGroup"
+)
 @pytest.mark.parametrize("handshake", HUGE_101)
 async def test_a_101_with_huge_headers_is_taken_or_failed(handshake: Handshake) -> None:
     """Point 2: a 101 whose headers pass h11's 16 KiB limit. Taking it or
@@ -396,10 +406,7 @@ async def test_a_101_with_12k_of_headers_is_taken() -> None:
     assert_every_sample_once(outcome, 0.5)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="BUG: a malformed 101 escapes as an ExceptionGroup; the command crashes",
-)
+@bug("a malformed 101 escapes as an ExceptionGroup; the command crashes with a traceback")
 async def test_the_command_reports_a_malformed_101(tmp_path: Path) -> None:
     """Point 2, through the ``pulse`` command: exit status 4 and one line, no traceback."""
     wav = wav_file(tmp_path / "short.wav", 0.5)
@@ -416,21 +423,20 @@ async def test_the_command_reports_a_malformed_101(tmp_path: Path) -> None:
 # -- 3. bogus times in finals ---------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="BUG: a word end of 1e305 s overflows to infinity in ticks; round() raises "
-    "OverflowError out of the engine",
-)
 @pytest.mark.parametrize(
     "words",
     [((0.0, 1e305),), ((1e305, 1e305),), ((0.0, 0.5), (0.5, 1.7976931348623157e308))],
     ids=["end", "start-and-end", "largest-float"],
 )
-async def test_a_final_with_a_huge_time_is_delivered(
+async def test_a_final_with_a_huge_time_is_malformed(
     words: tuple[tuple[float, float], ...],
 ) -> None:
-    """Point 3: a final whose word times are astronomically large: the session
-    survives and the final is delivered."""
+    """Point 3: the finalize is answered with a final whose word times are
+    astronomically large, far outside the audio the connection carried: the
+    frame is a MalformedMessage (PROTOCOL §5). Nothing raises, no such time
+    reaches the application, and the session ends cleanly; the turn that final
+    should have answered gets exactly one answer, a FinalizeTimedOut when the
+    session ends before any valid final came for it (rule 3)."""
     script = Script(
         faults=[Fault(OnFinalize(1), Final(words=words, from_finalize=True), replace=True)]
     )
@@ -438,19 +444,33 @@ async def test_a_final_with_a_huge_time_is_delivered(
         async with hostile(script) as server:
             outcome = await transcribe(server, say(1.0))
     assert outcome.error is None, repr(outcome.error)
-    answers = [t for t in outcome.finals if t.finalized]
-    assert [t.turn for t in answers] == [1]
+    refused = outcome.of(MalformedMessage)
+    assert len(refused) == 1 and "outside" in refused[0].error, refused
+    assert [t.turn for t in outcome.finals if t.finalized] == []
+    assert [t.turn for t in outcome.of(FinalizeTimedOut)] == [1]
+    assert all(w.end is None or w.end <= 1.0 for t in outcome.finals for w in t.words)
     assert outcome.closed is not None and outcome.closed.error is None
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="REVISE: the engine now refuses times far outside the audio as malformed "
-    "(PROTOCOL §5), so this test's expected replay no longer holds",
-)
+def seen(session: Session, kind: type[Any]) -> trio.Event:
+    """A flag raised when ``session`` emits an event of ``kind``."""
+    flag = trio.Event()
+
+    def check(event: Event) -> None:
+        if isinstance(event, kind):
+            flag.set()
+
+    session.event_handler("on_event")(check)
+    return flag
+
+
 async def test_negative_times_then_a_drop_transcribe_nothing_twice() -> None:
-    """Point 3: a final answering a finalize with negative word times, then the
-    connection drops: the replay starts where that finalize was, nothing twice."""
+    """Point 3: the finalize after two seconds is answered with negative word
+    times, a MalformedMessage that confirms nothing (PROTOCOL §5); then the
+    connection drops. The replay resends exactly the audio no valid final
+    confirmed, all three seconds, and every sample ends up in exactly one valid
+    final. Had the bogus final confirmed the turn, the replay would start at
+    2 s and the first two seconds would be in no final."""
     first = Script(
         faults=[
             Fault(OnFinalize(1), Final(words=((-5.0, -4.0),), from_finalize=True), replace=True),
@@ -466,20 +486,18 @@ async def test_negative_times_then_a_drop_transcribe_nothing_twice() -> None:
         async with hostile(first) as server:
             outcome = await transcribe(server, body)
     assert outcome.error is None, repr(outcome.error)
-    replayed = server.connections[1]
-    assert replayed.audio_bytes == BYTES_PER_SECOND  # the audio after the finalize, once
-    assert bytes(replayed.audio) == speech(1.0, offset=2.0)
+    assert len(outcome.of(MalformedMessage)) == 1
+    assert bytes(server.connections[1].audio) == speech(3.0)  # nothing was confirmed
+    assert_every_sample_once(outcome, 3.0)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="REVISE: the engine now refuses times far outside the audio as malformed "
-    "(PROTOCOL §5), so this test's expected replay no longer holds",
-)
 async def test_times_beyond_the_audio_then_a_drop_transcribe_nothing_twice() -> None:
-    """Point 3: an automatic final says its last word ends at 10000 s (far past
-    the one second it covered); the connection drops; the replay holds exactly
-    the audio after that final: nothing is transcribed twice, nothing skipped."""
+    """Point 3: after one second an automatic final says its last word ends at
+    10000 s, far past the audio the connection carried: a MalformedMessage that
+    confirms nothing (PROTOCOL §5). The connection then drops: the replay
+    resends exactly the audio no valid final confirmed, both seconds, and every
+    sample ends up in exactly one valid final. Had the bogus final confirmed
+    the audio up to its last word, the first second would be in no final."""
     first = Script(
         faults=[
             Fault(
@@ -490,17 +508,18 @@ async def test_times_beyond_the_audio_then_a_drop_transcribe_nothing_twice() -> 
     )
 
     async def body(session: Session) -> None:
+        refused = seen(session, MalformedMessage)
         await session.send_audio(speech(1.0))
-        assert await server.wait_for(lambda: any(r.finals for r in server.connections))
-        await trio.sleep(0.05)  # the final is read
+        await refused.wait()  # the bogus final was read before the drop
         await session.send_audio(speech(1.0, offset=1.0))
 
     with trio.fail_after(LIMIT):
         async with hostile(first) as server:
             outcome = await transcribe(server, body)
     assert outcome.error is None, repr(outcome.error)
-    second = server.connections[1]
-    assert bytes(second.audio) == speech(1.0, offset=1.0)  # only what the final did not cover
+    assert len(outcome.of(MalformedMessage)) == 1
+    assert bytes(server.connections[1].audio) == speech(2.0)  # nothing was confirmed
+    assert_every_sample_once(outcome, 2.0)
 
 
 # -- 4. a half-open server -------------------------------------------------------------------
@@ -524,10 +543,10 @@ async def test_a_half_open_server_is_replaced_when_a_finalize_goes_unanswered() 
     assert_every_sample_once(outcome, 1.0)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="BUG: a finalize sent the moment the socket opens (it was asked for before) "
-    "has sent_at == the open time, so 'nothing received since' never holds: no stall",
+@bug(
+    "a finalize sent the moment the socket opens (it was asked for before) has sent_at "
+    "== the open time, so 'nothing received since' never holds: no stall, and the close "
+    "times out on the half-open socket"
 )
 async def test_a_half_open_server_is_replaced_when_a_finalize_sent_on_open_goes_unanswered() -> (
     None
@@ -544,17 +563,11 @@ async def test_a_half_open_server_is_replaced_when_a_finalize_sent_on_open_goes_
     assert_every_sample_once(outcome, 1.0)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="BUG: nothing checks that the server is alive: a half-open connection is "
-    "never noticed while audio flows and no finalize is pending; send_audio blocks for good",
-)
 async def test_a_half_open_server_is_noticed_without_a_finalize() -> None:
     """Point 4: audio streams (faster than real time) and the application never
-    finalizes; the server goes half-open. pulse must notice within ~15 s and
-    reconnect, replaying audio; send_audio must never block for good. (No
-    liveness setting exists yet, so this asserts only that promise, on the real
-    clock.)"""
+    finalizes; the server goes half-open. The liveness ping goes unanswered, so
+    pulse notices within ~15 s and reconnects, replaying audio; send_audio
+    never blocks for good."""
     script = Script(faults=[Fault(AfterAudio(64000), HalfOpen())])
     longest_wait = 0.0
     waiting_since: float | None = None
@@ -652,16 +665,20 @@ ECHOES = [
     ),
     pytest.param(Script(handshake=refuse(401, body=b"unknown key {key}")), id="401-body-whole"),
 ]
-LEAKS = {  # the echoes that leak today
-    "error-whole-key",
-    "error-cut-key",
-    "error-nested-authorization",
-    "permanent-error",
-    "close-reason",
-    "close-reason-whole",
-    "ping-payload",
-    "malformed-frame",
-    "401-body-cut",
+#: The echoes that leak today, and where.
+LEAKS = {
+    "error-whole-key": "ServerError keeps the server's message and raw as they came",
+    "error-cut-key": "ServerError and its log line keep a cut key as it came",
+    "error-nested-authorization": "ServerError keeps the server's message and raw as they came",
+    "permanent-error": "a permanent server error's message is the exception, the "
+    "ConnectionFailed and Disconnected reasons and the log lines, none redacted",
+    "close-reason": "a close reason holding the key cut and reordered is not redacted "
+    "(Disconnected, Reconnecting, the log lines)",
+    "close-reason-whole": "trio-websocket logs the server's close reason at DEBUG",
+    "ping-payload": "trio-websocket logs a ping's payload at DEBUG",
+    "malformed-frame": "MalformedMessage.data and its log line keep a cut key as it came",
+    "401-body-cut": "a refusal body holding a cut key is the exception and the "
+    "ConnectionFailed reason as it came",
 }
 
 
@@ -673,14 +690,9 @@ async def test_the_key_never_shows(
     error, a close reason, a ping, a malformed frame or a refusal body. No
     8-character piece of the key may appear in the exception, any event
     (fields, repr, raw) or any log record at DEBUG, trio-websocket's included."""
-    if request.node.callspec.id in LEAKS:
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=False,
-                reason="BUG: server text is redacted only when it holds the whole key, "
-                "and not at all in ServerError, MalformedMessage or trio-websocket's logs",
-            )
-        )
+    leak = LEAKS.get(request.node.callspec.id)
+    if leak is not None:
+        request.applymarker(bug(leak))
     caplog.set_level(logging.DEBUG)
     with trio.fail_after(LIMIT):
         async with hostile(script) as server:
@@ -691,9 +703,7 @@ async def test_the_key_never_shows(
     assert key_pieces(everything_said(outcome, caplog.records)) == []
 
 
-@pytest.mark.xfail(
-    strict=False, reason="BUG: server errors and close reasons that echo the key are printed"
-)
+@bug("a server error that echoes half the key is printed as it came")
 async def test_the_command_never_prints_the_key(tmp_path: Path) -> None:
     """Point 5, through the ``pulse`` command (``-v``): errors and a close reason
     that echo the key must not reach stdout or stderr."""
@@ -715,38 +725,35 @@ async def test_the_command_never_prints_the_key(tmp_path: Path) -> None:
 # -- 6. Retry-After ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "retry_after",
-    [
-        pytest.param(
-            "86400",
-            marks=pytest.mark.xfail(
-                strict=False,
-                reason="BUG: a 503's Retry-After is obeyed whatever it says: a day's wait",
-            ),
-        ),
-        pytest.param(
-            "inf",
-            marks=pytest.mark.xfail(
-                strict=False,
-                reason="BUG: Retry-After: inf parses as float('inf'): the retry never comes",
-            ),
-        ),
-        pytest.param("1e400", marks=pytest.mark.xfail(strict=False, reason="BUG: 1e400 is inf")),
-        "soon, please",
-        "-5",
-        "Wed, 21 Oct 2015 07:28:00 GMT",
-    ],
-)
+@pytest.mark.parametrize("retry_after", ["soon, please", "-5", "Wed, 21 Oct 2015 07:28:00 GMT"])
 async def test_retry_after_on_503_is_bounded(retry_after: str) -> None:
-    """Point 6: a 503 with an absurd or unreadable Retry-After, then a good
-    connection: the session retries soon and transcribes everything."""
+    """Point 6: a 503 with an unreadable Retry-After, then a good connection:
+    the session retries soon and transcribes everything."""
     script = Script(handshake=refuse(503, retry_after=retry_after))
     with trio.fail_after(2.0):
         async with hostile(script) as server:
             outcome = await transcribe(server, say(0.5), close_timeout=30.0)
     assert outcome.error is None, repr(outcome.error)
     assert len(server.upgraded) == 1
+    assert_every_sample_once(outcome, 0.5)
+
+
+@pytest.mark.parametrize("retry_after", ["86400", "inf", "1e400"])
+async def test_a_503_asking_for_too_long_is_a_refusal(retry_after: str) -> None:
+    """Point 6: a 503 whose Retry-After is beyond max_retry_after (a day, inf,
+    a number that overflows to inf) is refused for now, whatever the status
+    (PROTOCOL §6 rule 5): one attempt, then the session ends at once with a
+    SessionFailedError that names the wait (no give-up, no ExceptionGroup, no
+    wait), and the audio is reported dropped."""
+    script = Script(handshake=refuse(503, retry_after=retry_after))
+    with trio.fail_after(2.0):
+        async with hostile(then=script) as server:
+            outcome = await transcribe(server, say(0.5), close_timeout=30.0)
+    assert type(outcome.error) is SessionFailedError, repr(outcome.error)
+    assert "asked to retry after" in str(outcome.error)
+    failures = outcome.of(ConnectionFailed)
+    assert [(f.status, f.permanent, f.gave_up) for f in failures] == [(503, True, False)]
+    assert server.accepted == 1
     assert_every_sample_once(outcome, 0.5)
 
 
@@ -763,10 +770,9 @@ async def test_a_429_asking_for_a_day_is_a_refusal() -> None:
 # -- 7. EOF during the handshake ----------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="BUG: trio-websocket waits for the opening handshake after EOF; each such "
-    "attempt costs the whole connect_timeout",
+@bug(
+    "trio-websocket waits for the opening handshake after EOF; each such attempt "
+    "costs the whole connect_timeout"
 )
 @pytest.mark.parametrize(
     "handshake",
@@ -793,11 +799,6 @@ async def test_eof_during_the_handshake_fails_the_attempt_at_once(handshake: Han
 # -- 9. is_last in the middle of a session ------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="BUG: is_last confirms every byte sent, even audio the server had not "
-    "read yet; a drop after it loses that audio without AudioDropped",
-)
 async def test_is_last_mid_session_does_not_confirm_unread_audio() -> None:
     """Point 9: no close_stream was sent, yet the server sends is_last after one
     second of the three in flight, then drops. Every sample must be in a final
@@ -823,10 +824,9 @@ async def test_is_last_mid_session_does_not_confirm_unread_audio() -> None:
 # -- 10. no is_last ----------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="BUG: without is_last the close times out and raises 'close timed out' "
-    "although every sample was in a final",
+@bug(
+    "without is_last the close times out and raises 'close timed out' although every "
+    "sample was in a final"
 )
 @pytest.mark.parametrize(
     "script",
@@ -891,11 +891,7 @@ def disconnects(outcome: Outcome) -> list[Disconnected]:
     return outcome.of(Disconnected)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="BUG: pulse's own 1009 close (message too big) is reported as the server's "
-    "(local=False), with wsproto's CloseReason enum as the code",
-)
+@bug("pulse's own 1009 close (message too big) is reported as the server's (local=False)")
 async def test_a_message_too_big_is_a_local_close() -> None:
     """Point 12: a text frame over max_message_size: pulse closes 1009 itself;
     Disconnected says local=True and its code is a plain int; pulse reconnects."""
@@ -911,10 +907,10 @@ async def test_a_message_too_big_is_a_local_close() -> None:
     assert outcome.error is None and len(server.upgraded) == 2
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="BUG: invalid UTF-8 in a text frame closes the socket (1007 from wsproto) "
-    "without a MalformedMessage, reported as the server's close",
+@bug(
+    "invalid UTF-8 in a text frame makes wsproto close 1007 without a MalformedMessage; "
+    "the Disconnected says the server closed (local=False), with wsproto's CloseReason "
+    "enum as the code"
 )
 async def test_invalid_utf8_text_is_a_malformed_message() -> None:
     """Point 12: a text frame that is not UTF-8 gives MalformedMessage; if pulse
@@ -929,10 +925,7 @@ async def test_invalid_utf8_text_is_a_malformed_message() -> None:
     assert outcome.error is None, repr(outcome.error)
 
 
-ENUM_CODE = pytest.mark.xfail(
-    strict=False,
-    reason="BUG: Disconnected.code is wsproto's CloseReason enum for the codes it knows",
-)
+ENUM_CODE = bug("Disconnected.code is wsproto's CloseReason enum for the codes it knows")
 CLOSE_CODES = [
     pytest.param(1001, id="1001-going-away", marks=ENUM_CODE),
     pytest.param(1011, id="1011-internal-error", marks=ENUM_CODE),
@@ -956,10 +949,6 @@ async def test_disconnected_codes_are_plain_ints(code: int | None) -> None:
     assert_every_sample_once(outcome, 1.0)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="BUG: a 3xx answer is retried as a transient failure until attempts run out",
-)
 @pytest.mark.parametrize("status", [301, 302, 307, 308])
 async def test_a_redirect_is_a_permanent_failure(status: int) -> None:
     """Point 12: pulse does not follow redirects, and retrying cannot help: one
@@ -976,10 +965,9 @@ async def test_a_redirect_is_a_permanent_failure(status: int) -> None:
     assert server.accepted == 1
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="BUG: trio-websocket reads a refusal's whole body, growing a bytes object "
-    "chunk by chunk (quadratic); a 64 MiB body holds the attempt up",
+@bug(
+    "trio-websocket reads a refusal's whole body, growing a bytes object chunk by chunk "
+    "(quadratic); a 64 MiB body holds the attempt up until connect_timeout"
 )
 async def test_a_huge_refusal_body_is_read_with_a_limit() -> None:
     """Point 12: a 503 announcing and sending a 64 MiB body: the refusal is
@@ -1004,11 +992,9 @@ async def test_a_huge_refusal_body_is_read_with_a_limit() -> None:
 # -- found while building the server -------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="BUG: when the server closes right after is_last, pulse drops TCP without "
-    "answering the close frame in most sessions (its transport is closed under "
-    "trio-websocket's reply)",
+@bug(
+    "when the server closes right after is_last, pulse drops TCP without answering the "
+    "close frame in most sessions (its transport is closed under trio-websocket's reply)"
 )
 async def test_the_servers_close_frame_is_answered() -> None:
     """RFC 6455 5.5.1: an endpoint that receives a close frame sends one back.
