@@ -802,12 +802,3 @@ async def running(server: HostileServer) -> AsyncIterator[HostileServer]:
         await nursery.start(server.serve)
         yield server
         nursery.cancel_scope.cancel()
-
-
-async def closed_port() -> int:
-    """A loopback port with nothing listening (bound, then released)."""
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port: int = listeners[0].socket.getsockname()[1]
-    for listener in listeners:
-        await listener.aclose()
-    return port

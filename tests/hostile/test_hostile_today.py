@@ -16,10 +16,7 @@ configures short timeouts and reconnect delays.
 from __future__ import annotations
 
 import logging
-import os
 import struct
-import subprocess
-import sys
 import wave
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -50,6 +47,7 @@ from pulse_trio import (
     SessionFailedError,
     open_session,
 )
+from tests.command import closed_port, pulse
 from tests.hostile.script import (
     AfterAudio,
     Close,
@@ -73,7 +71,7 @@ from tests.hostile.script import (
     redirect,
     refuse,
 )
-from tests.hostile.server import HostileServer, closed_port, running
+from tests.hostile.server import HostileServer, running
 
 KEY = "sk-SECRET-0123456789abcdef"
 LIMIT = 8.0  # seconds for a whole test unless it says otherwise
@@ -91,7 +89,6 @@ FAST: dict[str, Any] = {
     "close_timeout": 2.0,
     "finalize_timeout": 2.0,
 }
-ROOT = Path(__file__).resolve().parents[2]
 
 
 # -- helpers --------------------------------------------------------------------------
@@ -233,23 +230,6 @@ def wav_file(path: Path, seconds: float) -> Path:
         wav.setframerate(16000)
         wav.writeframes(speech(seconds))
     return path
-
-
-async def pulse_command(*args: str, timeout: float = LIMIT) -> subprocess.CompletedProcess[bytes]:
-    """``python -m pulse_trio ...`` with the key in the environment."""
-    env = {
-        **os.environ,
-        "SMALLEST_API_KEY": KEY,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    with trio.fail_after(timeout):
-        return await trio.run_process(
-            [sys.executable, "-m", "pulse_trio", *args],
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-            env=env,
-        )
 
 
 # -- 1. a ping while pulse closes --------------------------------------------------------
@@ -412,12 +392,18 @@ async def test_the_command_reports_a_malformed_101(tmp_path: Path) -> None:
     wav = wav_file(tmp_path / "short.wav", 0.5)
     script = Script(handshake=Handshake(accept="AAAAAAAAAAAAAAAAAAAAAAAAAAA="))
     async with hostile(then=script) as server:
-        result = await pulse_command(
-            "transcribe", str(wav), "--base-url", server.url, "--reconnect-attempts", "2"
+        result = await pulse(
+            "transcribe",
+            wav,
+            "--base-url",
+            server.url,
+            "--reconnect-attempts",
+            "2",
+            env={"SMALLEST_API_KEY": KEY},
+            timeout=LIMIT,
         )
-    stderr = result.stderr.decode()
-    assert result.returncode == 4, stderr
-    assert "Traceback" not in stderr
+    assert result.code == 4, result.err
+    assert "Traceback" not in result.err
 
 
 # -- 3. bogus times in finals ---------------------------------------------------------------
@@ -715,10 +701,18 @@ async def test_the_command_never_prints_the_key(tmp_path: Path) -> None:
         ]
     )
     async with hostile(script) as server:
-        result = await pulse_command(
-            "transcribe", str(wav), "--base-url", server.url, "-v", "-f", "jsonl"
+        result = await pulse(
+            "transcribe",
+            wav,
+            "--base-url",
+            server.url,
+            "-v",
+            "-f",
+            "jsonl",
+            env={"SMALLEST_API_KEY": KEY},
+            timeout=LIMIT,
         )
-    output = result.stdout.decode() + result.stderr.decode()
+    output = result.out + result.err
     assert key_pieces(output) == [], output
 
 
@@ -853,7 +847,7 @@ async def test_no_is_last_after_finals_that_cover_everything(script: Script) -> 
 async def test_no_server_at_all_gives_up() -> None:
     """Point 11: a closed port and a short input: ConnectionGaveUpError, not a
     close timeout."""
-    port = await closed_port()
+    port = closed_port()
     events: list[Event] = []
     with trio.fail_after(LIMIT), pytest.raises(ConnectionGaveUpError) as info:
         async with open_session(
@@ -865,23 +859,6 @@ async def test_no_server_at_all_gives_up() -> None:
             await say(0.2)(session)
     assert "close timed out" not in str(info.value)
     assert [f.gave_up for f in events if isinstance(f, ConnectionFailed)] == [False, False, True]
-
-
-async def test_the_command_gives_up_on_a_closed_port(tmp_path: Path) -> None:
-    """Point 11, through the ``pulse`` command: exit status 4, said plainly."""
-    wav = wav_file(tmp_path / "short.wav", 0.2)
-    port = await closed_port()
-    result = await pulse_command(
-        "transcribe",
-        str(wav),
-        "--base-url",
-        f"ws://127.0.0.1:{port}",
-        "--reconnect-attempts",
-        "2",
-    )
-    stderr = result.stderr.decode()
-    assert result.returncode == 4, stderr
-    assert "gave up" in stderr and "close timed out" not in stderr
 
 
 # -- 12. pulse's own protocol closes, close codes, redirects, huge refusals -----------------------
