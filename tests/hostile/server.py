@@ -18,11 +18,10 @@ Misbehaviour is data (``script``): connection ``k`` runs ``scripts[k-1]``, or
 text frames, frames sent, close) in a :class:`ConnectionRecord`, with every
 buffer bounded.
 
-    server = HostileServer(
+    async with serving(
         Script(faults=[Fault(AfterAudio(64000), Hangup(reset=True))]),
         then=Script(),
-    )
-    async with running(server):
+    ) as server:
         ... open_session(KEY, base_url=server.url) ...
     server.connections[0].audio_bytes
 """
@@ -89,7 +88,7 @@ from .script import (
     Trigger,
 )
 
-__all__ = ["ConnectionRecord", "HostileServer", "SentFrame", "running"]
+__all__ = ["ConnectionRecord", "HostileServer", "SentFrame", "serving"]
 
 _REQUEST_LIMIT: TypingFinal = 64 * 1024
 _TEXT_KEEP: TypingFinal = 256  # text frames kept per connection
@@ -741,7 +740,6 @@ class HostileServer:
         self.connections: collections.deque[ConnectionRecord] = collections.deque(
             maxlen=_RECORDS_KEEP
         )
-        self._changed = trio.Event()
 
     def script_for(self, number: int) -> Script:
         return self.scripts[number - 1] if number <= len(self.scripts) else self.then
@@ -770,7 +768,6 @@ class HostileServer:
         self.accepted += 1
         connection = _Connection(self, stream, self.accepted)
         self.connections.append(connection.record)
-        self._wake()
         try:
             await connection.run()
         finally:
@@ -778,27 +775,30 @@ class HostileServer:
                 connection.record.ended = "shutdown"
             connection.record.done.set()
             await trio.aclose_forcefully(stream)
-            self._wake()
-
-    def _wake(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
 
     async def wait_for(self, predicate: Callable[[], object], timeout: float = 5.0) -> bool:
-        """Wait until ``predicate()`` holds (checked at every connection change
-        and every 10 ms); whether it did within ``timeout``."""
+        """Wait until ``predicate()`` holds, polled every 5 ms; whether it did
+        within ``timeout``."""
         with trio.move_on_after(timeout):
             while not predicate():
-                with trio.move_on_after(0.01):
-                    await self._changed.wait()
+                await trio.sleep(0.005)
             return True
         return False
 
 
 @asynccontextmanager
-async def running(server: HostileServer) -> AsyncIterator[HostileServer]:
-    """Serve on 127.0.0.1 (an ephemeral port) for the block."""
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.serve)
-        yield server
-        nursery.cancel_scope.cancel()
+async def serving(
+    *scripts: Script,
+    then: Script | None = None,
+    audio_limit: int = 8 << 20,
+    limit: float = 10.0,
+) -> AsyncIterator[HostileServer]:
+    """A ``HostileServer(*scripts, then=then, audio_limit=audio_limit)`` serving
+    on 127.0.0.1 (an ephemeral port) for the block, which fails (TooSlowError)
+    after ``limit`` seconds: the tests run on the real clock and must not hang."""
+    server = HostileServer(*scripts, then=then, audio_limit=audio_limit)
+    with trio.fail_after(limit):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve)
+            yield server
+            nursery.cancel_scope.cancel()

@@ -9,17 +9,17 @@ mark comes off. Tests without the mark pass on today's code: points (or forms
 of a point) that did not reproduce or were fixed, and controls next to a
 failure; they stay as regression tests.
 
-The real clock runs here, so every test is bounded by ``trio.fail_after`` and
-configures short timeouts and reconnect delays.
+The real clock runs here, so every test is bounded in time (the ``limit`` of
+``against`` and ``serving``) and configures short timeouts and reconnect
+delays. ``against(*scripts, body=...)`` runs one session against a server
+playing ``scripts`` and returns the server and the session's ``Outcome``.
 """
 
 from __future__ import annotations
 
 import logging
-import struct
 import wave
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ from pulse_trio import (
     open_session,
 )
 from tests.command import closed_port, pulse
+from tests.hostile import KEY, speech
 from tests.hostile.script import (
     AfterAudio,
     Close,
@@ -71,9 +72,8 @@ from tests.hostile.script import (
     redirect,
     refuse,
 )
-from tests.hostile.server import HostileServer, running
+from tests.hostile.server import HostileServer, serving
 
-KEY = "sk-SECRET-0123456789abcdef"
 LIMIT = 8.0  # seconds for a whole test unless it says otherwise
 BYTES_PER_SECOND = 32000  # linear16, 16 kHz, mono
 #: Short timeouts and reconnect delays, so that nothing waits on the real clock.
@@ -100,14 +100,6 @@ def bug(reason: str) -> pytest.MarkDecorator:
     return pytest.mark.xfail(strict=True, reason="BUG: " + reason)
 
 
-def speech(seconds: float, offset: float = 0.0) -> bytes:
-    """linear16 audio at session time ``offset``: its samples count up (every
-    4.096 s), so a byte out of place or replayed from elsewhere shows."""
-    first = round(offset * 16000)
-    count = round(seconds * 16000)
-    return struct.pack(f"<{count}h", *(((first + i) % 65536) - 32768 for i in range(count)))
-
-
 @attrs.define
 class Outcome:
     events: list[Event]
@@ -126,7 +118,8 @@ class Outcome:
         return closed[-1] if closed else None
 
 
-Body = Callable[[Session], Awaitable[None]]
+#: What the application does in the session; it may look at the server too.
+Body = Callable[[Session, HostileServer], Awaitable[None]]
 
 
 async def opened(session: Session) -> None:
@@ -135,36 +128,58 @@ async def opened(session: Session) -> None:
         await trio.sleep(0.005)
 
 
+def settings(*, attempts: int | None = None, **options: Any) -> dict[str, Any]:
+    """``FAST`` with ``options`` over it; ``attempts`` caps the connection attempts."""
+    merged = {**FAST, **options}
+    if attempts is not None:
+        merged["reconnect"] = {**FAST["reconnect"], "max_attempts": attempts}
+    return merged
+
+
 async def transcribe(server: HostileServer, body: Body, **options: Any) -> Outcome:
-    """Run a session against ``server``; whatever it raises is kept, not raised."""
+    """Run one session (``body``) against ``server`` with ``settings(**options)``;
+    whatever it raises is kept, not raised."""
     events: list[Event] = []
     error: BaseException | None = None
     try:
-        async with open_session(KEY, base_url=server.url, **{**FAST, **options}) as session:
+        async with open_session(KEY, base_url=server.url, **settings(**options)) as session:
             session.event_handler("on_event")(events.append)
-            await body(session)
+            await body(session, server)
     except Exception as exc:  # an ExceptionGroup too: that is what the tests look for
         error = exc
     return Outcome(events, error)
 
 
-def say(seconds: float, *, finalize: bool = True) -> Body:
-    """Send ``seconds`` of audio in 0.1 s chunks, then finalize the turn."""
+async def against(
+    *scripts: Script,
+    body: Body,
+    then: Script | None = None,
+    limit: float = LIMIT,
+    **options: Any,
+) -> tuple[HostileServer, Outcome]:
+    """``transcribe`` against a hostile server running ``scripts``, then
+    ``then``, all within ``limit`` seconds."""
+    async with serving(*scripts, then=then, limit=limit) as server:
+        outcome = await transcribe(server, body, **options)
+    return server, outcome
 
-    async def body(session: Session) -> None:
-        audio = speech(seconds)
-        for offset in range(0, len(audio), 3200):
-            await session.send_audio(audio[offset : offset + 3200])
-        if finalize:
-            await session.speech_stopped()
+
+async def speak(session: Session, seconds: float, *, finalize: bool = True) -> None:
+    """Send ``seconds`` of speech in 0.1 s chunks, then finalize the turn."""
+    audio = speech(seconds)
+    for offset in range(0, len(audio), 3200):
+        await session.send_audio(audio[offset : offset + 3200])
+    if finalize:
+        await session.speech_stopped()
+
+
+def say(seconds: float) -> Body:
+    """A body that speaks for ``seconds`` and finalizes the turn."""
+
+    async def body(session: Session, server: HostileServer) -> None:
+        await speak(session, seconds)
 
     return body
-
-
-@asynccontextmanager
-async def hostile(*scripts: Script, then: Script | None = None) -> AsyncIterator[HostileServer]:
-    async with running(HostileServer(*scripts, then=then)) as server:
-        yield server
 
 
 def spans(outcome: Outcome) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
@@ -257,9 +272,7 @@ async def test_pings_with_the_is_last_final() -> None:
             )
         ],
     )
-    with trio.fail_after(LIMIT):
-        async with hostile(script) as server:
-            outcome = await transcribe(server, say(1.0))
+    _, outcome = await against(script, body=say(1.0))
     assert outcome.error is None, repr(outcome.error)
     assert outcome.closed is not None and outcome.closed.error is None
     assert_every_sample_once(outcome, 1.0)
@@ -274,16 +287,14 @@ async def test_pings_with_the_final_before_a_settings_switch() -> None:
         faults=[Fault(OnFinalize(1), Together([Final(from_finalize=True), *PINGS]), replace=True)]
     )
 
-    async def body(session: Session) -> None:
+    async def body(session: Session, server: HostileServer) -> None:
         await opened(session)
-        await say(1.0, finalize=False)(session)
+        await speak(session, 1.0, finalize=False)
         await session.update_settings(language="hi")  # finalizes the turn first
         assert await server.wait_for(lambda: len(server.upgraded) == 2)
         await session.send_audio(speech(0.5, offset=1.0))
 
-    with trio.fail_after(LIMIT):
-        async with hostile(switching) as server:
-            outcome = await transcribe(server, body)
+    server, outcome = await against(switching, body=body)
     assert outcome.error is None, repr(outcome.error)
     assert outcome.of(SettingsApplied)
     assert server.connections[1].query["language"] == "hi"
@@ -295,9 +306,7 @@ async def test_a_ping_after_pulses_close_frame_is_not_read() -> None:
     """Point 1 (did not reproduce in this form): a ping sent only after pulse's
     close frame arrives is never read: pulse drops the transport at once."""
     script = Script(close_after_is_last=False, faults=[Fault(OnClientClose(), PINGS)])
-    with trio.fail_after(LIMIT):
-        async with hostile(script) as server:
-            outcome = await transcribe(server, say(1.0))
+    server, outcome = await against(script, body=say(1.0))
     assert outcome.error is None, repr(outcome.error)
     assert outcome.closed is not None and outcome.closed.error is None
     assert server.connections[0].client_close is not None
@@ -313,9 +322,7 @@ async def test_pings_and_unsolicited_pongs_mid_session_are_harmless() -> None:
             Fault(OnFinalize(1), Ping(b"x" * 125)),
         ]
     )
-    with trio.fail_after(LIMIT):
-        async with hostile(script) as server:
-            outcome = await transcribe(server, say(1.0))
+    server, outcome = await against(script, body=say(1.0))
     assert outcome.error is None, repr(outcome.error)
     assert server.connections[0].pongs_received == 3
     assert_every_sample_once(outcome, 1.0)
@@ -346,11 +353,7 @@ HUGE_101 = [
 async def test_a_malformed_101_is_a_connection_failure(handshake: Handshake) -> None:
     """Point 2: every attempt gets a malformed 101: ConnectionFailed events, then
     ConnectionGaveUpError, never an ExceptionGroup."""
-    with trio.fail_after(LIMIT):
-        async with hostile(then=Script(handshake=handshake)) as server:
-            outcome = await transcribe(
-                server, say(0.5), reconnect={**FAST["reconnect"], "max_attempts": 2}
-            )
+    server, outcome = await against(then=Script(handshake=handshake), body=say(0.5), attempts=2)
     assert isinstance(outcome.error, ConnectionGaveUpError), repr(outcome.error)
     assert len(outcome.of(ConnectionFailed)) == 2
     assert server.accepted == 2
@@ -365,11 +368,7 @@ async def test_a_malformed_101_is_a_connection_failure(handshake: Handshake) -> 
 async def test_a_101_with_huge_headers_is_taken_or_failed(handshake: Handshake) -> None:
     """Point 2: a 101 whose headers pass h11's 16 KiB limit. Taking it or
     failing the attempt are both fine; an ExceptionGroup is not."""
-    with trio.fail_after(LIMIT):
-        async with hostile(then=Script(handshake=handshake)) as server:
-            outcome = await transcribe(
-                server, say(0.5), reconnect={**FAST["reconnect"], "max_attempts": 2}
-            )
+    _, outcome = await against(then=Script(handshake=handshake), body=say(0.5), attempts=2)
     if outcome.error is None:
         assert_every_sample_once(outcome, 0.5)
     else:
@@ -379,9 +378,7 @@ async def test_a_101_with_huge_headers_is_taken_or_failed(handshake: Handshake) 
 
 async def test_a_101_with_12k_of_headers_is_taken() -> None:
     """Point 2 (control): a large header under the limit is fine."""
-    with trio.fail_after(LIMIT):
-        async with hostile(Script(handshake=Handshake(padding=12_000))) as server:
-            outcome = await transcribe(server, say(0.5))
+    _, outcome = await against(Script(handshake=Handshake(padding=12_000)), body=say(0.5))
     assert outcome.error is None, repr(outcome.error)
     assert_every_sample_once(outcome, 0.5)
 
@@ -391,7 +388,7 @@ async def test_the_command_reports_a_malformed_101(tmp_path: Path) -> None:
     """Point 2, through the ``pulse`` command: exit status 4 and one line, no traceback."""
     wav = wav_file(tmp_path / "short.wav", 0.5)
     script = Script(handshake=Handshake(accept="AAAAAAAAAAAAAAAAAAAAAAAAAAA="))
-    async with hostile(then=script) as server:
+    async with serving(then=script) as server:
         result = await pulse(
             "transcribe",
             wav,
@@ -426,9 +423,7 @@ async def test_a_final_with_a_huge_time_is_malformed(
     script = Script(
         faults=[Fault(OnFinalize(1), Final(words=words, from_finalize=True), replace=True)]
     )
-    with trio.fail_after(LIMIT):
-        async with hostile(script) as server:
-            outcome = await transcribe(server, say(1.0))
+    _, outcome = await against(script, body=say(1.0))
     assert outcome.error is None, repr(outcome.error)
     refused = outcome.of(MalformedMessage)
     assert len(refused) == 1 and "outside" in refused[0].error, refused
@@ -464,13 +459,11 @@ async def test_negative_times_then_a_drop_transcribe_nothing_twice() -> None:
         ]
     )
 
-    async def body(session: Session) -> None:
-        await say(2.0)(session)  # answered with the negative times
+    async def body(session: Session, server: HostileServer) -> None:
+        await speak(session, 2.0)  # answered with the negative times
         await session.send_audio(speech(1.0, offset=2.0))
 
-    with trio.fail_after(LIMIT):
-        async with hostile(first) as server:
-            outcome = await transcribe(server, body)
+    server, outcome = await against(first, body=body)
     assert outcome.error is None, repr(outcome.error)
     assert len(outcome.of(MalformedMessage)) == 1
     assert bytes(server.connections[1].audio) == speech(3.0)  # nothing was confirmed
@@ -493,15 +486,13 @@ async def test_times_beyond_the_audio_then_a_drop_transcribe_nothing_twice() -> 
         ]
     )
 
-    async def body(session: Session) -> None:
+    async def body(session: Session, server: HostileServer) -> None:
         refused = seen(session, MalformedMessage)
         await session.send_audio(speech(1.0))
         await refused.wait()  # the bogus final was read before the drop
         await session.send_audio(speech(1.0, offset=1.0))
 
-    with trio.fail_after(LIMIT):
-        async with hostile(first) as server:
-            outcome = await transcribe(server, body)
+    server, outcome = await against(first, body=body)
     assert outcome.error is None, repr(outcome.error)
     assert len(outcome.of(MalformedMessage)) == 1
     assert bytes(server.connections[1].audio) == speech(2.0)  # nothing was confirmed
@@ -516,13 +507,11 @@ async def test_a_half_open_server_is_replaced_when_a_finalize_goes_unanswered() 
     finalize times out with nothing received, so pulse reconnects and replays."""
     script = Script(faults=[Fault(AfterAudio(16000), HalfOpen())])
 
-    async def body(session: Session) -> None:
+    async def body(session: Session, server: HostileServer) -> None:
         await opened(session)
-        await say(1.0)(session)
+        await speak(session, 1.0)
 
-    with trio.fail_after(LIMIT):
-        async with hostile(script) as server:
-            outcome = await transcribe(server, body, finalize_timeout=0.5)
+    server, outcome = await against(script, body=body, finalize_timeout=0.5)
     assert outcome.error is None, repr(outcome.error)
     assert len(server.upgraded) == 2
     assert bytes(server.connections[1].audio) == speech(1.0)  # all of it, replayed
@@ -540,9 +529,7 @@ async def test_a_half_open_server_is_replaced_when_a_finalize_sent_on_open_goes_
     """Point 4: as above, but the turn was finalized before the socket opened
     (the engine sends the owed finalize on open): the stall must be noticed too."""
     script = Script(faults=[Fault(AfterAudio(16000), HalfOpen())])
-    with trio.fail_after(LIMIT):
-        async with hostile(script) as server:
-            outcome = await transcribe(server, say(1.0), finalize_timeout=0.5, close_timeout=2.0)
+    server, outcome = await against(script, body=say(1.0), finalize_timeout=0.5, close_timeout=2.0)
     assert outcome.error is None, repr(outcome.error)
     assert len(server.upgraded) == 2
     assert bytes(server.connections[1].audio) == speech(1.0)
@@ -559,7 +546,7 @@ async def test_a_half_open_server_is_noticed_without_a_finalize() -> None:
     waiting_since: float | None = None
     noticed = False
 
-    async def body(session: Session) -> None:
+    async def body(session: Session, server: HostileServer) -> None:
         nonlocal longest_wait, waiting_since, noticed
 
         async def stream_audio() -> None:
@@ -583,9 +570,7 @@ async def test_a_half_open_server_is_noticed_without_a_finalize() -> None:
                 longest_wait = max(longest_wait, trio.current_time() - waiting_since)
             nursery.cancel_scope.cancel()
 
-    with trio.fail_after(25.0):
-        async with hostile(script) as server:
-            outcome = await transcribe(server, body, close_timeout=0.5)
+    _, outcome = await against(script, body=body, close_timeout=0.5, limit=25.0)
     assert noticed and longest_wait < 15.0, (
         f"replaced within 15 s: {noticed}; longest send_audio wait {longest_wait:.1f} s"
     )
@@ -680,11 +665,7 @@ async def test_the_key_never_shows(
     if leak is not None:
         request.applymarker(bug(leak))
     caplog.set_level(logging.DEBUG)
-    with trio.fail_after(LIMIT):
-        async with hostile(script) as server:
-            outcome = await transcribe(
-                server, say(0.5), reconnect={**FAST["reconnect"], "max_attempts": 2}
-            )
+    server, outcome = await against(script, body=say(0.5), attempts=2)
     assert server.connections[0].authorization == f"Bearer {KEY}"
     assert key_pieces(everything_said(outcome, caplog.records)) == []
 
@@ -700,7 +681,7 @@ async def test_the_command_never_prints_the_key(tmp_path: Path) -> None:
             Fault(AfterAudio(16000), Close(code=4000, reason="goodbye {key}")),
         ]
     )
-    async with hostile(script) as server:
+    async with serving(script) as server:
         result = await pulse(
             "transcribe",
             wav,
@@ -724,9 +705,7 @@ async def test_retry_after_on_503_is_bounded(retry_after: str) -> None:
     """Point 6: a 503 with an unreadable Retry-After, then a good connection:
     the session retries soon and transcribes everything."""
     script = Script(handshake=refuse(503, retry_after=retry_after))
-    with trio.fail_after(2.0):
-        async with hostile(script) as server:
-            outcome = await transcribe(server, say(0.5), close_timeout=30.0)
+    server, outcome = await against(script, body=say(0.5), close_timeout=30.0, limit=2.0)
     assert outcome.error is None, repr(outcome.error)
     assert len(server.upgraded) == 1
     assert_every_sample_once(outcome, 0.5)
@@ -740,9 +719,7 @@ async def test_a_503_asking_for_too_long_is_a_refusal(retry_after: str) -> None:
     SessionFailedError that names the wait (no give-up, no ExceptionGroup, no
     wait), and the audio is reported dropped."""
     script = Script(handshake=refuse(503, retry_after=retry_after))
-    with trio.fail_after(2.0):
-        async with hostile(then=script) as server:
-            outcome = await transcribe(server, say(0.5), close_timeout=30.0)
+    server, outcome = await against(then=script, body=say(0.5), close_timeout=30.0, limit=2.0)
     assert type(outcome.error) is SessionFailedError, repr(outcome.error)
     assert "asked to retry after" in str(outcome.error)
     failures = outcome.of(ConnectionFailed)
@@ -754,9 +731,7 @@ async def test_a_503_asking_for_too_long_is_a_refusal(retry_after: str) -> None:
 async def test_a_429_asking_for_a_day_is_a_refusal() -> None:
     """Point 6 (control): 429 with Retry-After beyond the policy is a RateLimitError."""
     script = Script(handshake=refuse(429, retry_after="86400"))
-    with trio.fail_after(5.0):
-        async with hostile(then=script) as server:
-            outcome = await transcribe(server, say(0.5))
+    server, outcome = await against(then=script, body=say(0.5), limit=5.0)
     assert isinstance(outcome.error, RateLimitError), repr(outcome.error)
     assert server.accepted == 1
 
@@ -780,11 +755,11 @@ async def test_a_429_asking_for_a_day_is_a_refusal() -> None:
 async def test_eof_during_the_handshake_fails_the_attempt_at_once(handshake: Handshake) -> None:
     """Point 7: the server closes TCP during the handshake; the next attempt
     follows at once, not after connect_timeout (1.5 s here)."""
-    with trio.fail_after(LIMIT):
-        async with hostile(Script(handshake=handshake)) as server:
-            start = trio.current_time()
-            outcome = await transcribe(server, say(0.5), connect_timeout=1.5, close_timeout=6.0)
-            took = trio.current_time() - start
+    start = trio.current_time()
+    server, outcome = await against(
+        Script(handshake=handshake), body=say(0.5), connect_timeout=1.5, close_timeout=6.0
+    )
+    took = trio.current_time() - start
     assert outcome.error is None, repr(outcome.error)
     assert len(server.upgraded) == 1
     assert took < 0.75, f"the session took {took:.1f} s"
@@ -804,13 +779,11 @@ async def test_is_last_mid_session_does_not_confirm_unread_audio() -> None:
         ]
     )
 
-    async def body(session: Session) -> None:
+    async def body(session: Session, server: HostileServer) -> None:
         await session.send_audio(speech(3.0))  # all in flight at once
         assert await server.wait_for(lambda: len(server.upgraded) == 2)
 
-    with trio.fail_after(LIMIT):
-        async with hostile(first) as server:
-            outcome = await transcribe(server, body)
+    _, outcome = await against(first, body=body)
     assert outcome.error is None, repr(outcome.error)
     assert_every_sample_once(outcome, 3.0)
 
@@ -832,9 +805,7 @@ async def test_is_last_mid_session_does_not_confirm_unread_audio() -> None:
 async def test_no_is_last_after_finals_that_cover_everything(script: Script) -> None:
     """Point 10: the server's finals covered all audio but is_last never comes:
     leaving the block does not raise, Closed has no error."""
-    with trio.fail_after(LIMIT):
-        async with hostile(script) as server:
-            outcome = await transcribe(server, say(1.0), close_timeout=1.0)
+    _, outcome = await against(script, body=say(1.0), close_timeout=1.0)
     assert outcome.error is None, repr(outcome.error)
     assert outcome.closed is not None and outcome.closed.error is None
     assert_every_sample_once(outcome, 1.0)
@@ -851,12 +822,10 @@ async def test_no_server_at_all_gives_up() -> None:
     events: list[Event] = []
     with trio.fail_after(LIMIT), pytest.raises(ConnectionGaveUpError) as info:
         async with open_session(
-            KEY,
-            base_url=f"ws://127.0.0.1:{port}",
-            **{**FAST, "reconnect": {**FAST["reconnect"], "max_attempts": 3}},
+            KEY, base_url=f"ws://127.0.0.1:{port}", **settings(attempts=3)
         ) as session:
             session.event_handler("on_event")(events.append)
-            await say(0.2)(session)
+            await speak(session, 0.2)
     assert "close timed out" not in str(info.value)
     assert [f.gave_up for f in events if isinstance(f, ConnectionFailed)] == [False, False, True]
 
@@ -864,19 +833,13 @@ async def test_no_server_at_all_gives_up() -> None:
 # -- 12. pulse's own protocol closes, close codes, redirects, huge refusals -----------------------
 
 
-def disconnects(outcome: Outcome) -> list[Disconnected]:
-    return outcome.of(Disconnected)
-
-
 @bug("pulse's own 1009 close (message too big) is reported as the server's (local=False)")
 async def test_a_message_too_big_is_a_local_close() -> None:
     """Point 12: a text frame over max_message_size: pulse closes 1009 itself;
     Disconnected says local=True and its code is a plain int; pulse reconnects."""
     script = Script(faults=[Fault(AfterAudio(1), Raw(oversized_text(100_000)))])
-    with trio.fail_after(LIMIT):
-        async with hostile(script) as server:
-            outcome = await transcribe(server, say(1.0), max_message_size=65536)
-    first = disconnects(outcome)[0]
+    server, outcome = await against(script, body=say(1.0), max_message_size=65536)
+    first = outcome.of(Disconnected)[0]
     assert first.local is True, first
     assert type(first.code) is int and first.code == 1009
     assert server.connections[0].client_close is not None
@@ -893,11 +856,9 @@ async def test_invalid_utf8_text_is_a_malformed_message() -> None:
     """Point 12: a text frame that is not UTF-8 gives MalformedMessage; if pulse
     closes for it, the Disconnected is local with an int code."""
     script = Script(faults=[Fault(AfterAudio(1), Raw(invalid_utf8_text()))])
-    with trio.fail_after(LIMIT):
-        async with hostile(script) as server:
-            outcome = await transcribe(server, say(1.0))
+    _, outcome = await against(script, body=say(1.0))
     assert outcome.of(MalformedMessage), [type(e).__name__ for e in outcome.events]
-    for gone in disconnects(outcome)[:-1]:
+    for gone in outcome.of(Disconnected)[:-1]:
         assert gone.local is True and (gone.code is None or type(gone.code) is int), gone
     assert outcome.error is None, repr(outcome.error)
 
@@ -917,10 +878,8 @@ async def test_disconnected_codes_are_plain_ints(code: int | None) -> None:
     """Point 12: whatever close code the server sends, Disconnected.code is an
     int or None, never an enum; pulse reconnects and loses nothing."""
     script = Script(faults=[Fault(AfterAudio(16000), Close(code=code, reason="odd"))])
-    with trio.fail_after(LIMIT):
-        async with hostile(script) as server:
-            outcome = await transcribe(server, say(1.0))
-    codes = [gone.code for gone in disconnects(outcome)]
+    _, outcome = await against(script, body=say(1.0))
+    codes = [gone.code for gone in outcome.of(Disconnected)]
     assert all(c is None or type(c) is int for c in codes), [type(c) for c in codes]
     assert outcome.error is None, repr(outcome.error)
     assert_every_sample_once(outcome, 1.0)
@@ -932,9 +891,7 @@ async def test_a_redirect_is_a_permanent_failure(status: int) -> None:
     attempt, a permanent ConnectionFailed, a SessionFailedError that is not a
     give-up."""
     script = Script(handshake=redirect("ws://127.0.0.1:1/elsewhere", status=status))
-    with trio.fail_after(LIMIT):
-        async with hostile(then=script) as server:
-            outcome = await transcribe(server, say(0.5))
+    server, outcome = await against(then=script, body=say(0.5))
     assert isinstance(outcome.error, SessionFailedError), repr(outcome.error)
     assert not isinstance(outcome.error, ConnectionGaveUpError)
     failures = outcome.of(ConnectionFailed)
@@ -952,15 +909,13 @@ async def test_a_huge_refusal_body_is_read_with_a_limit() -> None:
     script = Script(handshake=refuse(503, body=b"busy", body_size=64 << 20))
     failed = trio.Event()
 
-    async def body(session: Session) -> None:
+    async def body(session: Session, server: HostileServer) -> None:
         session.event_handler("on_connection_error")(lambda event: failed.set())
-        await say(0.2)(session)
+        await speak(session, 0.2)
         with trio.move_on_after(1.0):
             await failed.wait()
 
-    with trio.fail_after(LIMIT):
-        async with hostile(script) as server:
-            outcome = await transcribe(server, body, connect_timeout=2.0)
+    server, outcome = await against(script, body=body, connect_timeout=2.0)
     refusals = outcome.of(ConnectionFailed)
     assert refusals and refusals[0].status == 503, refusals
     assert server.connections[0].bytes_sent < 16 << 20
@@ -977,11 +932,10 @@ async def test_the_servers_close_frame_is_answered() -> None:
     """RFC 6455 5.5.1: an endpoint that receives a close frame sends one back.
     The server closes 1000 right after is_last, as the service does. The race
     is lost in most sessions; in ten, it is never won by chance alone."""
-    with trio.fail_after(LIMIT):
-        async with hostile() as server:
-            for _ in range(10):
-                outcome = await transcribe(server, say(0.2))
-                assert outcome.error is None, repr(outcome.error)
-            assert await server.wait_for(lambda: all(r.done.is_set() for r in server.connections))
+    async with serving(limit=LIMIT) as server:
+        for _ in range(10):
+            outcome = await transcribe(server, say(0.2))
+            assert outcome.error is None, repr(outcome.error)
+        assert await server.wait_for(lambda: all(r.done.is_set() for r in server.connections))
     answered = [r.client_close for r in server.connections]
     assert all(answer is not None for answer in answered), answered

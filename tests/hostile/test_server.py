@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import trio
 
+from tests.hostile import KEY, speech
 from tests.hostile.framing import (
     BINARY,
     CLOSE,
@@ -64,10 +65,8 @@ from tests.hostile.script import (
     redirect,
     refuse,
 )
-from tests.hostile.server import HostileServer, running
+from tests.hostile.server import HostileServer, serving
 
-KEY = "sk-SECRET-0123456789abcdef"
-LIMIT = 10.0
 TARGET = "/waves/v1/stt/live?model=pulse&language=en&encoding=linear16&sample_rate=16000"
 RFC_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
@@ -185,19 +184,6 @@ async def client_of(server: HostileServer) -> AsyncIterator[RawClient]:
     stream = await trio.open_tcp_stream("127.0.0.1", server.port)
     async with stream:
         yield RawClient(stream)
-
-
-@asynccontextmanager
-async def serving(*scripts: Script, **options: Any) -> AsyncIterator[HostileServer]:
-    with trio.fail_after(LIMIT):
-        async with running(HostileServer(*scripts, **options)) as server:
-            yield server
-
-
-def audio(seconds: float) -> bytes:
-    """Distinct linear16 samples (a counter), so any byte out of place shows."""
-    count = int(seconds * 16000)
-    return b"".join(struct.pack("<h", i % 30000) for i in range(count))
 
 
 # -- framing against the RFC ------------------------------------------------------------
@@ -344,7 +330,7 @@ async def test_a_whole_session_round_trip() -> None:
         assert headers["upgrade"].lower() == "websocket"
         assert headers["connection"].lower() == "upgrade"
         assert headers["sec-websocket-accept"] == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        sound = audio(2.5)  # 80000 bytes
+        sound = speech(2.5)  # 80000 bytes
         pieces = [sound[:100], sound[100:1100], sound[1100:71100]]  # 7-, 16- and 64-bit
         for piece in pieces:
             await client.send(BINARY, piece)
@@ -367,7 +353,7 @@ async def test_a_whole_session_round_trip() -> None:
         assert words[0]["start"] == 0.0 and words[-1]["end"] == 2.5
         assert all(a["end"] == b["start"] for a, b in itertools.pairwise(words))
         assert final["transcript"] == "w0 w8000 w16000 w24000 w32000"
-        await client.send(BINARY, audio(0.25))
+        await client.send(BINARY, speech(0.25, offset=2.5))
         await client.send_json({"type": "close_stream"})
         last = await client.json()
         assert last["is_last"] is True and last["from_finalize"] is False
