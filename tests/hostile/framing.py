@@ -93,10 +93,7 @@ class HttpRequest:
 
 def parse_request(head: bytes) -> HttpRequest:
     """Parse a request head (everything before the blank line, CRLF or LF line ends)."""
-    try:
-        text = head.decode("latin-1")
-    except UnicodeDecodeError as exc:  # pragma: no cover - latin-1 decodes every byte
-        raise ValueError("undecodable request head") from exc
+    text = head.decode("latin-1")  # every byte is a latin-1 character
     lines = text.replace("\r\n", "\n").split("\n")
     parts = lines[0].split(" ")
     if len(parts) != 3 or not parts[2].startswith("HTTP/"):
@@ -133,7 +130,6 @@ class Frame:
     opcode: int
     payload: bytes
     masked: bool = False
-    rsv: int = 0
 
 
 def _apply_mask(payload: bytes, mask: bytes) -> bytes:
@@ -145,32 +141,18 @@ def _apply_mask(payload: bytes, mask: bytes) -> bytes:
     )
 
 
-def encode_frame(
-    opcode: int,
-    payload: bytes = b"",
-    *,
-    fin: bool = True,
-    mask: bytes | None = None,
-    rsv: int = 0,
-) -> bytes:
-    """One frame: a server frame when ``mask`` is None, a client frame with it.
+def encode_frame(opcode: int, payload: bytes = b"", *, fin: bool = True) -> bytes:
+    """One server frame (unmasked).
 
     No checks: the hostile server uses this to write frames a peer must reject.
     """
-    first = (0x80 if fin else 0) | (rsv & 0x7) << 4 | (opcode & 0xF)
+    first = (0x80 if fin else 0) | (opcode & 0xF)
     size = len(payload)
-    mask_bit = 0x80 if mask is not None else 0
     if size < 126:
-        head = struct.pack("!BB", first, mask_bit | size)
-    elif size < 1 << 16:
-        head = struct.pack("!BBH", first, mask_bit | 126, size)
-    else:
-        head = struct.pack("!BBQ", first, mask_bit | 127, size)
-    if mask is None:
-        return head + payload
-    if len(mask) != 4:
-        raise ValueError("a masking key is 4 bytes")
-    return head + mask + _apply_mask(payload, mask)
+        return struct.pack("!BB", first, size) + payload
+    if size < 1 << 16:
+        return struct.pack("!BBH", first, 126, size) + payload
+    return struct.pack("!BBQ", first, 127, size) + payload
 
 
 def close_payload(code: int | None, reason: str | bytes = b"") -> bytes:
@@ -208,10 +190,6 @@ class FrameParser:
         self.require_mask = require_mask
         self.max_frame = max_frame
         self._buffer = bytearray()
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buffer)
 
     def feed(self, data: bytes) -> None:
         self._buffer += data
@@ -265,7 +243,7 @@ class FrameParser:
         del buffer[: offset + size]
         if masked:
             payload = _apply_mask(payload, mask)
-        return Frame(fin=fin, opcode=opcode, payload=payload, masked=masked, rsv=rsv)
+        return Frame(fin=fin, opcode=opcode, payload=payload, masked=masked)
 
 
 @attrs.frozen

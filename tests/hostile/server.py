@@ -79,10 +79,8 @@ from .script import (
     Raw,
     RepeatFinal,
     Script,
-    Sleep,
     SlowRead,
     SplitFinals,
-    StopAnswering,
     Text,
     Together,
     Trigger,
@@ -214,11 +212,10 @@ class _Connection:
         self.scope = trio.CancelScope()
         self.read_scope: trio.CancelScope | None = None
         self.frozen = False
-        self.read_rate = self.script.read_rate
-        self.answer_finalize = self.script.answer_finalize
-        self.answer_close_stream = self.script.answer_close_stream
+        #: Bytes a second the reader takes at most (None: no limit; SlowRead).
+        self.read_rate: float | None = None
         self.close_sent = False
-        self.stream_closed = False  # close_stream arrived
+        #: Faults that ran (each runs once, but ``OnFinalize(0)`` on every finalize).
         self.fired: set[int] = set()
         self.final_mark = 0  # connection tick up to which finals covered the audio
         self.last_final: str | None = None
@@ -269,9 +266,7 @@ class _Connection:
     async def _timer(self, index: int, fault: Fault) -> None:
         assert isinstance(fault.when, AfterSeconds)
         await trio.sleep(fault.when.seconds)
-        if not self.frozen:
-            self.fired.add(index)
-            await self._run_actions(fault.do)
+        await self._run_actions(fault.do)
 
     # -- the opening handshake -----------------------------------------------------------
 
@@ -303,8 +298,6 @@ class _Connection:
             raise _EndedError from None
         record.request = request
         self._learn(request)
-        if hs.delay:
-            await trio.sleep(hs.delay)
         if hs.stall:
             record.ended = "stalled in the handshake"
             await trio.sleep_forever()
@@ -355,23 +348,20 @@ class _Connection:
 
     async def _answer(self, hs: Handshake, request: HttpRequest) -> None:
         self.record.status = hs.status
-        phrase = hs.reason if hs.reason is not None else _PHRASES.get(hs.status, "Whatever")
+        phrase = _PHRASES.get(hs.status, "Whatever")
         status_line = hs.status_line or f"HTTP/1.1 {hs.status} {phrase}".encode("latin-1")
         headers: list[tuple[str, str]] = []
         if hs.status == 101:
             if hs.upgrade:
                 headers.append(("Upgrade", "websocket"))
-            if hs.connection:
-                headers.append(("Connection", "Upgrade"))
+            headers.append(("Connection", "Upgrade"))
             accept = accept_key(request.header("Sec-WebSocket-Key") or "")
             if hs.accept is not None:
                 accept = hs.accept
             if accept:
                 headers.append(("Sec-WebSocket-Accept", accept))
         else:
-            length = hs.content_length
-            if length is None:
-                length = len(self._fill_bytes(hs.body)) + hs.body_size
+            length = len(self._fill_bytes(hs.body)) + hs.body_size
             headers.append(("Content-Length", str(length)))
             headers.append(("Content-Type", "text/plain"))
             headers.append(("Connection", "close"))
@@ -412,10 +402,12 @@ class _Connection:
                             break
                 except FramingError as exc:
                     record.violation = str(exc)
-                    await self._close(exc.code, exc.reason)
                     record.ended = "violation"
+                    if not self.close_sent:  # its close frame, then TCP goes at once
+                        self.close_sent = True
+                        await self.send(CLOSE, close_payload(exc.code, exc.reason))
                     await self._hangup(reset=False, why=f"protocol violation: {exc}")
-            while self.frozen:
+            if self.frozen:
                 await trio.sleep_forever()
             size = 65536
             if self.read_rate is not None:
@@ -438,7 +430,7 @@ class _Connection:
         record = self.record
         if opcode == PING:
             record.pings_received += 1
-            if self.script.answer_pings and not self.close_sent:
+            if not self.close_sent:
                 await self.send(PONG, payload)
         elif opcode == PONG:
             record.pongs_received += 1
@@ -451,7 +443,7 @@ class _Connection:
             await self._fire(OnClientClose)
             if not self.close_sent:
                 self.close_sent = True
-                await self.send(CLOSE, close_payload(code, reason[:0]))
+                await self.send(CLOSE, close_payload(code))
             record.ended = "closed by the client"
             await self._hangup(reset=False, why="client closed")
         elif opcode == BINARY:
@@ -480,13 +472,12 @@ class _Connection:
         kind = message.get("type") if isinstance(message, dict) else None
         if kind == "finalize":
             record.finalizes += 1
-            if await self._fire(OnFinalize) or not self.answer_finalize or self.close_sent:
+            if await self._fire(OnFinalize) or self.close_sent:
                 return
             await self.send_final(Final(from_finalize=True))
         elif kind == "close_stream":
             record.close_streams += 1
-            self.stream_closed = True
-            if await self._fire(OnCloseStream) or not self.answer_close_stream:
+            if await self._fire(OnCloseStream) or not self.script.answer_close_stream:
                 return
             if self.close_sent:
                 return
@@ -553,10 +544,6 @@ class _Connection:
                 self.read_scope.cancel()
         elif isinstance(action, SlowRead):
             self.read_rate = action.rate
-        elif isinstance(action, Sleep):
-            await trio.sleep(action.seconds)
-        elif isinstance(action, StopAnswering):
-            self.answer_finalize = self.answer_close_stream = False
         elif isinstance(action, Together):
             outer, self.batch = self.batch, bytearray()
             try:
@@ -607,14 +594,11 @@ class _Connection:
         *,
         is_last: bool,
         from_finalize: bool | None,
-        transcript: str | None = None,
     ) -> dict[str, Any]:
         message: dict[str, Any] = {
             "type": "transcription",
             "session_id": f"hostile-{self.record.number}",
-            "transcript": transcript
-            if transcript is not None
-            else " ".join(w["word"] for w in words),
+            "transcript": " ".join(w["word"] for w in words),
             "is_final": True,
             "is_last": is_last,
             "language": "en",
@@ -633,14 +617,9 @@ class _Connection:
                 for i, (start, end) in enumerate(action.words)
             ]
         message = self._final_message(
-            words,
-            is_last=action.is_last,
-            from_finalize=action.from_finalize,
-            transcript=action.transcript,
+            words, is_last=action.is_last, from_finalize=action.from_finalize
         )
-        message.update(action.extra)
-        if action.consume:
-            self.final_mark = last
+        self.final_mark = last
         await self._send_final_text(message, first, last)
 
     async def _split_finals(self, action: SplitFinals) -> None:
@@ -648,10 +627,7 @@ class _Connection:
         self.final_mark = last
         pieces = max(1, action.pieces)
         bounds = [first + (last - first) * i // pieces for i in range(pieces + 1)]
-        spans = list(itertools.pairwise(bounds))
-        if action.reverse:
-            spans.reverse()
-        for low, high in spans:
+        for low, high in reversed(list(itertools.pairwise(bounds))):
             message = self._final_message(
                 self._words(low, high), is_last=False, from_finalize=action.from_finalize
             )
@@ -673,8 +649,8 @@ class _Connection:
 
     # -- writing -----------------------------------------------------------------------
 
-    async def send(self, opcode: int, payload: bytes, *, fin: bool = True) -> None:
-        await self._write_raw(encode_frame(opcode, payload, fin=fin), record_as=opcode)
+    async def send(self, opcode: int, payload: bytes) -> None:
+        await self._write_raw(encode_frame(opcode, payload), record_as=opcode)
 
     async def _write_raw(self, data: bytes, *, record_as: int | None = None) -> None:
         if self.frozen or not data:
@@ -751,10 +727,6 @@ class HostileServer:
     @property
     def upgraded(self) -> list[ConnectionRecord]:
         return [record for record in self.connections if record.upgraded]
-
-    @property
-    def audio_bytes(self) -> int:
-        return sum(record.audio_bytes for record in self.connections)
 
     async def serve(
         self, *, task_status: trio.TaskStatus[HostileServer] = trio.TASK_STATUS_IGNORED

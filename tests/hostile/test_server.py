@@ -126,13 +126,11 @@ class RawClient:
             headers[name.strip().lower()] = value.strip()
         return status, headers
 
-    async def upgrade(
-        self, target: str = TARGET, key: str = RFC_KEY, extra: str = ""
-    ) -> tuple[str, dict[str, str]]:
+    async def upgrade(self, target: str = TARGET, key: str = RFC_KEY) -> tuple[str, dict[str, str]]:
         request = (
             f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            f"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {KEY}\r\n{extra}\r\n"
+            f"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {KEY}\r\n\r\n"
         )
         await self.stream.send_all(request.encode("latin-1"))
         return await self.response_head()
@@ -725,12 +723,16 @@ async def test_together_writes_its_actions_in_one_send() -> None:
 async def test_records_are_bounded() -> None:
     async with serving(audio_limit=1000) as server, client_of(server) as client:
         await client.upgrade()
-        for _ in range(300):
+        for _ in range(300):  # each kept (cut) and noted as an unknown type
             await client.send_json({"type": "keep", "pad": "x" * 5000})
+        for i in range(1100):  # each answered with a pong
+            await client.send(PING, b"%d" % i)
         await client.send(BINARY, b"\x01" * 5000)
         await client.send_json({"type": "finalize"})
-        await client.json()
+        while (await client.message())[0] != TEXT:  # the pongs, then the final
+            pass
     record = server.connections[0]
     assert record.audio_bytes == 5000 and len(record.audio) == 1000
     assert len(record.texts) == 256 and max(map(len, record.texts)) <= 4096
-    assert record.notes.maxlen is not None and record.sent.maxlen is not None
+    assert len(record.notes) == 256 and record.pings_received == 1100
+    assert len(record.sent) == 1024 and record.sent[-1].opcode == TEXT
