@@ -64,7 +64,9 @@ from tests.hostile.script import (
     OnOpen,
     Ping,
     Raw,
+    RepeatFinal,
     Script,
+    SplitFinals,
     Text,
     Together,
     invalid_utf8_text,
@@ -939,3 +941,49 @@ async def test_the_servers_close_frame_is_answered() -> None:
         assert await server.wait_for(lambda: all(r.done.is_set() for r in server.connections))
     answered = [r.client_close for r in server.connections]
     assert all(answer is not None for answer in answered), answered
+
+
+async def a_final_then_more(session: Session, server: HostileServer) -> None:
+    """One second of speech; once pulse has read the server's final for it,
+    another second (the server drops the connection in between)."""
+    heard = seen(session, Transcript)
+    await session.send_audio(speech(1.0))
+    await heard.wait()
+    await session.send_audio(speech(1.0, offset=1.0))
+
+
+@bug(
+    "a final repeated byte for byte is delivered again, as an automatic final: the audio "
+    "it covers, already confirmed, is transcribed twice"
+)
+async def test_a_repeated_final_transcribes_nothing_twice() -> None:
+    """The server sends its automatic final for the first second twice, byte for
+    byte, then drops the connection after 1.5 s: every sample ends up in
+    exactly one final, and the replay resends only the second second."""
+    first = Script(
+        faults=[
+            Fault(AfterAudio(32000), [Final(from_finalize=False), RepeatFinal()]),
+            Fault(AfterAudio(48000), Hangup()),
+        ]
+    )
+    server, outcome = await against(first, body=a_final_then_more)
+    assert outcome.error is None, repr(outcome.error)
+    assert bytes(server.connections[1].audio) == speech(1.0, offset=1.0)
+    assert_every_sample_once(outcome, 2.0)
+
+
+async def test_a_final_split_in_two_transcribes_nothing_twice() -> None:
+    """The server covers the first second with two finals sent in reverse order
+    (the later half first), then drops the connection after 1.5 s: every sample
+    ends up in exactly one final, and the replay resends only the second second."""
+    first = Script(
+        faults=[
+            Fault(AfterAudio(32000), SplitFinals(pieces=2, from_finalize=False)),
+            Fault(AfterAudio(48000), Hangup()),
+        ]
+    )
+    server, outcome = await against(first, body=a_final_then_more)
+    assert outcome.error is None, repr(outcome.error)
+    assert [(f.first, f.last) for f in server.connections[0].finals] == [(8000, 16000), (0, 8000)]
+    assert bytes(server.connections[1].audio) == speech(1.0, offset=1.0)
+    assert_every_sample_once(outcome, 2.0)
