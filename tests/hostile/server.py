@@ -142,6 +142,8 @@ class ConnectionRecord:
 
     number: int
     request: HttpRequest | None = None
+    #: The request's query parameters (the last value of each).
+    query: dict[str, str] = attrs.field(factory=dict)
     #: Status the server answered with (None: no answer written).
     status: int | None = None
     upgraded: bool = False
@@ -176,14 +178,6 @@ class ConnectionRecord:
     #: How it ended: "eof", "closed", "hangup", "reset", "violation", "shutdown", ...
     ended: str | None = None
     done: trio.Event = attrs.field(factory=trio.Event, repr=False)
-
-    @property
-    def target(self) -> str:
-        return self.request.target if self.request else ""
-
-    @property
-    def query(self) -> dict[str, str]:
-        return {k: v[-1] for k, v in parse_qs(urlsplit(self.target).query).items()}
 
     @property
     def authorization(self) -> str | None:
@@ -229,28 +223,14 @@ class _Connection:
     # -- running ---------------------------------------------------------------------
 
     async def run(self) -> None:
-        record = self.record
         with self.scope:
-            try:
-                leftover = await self._handshake()
-                if leftover is not None:
-                    async with trio.open_nursery() as nursery:
-                        self.nursery = nursery
-                        for index, fault in enumerate(self.script.faults):
-                            if isinstance(fault.when, AfterSeconds):
-                                nursery.start_soon(self._guarded, self._timer, index, fault)
-                        await self._guarded(self._talk, leftover)
-                        nursery.cancel_scope.cancel()
-            except _EndedError:
-                pass
-            except _NETWORK_ERRORS as exc:
-                record.ended = record.ended or f"network: {type(exc).__name__}"
-        if record.ended is None:
-            record.ended = "cancelled" if self.scope.cancelled_caught else "closed"
+            await self._guarded(self._serve)
+        if self.record.ended is None:
+            self.record.ended = "cancelled" if self.scope.cancelled_caught else "closed"
 
     async def _guarded(self, function: Callable[..., Awaitable[None]], *args: Any) -> None:
-        """Run a task of this connection: its end or a network error ends the
-        connection, not the server."""
+        """Run a part of this connection: its end or a network error ends the
+        connection (the others are cancelled), not the server."""
         try:
             await function(*args)
         except _EndedError:
@@ -259,11 +239,23 @@ class _Connection:
             self.record.ended = self.record.ended or f"network: {type(exc).__name__}"
             self.scope.cancel()
 
+    async def _serve(self) -> None:
+        leftover = await self._handshake()
+        if leftover is None:
+            return
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            for fault in self.script.faults:
+                if isinstance(fault.when, AfterSeconds):
+                    nursery.start_soon(self._guarded, self._timer, fault)
+            await self._guarded(self._talk, leftover)
+            nursery.cancel_scope.cancel()
+
     async def _talk(self, leftover: bytes) -> None:
         await self._fire(OnOpen)
         await self._read_loop(leftover)
 
-    async def _timer(self, index: int, fault: Fault) -> None:
+    async def _timer(self, fault: Fault) -> None:
         assert isinstance(fault.when, AfterSeconds)
         await trio.sleep(fault.when.seconds)
         await self._run_actions(fault.do)
@@ -297,7 +289,8 @@ class _Connection:
             await self._write_raw(format_response(b"HTTP/1.1 400 Bad Request", []))
             raise _EndedError from None
         record.request = request
-        self._learn(request)
+        record.query = {k: v[-1] for k, v in parse_qs(urlsplit(request.target).query).items()}
+        self._learn()
         if hs.stall:
             record.ended = "stalled in the handshake"
             await trio.sleep_forever()
@@ -312,8 +305,9 @@ class _Connection:
         record.upgraded = True
         return rest
 
-    def _learn(self, request: HttpRequest) -> None:
-        query = {k: v[-1] for k, v in parse_qs(urlsplit(request.target).query).items()}
+    def _learn(self) -> None:
+        """The audio format and the key placeholders, from the request."""
+        query = self.record.query
         try:
             self.tps = int(query.get("sample_rate", "16000"))
         except ValueError:
@@ -321,7 +315,7 @@ class _Connection:
         if self.tps <= 0:
             self.tps = 16000
         self.bytes_per_tick = _BYTES_PER_TICK.get(query.get("encoding", "linear16"), 2)
-        authorization = request.header("Authorization") or ""
+        authorization = self.record.authorization or ""
         key = authorization.removeprefix("Bearer ").strip()
         half = len(key) // 2
         self.fillers = {
@@ -588,39 +582,18 @@ class _Connection:
             for tick in range(first, last, step)
         ]
 
-    def _final_message(
-        self,
-        words: list[dict[str, Any]],
-        *,
-        is_last: bool,
-        from_finalize: bool | None,
-    ) -> dict[str, Any]:
-        message: dict[str, Any] = {
-            "type": "transcription",
-            "session_id": f"hostile-{self.record.number}",
-            "transcript": " ".join(w["word"] for w in words),
-            "is_final": True,
-            "is_last": is_last,
-            "language": "en",
-            "words": words,
-        }
-        if from_finalize is not None:
-            message["from_finalize"] = from_finalize
-        return message
-
     async def send_final(self, action: Final) -> None:
         first, last = self.final_mark, self.ticks
+        self.final_mark = last
         words = self._words(first, last)
         if action.words is not None:
             words = [
                 {"word": f"bogus{i}", "start": start, "end": end, "confidence": 1.0}
                 for i, (start, end) in enumerate(action.words)
             ]
-        message = self._final_message(
-            words, is_last=action.is_last, from_finalize=action.from_finalize
+        await self._emit(
+            words, first, last, is_last=action.is_last, from_finalize=action.from_finalize
         )
-        self.final_mark = last
-        await self._send_final_text(message, first, last)
 
     async def _split_finals(self, action: SplitFinals) -> None:
         first, last = self.final_mark, self.ticks
@@ -628,21 +601,42 @@ class _Connection:
         pieces = max(1, action.pieces)
         bounds = [first + (last - first) * i // pieces for i in range(pieces + 1)]
         for low, high in reversed(list(itertools.pairwise(bounds))):
-            message = self._final_message(
-                self._words(low, high), is_last=False, from_finalize=action.from_finalize
+            await self._emit(
+                self._words(low, high), low, high, is_last=False, from_finalize=action.from_finalize
             )
-            await self._send_final_text(message, low, high)
 
-    async def _send_final_text(self, message: dict[str, Any], first: int, last: int) -> None:
+    async def _emit(
+        self,
+        words: list[dict[str, Any]],
+        first: int,
+        last: int,
+        *,
+        is_last: bool,
+        from_finalize: bool | None,
+    ) -> None:
+        """Send a final with ``words``, recorded as covering ticks ``first``
+        to ``last`` of the connection (the truth, whatever the words say)."""
+        transcript = " ".join(w["word"] for w in words)
+        message: dict[str, Any] = {
+            "type": "transcription",
+            "session_id": f"hostile-{self.record.number}",
+            "transcript": transcript,
+            "is_final": True,
+            "is_last": is_last,
+            "language": "en",
+            "words": words,
+        }
+        if from_finalize is not None:
+            message["from_finalize"] = from_finalize
         text = json.dumps(message)
         self.last_final = text
         self.record.finals.append(
             FinalSent(
                 first=first,
                 last=last,
-                is_last=bool(message.get("is_last")),
-                from_finalize=message.get("from_finalize"),
-                text=str(message.get("transcript", ""))[:_PREVIEW],
+                is_last=is_last,
+                from_finalize=from_finalize,
+                text=transcript[:_PREVIEW],
             )
         )
         await self.send(TEXT, text.encode("utf-8"))
