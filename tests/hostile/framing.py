@@ -20,6 +20,7 @@ __all__ = [
     "CLOSE",
     "CONTINUATION",
     "GUID",
+    "LONGEST_HEADER",
     "PING",
     "PONG",
     "TEXT",
@@ -46,6 +47,8 @@ PONG: Final = 0xA
 _DATA_OPCODES: Final = frozenset({CONTINUATION, TEXT, BINARY})
 _CONTROL_OPCODES: Final = frozenset({CLOSE, PING, PONG})
 GUID: Final = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+#: The longest frame header: 2 bytes, an 8-byte length and a 4-byte mask.
+LONGEST_HEADER: Final = 14
 
 
 class FramingError(Exception):
@@ -178,12 +181,15 @@ def parse_close(payload: bytes) -> tuple[int | None, str]:
 
 
 class FrameParser:
-    """Incremental frame parser. ``feed`` bytes, iterate ``frames()``.
+    """Incremental frame parser. ``feed`` bytes, then drain ``frames()``.
 
     ``require_mask``: every frame must be masked (a server reading a client)
     or none may be (a client reading a server). ``max_frame`` bounds one
     frame's payload, and so the buffer: a longer frame is a 1009 violation as
-    soon as its header is read.
+    soon as its header is read. Drained, the buffer holds less than one frame
+    (``LONGEST_HEADER + max_frame`` bytes), so it never holds more than that
+    plus one ``feed``; feeding again without draining past that bound is a
+    caller's error (ValueError), not growth.
     """
 
     def __init__(self, *, require_mask: bool | None, max_frame: int = 1 << 24) -> None:
@@ -192,6 +198,8 @@ class FrameParser:
         self._buffer = bytearray()
 
     def feed(self, data: bytes) -> None:
+        if len(self._buffer) >= LONGEST_HEADER + self.max_frame:
+            raise ValueError("feed() again before frames() was drained")
         self._buffer += data
 
     def frames(self) -> Iterator[Frame]:
@@ -263,10 +271,13 @@ class Message:
 class MessageAssembler:
     """Joins fragmented data frames into messages; control frames pass through
     at once, even between the fragments of a message. Text is checked as UTF-8
-    (1007) and a message's size is bounded (1009)."""
+    (1007); a message's size (``max_message`` bytes) and its number of frames
+    (``max_fragments``, so empty fragments cannot pile up either) are bounded,
+    1009 beyond them."""
 
-    def __init__(self, *, max_message: int = 1 << 24) -> None:
+    def __init__(self, *, max_message: int = 1 << 24, max_fragments: int = 1024) -> None:
         self.max_message = max_message
+        self.max_fragments = max_fragments
         self._opcode: int | None = None
         self._parts: list[bytes] = []
         self._size = 0
@@ -284,6 +295,8 @@ class MessageAssembler:
         self._size += len(frame.payload)
         if self._size > self.max_message:
             raise FramingError(1009, f"message over {self.max_message} bytes")
+        if len(self._parts) >= self.max_fragments:
+            raise FramingError(1009, f"message in over {self.max_fragments} frames")
         self._parts.append(frame.payload)
         if not frame.fin:
             return None

@@ -691,21 +691,29 @@ class _Connection:
 
 class HostileServer:
     """The server. ``scripts`` apply to connections 1, 2, ... in order; later
-    connections run ``then`` (default: a well-behaved server)."""
+    connections run ``then`` (default: a well-behaved server).
+
+    At most ``max_connections`` are served at once: one beyond that is closed
+    as soon as it is accepted, its record ended "over max_connections" (it
+    still counts as a connection, so the scripts keep their numbers)."""
 
     def __init__(
         self,
         *scripts: Script,
         then: Script | None = None,
-        audio_limit: int = 8 << 20,
+        audio_limit: int = 1 << 20,
+        max_connections: int = 64,
     ) -> None:
         self.scripts = scripts
         self.then = then if then is not None else Script()
         #: Audio bytes kept per connection (all are counted).
         self.audio_limit = audio_limit
+        self.max_connections = max_connections
         self.port = 0
         #: Connections accepted (TCP), whether or not they upgraded.
         self.accepted = 0
+        #: Connections being served now.
+        self.live = 0
         #: Records of the most recent connections (at most 256), oldest first.
         self.connections: collections.deque[ConnectionRecord] = collections.deque(
             maxlen=_RECORDS_KEEP
@@ -732,11 +740,20 @@ class HostileServer:
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         self.accepted += 1
+        if self.live >= self.max_connections:
+            record = ConnectionRecord(self.accepted, ended="over max_connections")
+            record.note(f"closed at once: {self.live} connections are served already")
+            record.done.set()
+            self.connections.append(record)
+            await trio.aclose_forcefully(stream)
+            return
         connection = _Connection(self, stream, self.accepted)
         self.connections.append(connection.record)
+        self.live += 1
         try:
             await connection.run()
         finally:
+            self.live -= 1
             if connection.record.ended is None:
                 connection.record.ended = "shutdown"
             connection.record.done.set()
@@ -756,13 +773,16 @@ class HostileServer:
 async def serving(
     *scripts: Script,
     then: Script | None = None,
-    audio_limit: int = 8 << 20,
+    audio_limit: int = 1 << 20,
+    max_connections: int = 64,
     limit: float = 10.0,
 ) -> AsyncIterator[HostileServer]:
-    """A ``HostileServer(*scripts, then=then, audio_limit=audio_limit)`` serving
-    on 127.0.0.1 (an ephemeral port) for the block, which fails (TooSlowError)
-    after ``limit`` seconds: the tests run on the real clock and must not hang."""
-    server = HostileServer(*scripts, then=then, audio_limit=audio_limit)
+    """A ``HostileServer`` for these arguments, serving on 127.0.0.1 (an
+    ephemeral port) for the block, which fails (TooSlowError) after ``limit``
+    seconds: the tests run on the real clock and must not hang."""
+    server = HostileServer(
+        *scripts, then=then, audio_limit=audio_limit, max_connections=max_connections
+    )
     with trio.fail_after(limit):
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve)

@@ -91,19 +91,31 @@ def client_frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bool = 
     return bytes(head) + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
+#: The most the test client keeps of what the server sends: a server bug that
+#: announces or streams more fails the test instead of filling memory.
+CLIENT_KEEPS = 16 << 20
+
+
 class RawClient:
-    """A WebSocket client in a page: enough to drive the server by hand."""
+    """A WebSocket client in a page: enough to drive the server by hand. Its
+    buffer holds at most ``CLIENT_KEEPS`` bytes (and one read)."""
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
         self.buffer = bytearray()
 
+    async def _read(self) -> bytes:
+        if len(self.buffer) > CLIENT_KEEPS:
+            raise AssertionError(f"the server sent over {CLIENT_KEEPS} bytes unread")
+        data = await self.stream.receive_some(65536)
+        self.buffer += data
+        return data
+
     async def fill(self, size: int) -> None:
+        assert size <= CLIENT_KEEPS, f"a frame of {size} bytes"
         while len(self.buffer) < size:
-            data = await self.stream.receive_some(65536)
-            if not data:
+            if not await self._read():
                 raise EOFError(f"EOF with {len(self.buffer)} of {size} bytes")
-            self.buffer += data
 
     async def take(self, size: int) -> bytes:
         await self.fill(size)
@@ -113,10 +125,8 @@ class RawClient:
 
     async def response_head(self) -> tuple[str, dict[str, str]]:
         while b"\r\n\r\n" not in self.buffer:
-            data = await self.stream.receive_some(65536)
-            if not data:
+            if not await self._read():
                 raise EOFError("EOF in the response head")
-            self.buffer += data
         head, _, rest = bytes(self.buffer).partition(b"\r\n\r\n")
         self.buffer = bytearray(rest)
         status, *lines = head.decode("latin-1").split("\r\n")
@@ -170,10 +180,10 @@ class RawClient:
 
     async def eof(self) -> bytes:
         """Everything until the server closes TCP."""
+        while await self._read():
+            pass
         data = bytes(self.buffer)
         self.buffer.clear()
-        while chunk := await self.stream.receive_some(65536):
-            data += chunk
         return data
 
 
@@ -301,6 +311,25 @@ def frames_parsed(data: bytes) -> Iterator[Any]:
     return parser.frames()
 
 
+def test_the_parser_and_the_assembler_are_bounded() -> None:
+    # Fed without draining, the parser refuses to grow past one largest frame.
+    parser = FrameParser(require_mask=True, max_frame=100)
+    parser.feed(client_frame(BINARY, b"x" * 50) * 3)
+    with pytest.raises(ValueError, match="drained"):
+        parser.feed(b"\x82")
+    assert len(list(parser.frames())) == 3
+    parser.feed(client_frame(BINARY, b"x" * 100)[:-1])  # drained: room for a frame
+    assert list(parser.frames()) == []
+    # A message in more frames than max_fragments is refused, even if they are empty.
+    assembler = MessageAssembler(max_fragments=4)
+    parts = frames_parsed(
+        client_frame(TEXT, b"", fin=False) + client_frame(CONTINUATION, b"", fin=False) * 4
+    )
+    assert [assembler.add(next(parts)) for _ in range(4)] == [None] * 4
+    with pytest.raises(FramingError, match="1009"):
+        assembler.add(next(parts))
+
+
 def test_close_payloads_and_requests_parse() -> None:
     assert parse_close(b"") == (None, "")
     assert parse_close(b"\x03\xe8bye") == (1000, "bye")
@@ -412,6 +441,33 @@ async def test_a_frame_over_the_limit_is_closed_1009() -> None:
         await client.send(BINARY, b"\x00" * 1002)
         opcode, payload = await client.message()
         assert (opcode, payload[:2]) == (CLOSE, b"\x03\xf1")
+
+
+async def test_a_message_in_over_1024_frames_is_closed_1009() -> None:
+    async with serving() as server, client_of(server) as client:
+        await client.upgrade()
+        await client.stream.send_all(
+            client_frame(TEXT, b"", fin=False) + client_frame(CONTINUATION, b"", fin=False) * 1024
+        )
+        opcode, payload = await client.message()
+        assert (opcode, payload[:2]) == (CLOSE, b"\x03\xf1")
+        assert await client.eof() == b""
+    assert server.connections[0].violation == "1009: message in over 1024 frames"
+
+
+async def test_connections_over_the_limit_are_closed_at_once() -> None:
+    async with serving(max_connections=1) as server:
+        async with client_of(server) as first:
+            status, _ = await first.upgrade()
+            assert status.startswith("HTTP/1.1 101")
+            async with client_of(server) as second:
+                assert await second.eof() == b""  # closed without an answer
+        assert await server.wait_for(lambda: server.live == 0)
+        async with client_of(server) as third:
+            status, _ = await third.upgrade()  # room again
+            assert status.startswith("HTTP/1.1 101")
+    assert [r.ended for r in server.connections][1] == "over max_connections"
+    assert [r.upgraded for r in server.connections] == [True, False, True]
 
 
 async def test_a_request_that_is_no_upgrade_gets_400() -> None:
