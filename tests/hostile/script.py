@@ -1,9 +1,9 @@
 """What the hostile server does, as plain data.
 
 A :class:`Script` describes one connection: how the upgrade is answered
-(:class:`Handshake`), whether finalize and close_stream are answered, and a
-list of :class:`Fault` steps, each an action (or a sequence of them) run when a
-trigger condition is met. The server picks a script per connection number, so
+(:class:`Handshake`), how close_stream is answered, and a list of
+:class:`Fault` steps, each an action (or a sequence of them) run when a trigger
+condition is met (one may replace the answer to a finalize or close_stream). The server picks a script per connection number, so
 connection 1, 2, ... may each misbehave differently.
 
 Strings and bytes in actions may carry placeholders filled from the request:

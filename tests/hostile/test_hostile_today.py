@@ -130,6 +130,18 @@ async def opened(session: Session) -> None:
         await trio.sleep(0.005)
 
 
+def seen(session: Session, kind: type[Any]) -> trio.Event:
+    """A flag raised when ``session`` emits an event of ``kind``."""
+    flag = trio.Event()
+
+    def check(event: Event) -> None:
+        if isinstance(event, kind):
+            flag.set()
+
+    session.event_handler("on_event")(check)
+    return flag
+
+
 def settings(*, attempts: int | None = None, **options: Any) -> dict[str, Any]:
     """``FAST`` with ``options`` over it; ``attempts`` caps the connection attempts."""
     merged = {**FAST, **options}
@@ -433,18 +445,6 @@ async def test_a_final_with_a_huge_time_is_malformed(
     assert [t.turn for t in outcome.of(FinalizeTimedOut)] == [1]
     assert all(w.end is None or w.end <= 1.0 for t in outcome.finals for w in t.words)
     assert outcome.closed is not None and outcome.closed.error is None
-
-
-def seen(session: Session, kind: type[Any]) -> trio.Event:
-    """A flag raised when ``session`` emits an event of ``kind``."""
-    flag = trio.Event()
-
-    def check(event: Event) -> None:
-        if isinstance(event, kind):
-            flag.set()
-
-    session.event_handler("on_event")(check)
-    return flag
 
 
 async def test_negative_times_then_a_drop_transcribe_nothing_twice() -> None:
@@ -919,10 +919,9 @@ async def test_a_huge_refusal_body_is_read_with_a_limit() -> None:
     """Point 12: a 503 announcing and sending a 64 MiB body: the refusal is
     reported at once, without reading the body whole."""
     script = Script(handshake=refuse(503, body=b"busy", body_size=64 << 20))
-    failed = trio.Event()
 
     async def body(session: Session, server: HostileServer) -> None:
-        session.event_handler("on_connection_error")(lambda event: failed.set())
+        failed = seen(session, ConnectionFailed)
         await speak(session, 0.2)
         with trio.move_on_after(1.0):
             await failed.wait()
