@@ -20,6 +20,7 @@ __all__ = [
     "CLOSE",
     "CONTINUATION",
     "GUID",
+    "LONGEST_HEADER",
     "PING",
     "PONG",
     "TEXT",
@@ -46,6 +47,8 @@ PONG: Final = 0xA
 _DATA_OPCODES: Final = frozenset({CONTINUATION, TEXT, BINARY})
 _CONTROL_OPCODES: Final = frozenset({CLOSE, PING, PONG})
 GUID: Final = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+#: The longest frame header: 2 bytes, an 8-byte length and a 4-byte mask.
+LONGEST_HEADER: Final = 14
 
 
 class FramingError(Exception):
@@ -93,10 +96,7 @@ class HttpRequest:
 
 def parse_request(head: bytes) -> HttpRequest:
     """Parse a request head (everything before the blank line, CRLF or LF line ends)."""
-    try:
-        text = head.decode("latin-1")
-    except UnicodeDecodeError as exc:  # pragma: no cover - latin-1 decodes every byte
-        raise ValueError("undecodable request head") from exc
+    text = head.decode("latin-1")  # every byte is a latin-1 character
     lines = text.replace("\r\n", "\n").split("\n")
     parts = lines[0].split(" ")
     if len(parts) != 3 or not parts[2].startswith("HTTP/"):
@@ -133,7 +133,6 @@ class Frame:
     opcode: int
     payload: bytes
     masked: bool = False
-    rsv: int = 0
 
 
 def _apply_mask(payload: bytes, mask: bytes) -> bytes:
@@ -145,32 +144,18 @@ def _apply_mask(payload: bytes, mask: bytes) -> bytes:
     )
 
 
-def encode_frame(
-    opcode: int,
-    payload: bytes = b"",
-    *,
-    fin: bool = True,
-    mask: bytes | None = None,
-    rsv: int = 0,
-) -> bytes:
-    """One frame: a server frame when ``mask`` is None, a client frame with it.
+def encode_frame(opcode: int, payload: bytes = b"", *, fin: bool = True) -> bytes:
+    """One server frame (unmasked).
 
     No checks: the hostile server uses this to write frames a peer must reject.
     """
-    first = (0x80 if fin else 0) | (rsv & 0x7) << 4 | (opcode & 0xF)
+    first = (0x80 if fin else 0) | (opcode & 0xF)
     size = len(payload)
-    mask_bit = 0x80 if mask is not None else 0
     if size < 126:
-        head = struct.pack("!BB", first, mask_bit | size)
-    elif size < 1 << 16:
-        head = struct.pack("!BBH", first, mask_bit | 126, size)
-    else:
-        head = struct.pack("!BBQ", first, mask_bit | 127, size)
-    if mask is None:
-        return head + payload
-    if len(mask) != 4:
-        raise ValueError("a masking key is 4 bytes")
-    return head + mask + _apply_mask(payload, mask)
+        return struct.pack("!BB", first, size) + payload
+    if size < 1 << 16:
+        return struct.pack("!BBH", first, 126, size) + payload
+    return struct.pack("!BBQ", first, 127, size) + payload
 
 
 def close_payload(code: int | None, reason: str | bytes = b"") -> bytes:
@@ -196,12 +181,15 @@ def parse_close(payload: bytes) -> tuple[int | None, str]:
 
 
 class FrameParser:
-    """Incremental frame parser. ``feed`` bytes, iterate ``frames()``.
+    """Incremental frame parser. ``feed`` bytes, then drain ``frames()``.
 
     ``require_mask``: every frame must be masked (a server reading a client)
     or none may be (a client reading a server). ``max_frame`` bounds one
     frame's payload, and so the buffer: a longer frame is a 1009 violation as
-    soon as its header is read.
+    soon as its header is read. Drained, the buffer holds less than one frame
+    (``LONGEST_HEADER + max_frame`` bytes), so it never holds more than that
+    plus one ``feed``; feeding again without draining past that bound is a
+    caller's error (ValueError), not growth.
     """
 
     def __init__(self, *, require_mask: bool | None, max_frame: int = 1 << 24) -> None:
@@ -209,11 +197,9 @@ class FrameParser:
         self.max_frame = max_frame
         self._buffer = bytearray()
 
-    @property
-    def buffered(self) -> int:
-        return len(self._buffer)
-
     def feed(self, data: bytes) -> None:
+        if len(self._buffer) >= LONGEST_HEADER + self.max_frame:
+            raise ValueError("feed() again before frames() was drained")
         self._buffer += data
 
     def frames(self) -> Iterator[Frame]:
@@ -265,7 +251,7 @@ class FrameParser:
         del buffer[: offset + size]
         if masked:
             payload = _apply_mask(payload, mask)
-        return Frame(fin=fin, opcode=opcode, payload=payload, masked=masked, rsv=rsv)
+        return Frame(fin=fin, opcode=opcode, payload=payload, masked=masked)
 
 
 @attrs.frozen
@@ -285,10 +271,13 @@ class Message:
 class MessageAssembler:
     """Joins fragmented data frames into messages; control frames pass through
     at once, even between the fragments of a message. Text is checked as UTF-8
-    (1007) and a message's size is bounded (1009)."""
+    (1007); a message's size (``max_message`` bytes) and its number of frames
+    (``max_fragments``, so empty fragments cannot pile up either) are bounded,
+    1009 beyond them."""
 
-    def __init__(self, *, max_message: int = 1 << 24) -> None:
+    def __init__(self, *, max_message: int = 1 << 24, max_fragments: int = 1024) -> None:
         self.max_message = max_message
+        self.max_fragments = max_fragments
         self._opcode: int | None = None
         self._parts: list[bytes] = []
         self._size = 0
@@ -306,6 +295,8 @@ class MessageAssembler:
         self._size += len(frame.payload)
         if self._size > self.max_message:
             raise FramingError(1009, f"message over {self.max_message} bytes")
+        if len(self._parts) >= self.max_fragments:
+            raise FramingError(1009, f"message in over {self.max_fragments} frames")
         self._parts.append(frame.payload)
         if not frame.fin:
             return None

@@ -1,9 +1,9 @@
 """What the hostile server does, as plain data.
 
 A :class:`Script` describes one connection: how the upgrade is answered
-(:class:`Handshake`), whether finalize and close_stream are answered, and a
-list of :class:`Fault` steps, each an action (or a sequence of them) run when a
-trigger condition is met. The server picks a script per connection number, so
+(:class:`Handshake`), how close_stream is answered, and a list of
+:class:`Fault` steps, each an action (or a sequence of them) run when a trigger
+condition is met (one may replace the answer to a finalize or close_stream). The server picks a script per connection number, so
 connection 1, 2, ... may each misbehave differently.
 
 Strings and bytes in actions may carry placeholders filled from the request:
@@ -13,8 +13,8 @@ Strings and bytes in actions may carry placeholders filled from the request:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, TypeAlias
+from collections.abc import Iterable, Sequence
+from typing import TypeAlias
 
 import attrs
 
@@ -40,14 +40,11 @@ __all__ = [
     "Raw",
     "RepeatFinal",
     "Script",
-    "Sleep",
     "SlowRead",
     "SplitFinals",
-    "StopAnswering",
     "Text",
     "Together",
     "Trigger",
-    "binary_frame",
     "fragmented_text",
     "invalid_utf8_text",
     "oversized_text",
@@ -64,31 +61,24 @@ class Handshake:
     """How the upgrade request is answered. The default is a correct 101."""
 
     status: int = 101
-    #: Reason phrase; default: the usual one for ``status``.
-    reason: str | None = None
     #: Replaces the whole status line (e.g. ``b"HTTP/1.0 garbage"``).
     status_line: bytes | None = None
     #: Replaces the correct ``Sec-WebSocket-Accept`` value ("" leaves it out).
     accept: str | None = None
-    #: Send ``Upgrade: websocket`` / ``Connection: Upgrade`` (101 only).
+    #: Send ``Upgrade: websocket`` (101 only).
     upgrade: bool = True
-    connection: bool = True
     headers: tuple[tuple[str, str], ...] = ()
     #: One filler header line of this many bytes.
     padding: int = 0
     body: bytes = b""
     #: Filler bytes streamed after ``body`` (a huge body costs no memory here).
     body_size: int = 0
-    #: ``Content-Length`` to announce; None: the true length (refusals only).
-    content_length: int | None = None
     #: Close TCP after writing this many bytes of the response (0: before any).
     cut_after: int | None = None
     #: Close TCP without reading the request at all.
     hang_up_at_once: bool = False
     #: Never answer (the TCP connection stays open).
     stall: bool = False
-    #: Seconds to wait before answering.
-    delay: float = 0.0
 
 
 def refuse(
@@ -97,18 +87,10 @@ def refuse(
     retry_after: str | None = None,
     body: bytes = b"",
     body_size: int = 0,
-    headers: tuple[tuple[str, str], ...] = (),
-    content_length: int | None = None,
 ) -> Handshake:
     """An HTTP refusal instead of 101, with ``Retry-After`` as given (any text)."""
-    extra = headers + ((("Retry-After", retry_after),) if retry_after is not None else ())
-    return Handshake(
-        status=status,
-        headers=extra,
-        body=body,
-        body_size=body_size,
-        content_length=content_length,
-    )
+    headers = (("Retry-After", retry_after),) if retry_after is not None else ()
+    return Handshake(status=status, headers=headers, body=body, body_size=body_size)
 
 
 def redirect(location: str, status: int = 301) -> Handshake:
@@ -189,19 +171,12 @@ class Raw:
 @attrs.frozen(kw_only=True)
 class Final:
     """A final covering the audio since the previous final (the server's
-    trivial recognition), with optional lies.
-
-    ``words`` replaces the word times (connection seconds; ``None`` keeps the
-    true ones). ``consume=False`` leaves the audio for the next final too (a
-    duplicate in the making). ``extra`` is merged into the message last.
-    """
+    trivial recognition), with optional lies: ``words`` replaces the word times
+    (connection seconds; ``None`` keeps the true ones)."""
 
     is_last: bool = False
     from_finalize: bool | None = None
     words: tuple[tuple[float, float], ...] | None = None
-    transcript: str | None = None
-    consume: bool = True
-    extra: Mapping[str, Any] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -211,10 +186,10 @@ class RepeatFinal:
 
 @attrs.frozen(kw_only=True)
 class SplitFinals:
-    """Cover the pending audio with ``pieces`` finals, sent in reverse order."""
+    """Cover the pending audio with ``pieces`` finals, sent in reverse order
+    (the latest audio first)."""
 
     pieces: int = 2
-    reverse: bool = True
     from_finalize: bool | None = None
 
 
@@ -256,18 +231,6 @@ class SlowRead:
     rate: float
 
 
-@attrs.frozen
-class Sleep:
-    """Pause the task that runs the fault (a reader pause stops reading too)."""
-
-    seconds: float
-
-
-@attrs.frozen
-class StopAnswering:
-    """Answer no more finalize or close_stream (keep reading)."""
-
-
 def _actions(value: Action | Sequence[Action]) -> tuple[Action, ...]:
     return tuple(value) if isinstance(value, Sequence) else (value,)
 
@@ -293,8 +256,6 @@ Action: TypeAlias = (
     | Hangup
     | HalfOpen
     | SlowRead
-    | Sleep
-    | StopAnswering
     | Together
 )
 
@@ -319,15 +280,11 @@ class Script:
 
     handshake: Handshake = Handshake()
     faults: tuple[Fault, ...] = attrs.field(default=(), converter=_faults)
-    answer_finalize: bool = True
     answer_close_stream: bool = True
     #: The final answering close_stream says ``is_last: true``.
     send_is_last: bool = True
     #: After the ``is_last`` final the server closes with 1000.
     close_after_is_last: bool = True
-    answer_pings: bool = True
-    #: Read at most this many bytes per second from the start.
-    read_rate: float | None = None
     #: Largest client frame accepted (1009 beyond it).
     max_frame: int = 1 << 22
     #: Close 1002 on an unmasked client frame (RFC 6455 5.1).
@@ -353,10 +310,6 @@ def fragmented_text(text: str, pieces: int = 3) -> bytes:
 def invalid_utf8_text() -> bytes:
     """A text frame whose payload is not UTF-8 (a lone continuation byte)."""
     return encode_frame(TEXT, b'{"type":"transcription","transcript":"\x80\xff"}')
-
-
-def binary_frame(data: bytes = b"\x00\x01binary") -> bytes:
-    return encode_frame(0x2, data)
 
 
 def oversized_text(size: int) -> bytes:

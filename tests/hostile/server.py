@@ -18,11 +18,10 @@ Misbehaviour is data (``script``): connection ``k`` runs ``scripts[k-1]``, or
 text frames, frames sent, close) in a :class:`ConnectionRecord`, with every
 buffer bounded.
 
-    server = HostileServer(
+    async with serving(
         Script(faults=[Fault(AfterAudio(64000), Hangup(reset=True))]),
         then=Script(),
-    )
-    async with running(server):
+    ) as server:
         ... open_session(KEY, base_url=server.url) ...
     server.connections[0].audio_bytes
 """
@@ -80,16 +79,14 @@ from .script import (
     Raw,
     RepeatFinal,
     Script,
-    Sleep,
     SlowRead,
     SplitFinals,
-    StopAnswering,
     Text,
     Together,
     Trigger,
 )
 
-__all__ = ["ConnectionRecord", "HostileServer", "SentFrame", "running"]
+__all__ = ["ConnectionRecord", "HostileServer", "SentFrame", "serving"]
 
 _REQUEST_LIMIT: TypingFinal = 64 * 1024
 _TEXT_KEEP: TypingFinal = 256  # text frames kept per connection
@@ -145,6 +142,8 @@ class ConnectionRecord:
 
     number: int
     request: HttpRequest | None = None
+    #: The request's query parameters (the last value of each).
+    query: dict[str, str] = attrs.field(factory=dict)
     #: Status the server answered with (None: no answer written).
     status: int | None = None
     upgraded: bool = False
@@ -181,14 +180,6 @@ class ConnectionRecord:
     done: trio.Event = attrs.field(factory=trio.Event, repr=False)
 
     @property
-    def target(self) -> str:
-        return self.request.target if self.request else ""
-
-    @property
-    def query(self) -> dict[str, str]:
-        return {k: v[-1] for k, v in parse_qs(urlsplit(self.target).query).items()}
-
-    @property
     def authorization(self) -> str | None:
         return self.request.header("Authorization") if self.request else None
 
@@ -215,11 +206,10 @@ class _Connection:
         self.scope = trio.CancelScope()
         self.read_scope: trio.CancelScope | None = None
         self.frozen = False
-        self.read_rate = self.script.read_rate
-        self.answer_finalize = self.script.answer_finalize
-        self.answer_close_stream = self.script.answer_close_stream
+        #: Bytes a second the reader takes at most (None: no limit; SlowRead).
+        self.read_rate: float | None = None
         self.close_sent = False
-        self.stream_closed = False  # close_stream arrived
+        #: Faults that ran (each runs once, but ``OnFinalize(0)`` on every finalize).
         self.fired: set[int] = set()
         self.final_mark = 0  # connection tick up to which finals covered the audio
         self.last_final: str | None = None
@@ -233,28 +223,14 @@ class _Connection:
     # -- running ---------------------------------------------------------------------
 
     async def run(self) -> None:
-        record = self.record
         with self.scope:
-            try:
-                leftover = await self._handshake()
-                if leftover is not None:
-                    async with trio.open_nursery() as nursery:
-                        self.nursery = nursery
-                        for index, fault in enumerate(self.script.faults):
-                            if isinstance(fault.when, AfterSeconds):
-                                nursery.start_soon(self._guarded, self._timer, index, fault)
-                        await self._guarded(self._talk, leftover)
-                        nursery.cancel_scope.cancel()
-            except _EndedError:
-                pass
-            except _NETWORK_ERRORS as exc:
-                record.ended = record.ended or f"network: {type(exc).__name__}"
-        if record.ended is None:
-            record.ended = "cancelled" if self.scope.cancelled_caught else "closed"
+            await self._guarded(self._serve)
+        if self.record.ended is None:
+            self.record.ended = "cancelled" if self.scope.cancelled_caught else "closed"
 
     async def _guarded(self, function: Callable[..., Awaitable[None]], *args: Any) -> None:
-        """Run a task of this connection: its end or a network error ends the
-        connection, not the server."""
+        """Run a part of this connection: its end or a network error ends the
+        connection (the others are cancelled), not the server."""
         try:
             await function(*args)
         except _EndedError:
@@ -263,16 +239,26 @@ class _Connection:
             self.record.ended = self.record.ended or f"network: {type(exc).__name__}"
             self.scope.cancel()
 
+    async def _serve(self) -> None:
+        leftover = await self._handshake()
+        if leftover is None:
+            return
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            for fault in self.script.faults:
+                if isinstance(fault.when, AfterSeconds):
+                    nursery.start_soon(self._guarded, self._timer, fault)
+            await self._guarded(self._talk, leftover)
+            nursery.cancel_scope.cancel()
+
     async def _talk(self, leftover: bytes) -> None:
         await self._fire(OnOpen)
         await self._read_loop(leftover)
 
-    async def _timer(self, index: int, fault: Fault) -> None:
+    async def _timer(self, fault: Fault) -> None:
         assert isinstance(fault.when, AfterSeconds)
         await trio.sleep(fault.when.seconds)
-        if not self.frozen:
-            self.fired.add(index)
-            await self._run_actions(fault.do)
+        await self._run_actions(fault.do)
 
     # -- the opening handshake -----------------------------------------------------------
 
@@ -303,9 +289,8 @@ class _Connection:
             await self._write_raw(format_response(b"HTTP/1.1 400 Bad Request", []))
             raise _EndedError from None
         record.request = request
-        self._learn(request)
-        if hs.delay:
-            await trio.sleep(hs.delay)
+        record.query = {k: v[-1] for k, v in parse_qs(urlsplit(request.target).query).items()}
+        self._learn()
         if hs.stall:
             record.ended = "stalled in the handshake"
             await trio.sleep_forever()
@@ -320,8 +305,9 @@ class _Connection:
         record.upgraded = True
         return rest
 
-    def _learn(self, request: HttpRequest) -> None:
-        query = {k: v[-1] for k, v in parse_qs(urlsplit(request.target).query).items()}
+    def _learn(self) -> None:
+        """The audio format and the key placeholders, from the request."""
+        query = self.record.query
         try:
             self.tps = int(query.get("sample_rate", "16000"))
         except ValueError:
@@ -329,7 +315,7 @@ class _Connection:
         if self.tps <= 0:
             self.tps = 16000
         self.bytes_per_tick = _BYTES_PER_TICK.get(query.get("encoding", "linear16"), 2)
-        authorization = request.header("Authorization") or ""
+        authorization = self.record.authorization or ""
         key = authorization.removeprefix("Bearer ").strip()
         half = len(key) // 2
         self.fillers = {
@@ -356,23 +342,20 @@ class _Connection:
 
     async def _answer(self, hs: Handshake, request: HttpRequest) -> None:
         self.record.status = hs.status
-        phrase = hs.reason if hs.reason is not None else _PHRASES.get(hs.status, "Whatever")
+        phrase = _PHRASES.get(hs.status, "Whatever")
         status_line = hs.status_line or f"HTTP/1.1 {hs.status} {phrase}".encode("latin-1")
         headers: list[tuple[str, str]] = []
         if hs.status == 101:
             if hs.upgrade:
                 headers.append(("Upgrade", "websocket"))
-            if hs.connection:
-                headers.append(("Connection", "Upgrade"))
+            headers.append(("Connection", "Upgrade"))
             accept = accept_key(request.header("Sec-WebSocket-Key") or "")
             if hs.accept is not None:
                 accept = hs.accept
             if accept:
                 headers.append(("Sec-WebSocket-Accept", accept))
         else:
-            length = hs.content_length
-            if length is None:
-                length = len(self._fill_bytes(hs.body)) + hs.body_size
+            length = len(self._fill_bytes(hs.body)) + hs.body_size
             headers.append(("Content-Length", str(length)))
             headers.append(("Content-Type", "text/plain"))
             headers.append(("Connection", "close"))
@@ -413,10 +396,12 @@ class _Connection:
                             break
                 except FramingError as exc:
                     record.violation = str(exc)
-                    await self._close(exc.code, exc.reason)
                     record.ended = "violation"
+                    if not self.close_sent:  # its close frame, then TCP goes at once
+                        self.close_sent = True
+                        await self.send(CLOSE, close_payload(exc.code, exc.reason))
                     await self._hangup(reset=False, why=f"protocol violation: {exc}")
-            while self.frozen:
+            if self.frozen:
                 await trio.sleep_forever()
             size = 65536
             if self.read_rate is not None:
@@ -439,7 +424,7 @@ class _Connection:
         record = self.record
         if opcode == PING:
             record.pings_received += 1
-            if self.script.answer_pings and not self.close_sent:
+            if not self.close_sent:
                 await self.send(PONG, payload)
         elif opcode == PONG:
             record.pongs_received += 1
@@ -452,7 +437,7 @@ class _Connection:
             await self._fire(OnClientClose)
             if not self.close_sent:
                 self.close_sent = True
-                await self.send(CLOSE, close_payload(code, reason[:0]))
+                await self.send(CLOSE, close_payload(code))
             record.ended = "closed by the client"
             await self._hangup(reset=False, why="client closed")
         elif opcode == BINARY:
@@ -481,13 +466,12 @@ class _Connection:
         kind = message.get("type") if isinstance(message, dict) else None
         if kind == "finalize":
             record.finalizes += 1
-            if await self._fire(OnFinalize) or not self.answer_finalize or self.close_sent:
+            if await self._fire(OnFinalize) or self.close_sent:
                 return
             await self.send_final(Final(from_finalize=True))
         elif kind == "close_stream":
             record.close_streams += 1
-            self.stream_closed = True
-            if await self._fire(OnCloseStream) or not self.answer_close_stream:
+            if await self._fire(OnCloseStream) or not self.script.answer_close_stream:
                 return
             if self.close_sent:
                 return
@@ -554,10 +538,6 @@ class _Connection:
                 self.read_scope.cancel()
         elif isinstance(action, SlowRead):
             self.read_rate = action.rate
-        elif isinstance(action, Sleep):
-            await trio.sleep(action.seconds)
-        elif isinstance(action, StopAnswering):
-            self.answer_finalize = self.answer_close_stream = False
         elif isinstance(action, Together):
             outer, self.batch = self.batch, bytearray()
             try:
@@ -602,20 +582,45 @@ class _Connection:
             for tick in range(first, last, step)
         ]
 
-    def _final_message(
+    async def send_final(self, action: Final) -> None:
+        first, last = self.final_mark, self.ticks
+        self.final_mark = last
+        words = self._words(first, last)
+        if action.words is not None:
+            words = [
+                {"word": f"bogus{i}", "start": start, "end": end, "confidence": 1.0}
+                for i, (start, end) in enumerate(action.words)
+            ]
+        await self._emit(
+            words, first, last, is_last=action.is_last, from_finalize=action.from_finalize
+        )
+
+    async def _split_finals(self, action: SplitFinals) -> None:
+        first, last = self.final_mark, self.ticks
+        self.final_mark = last
+        pieces = max(1, action.pieces)
+        bounds = [first + (last - first) * i // pieces for i in range(pieces + 1)]
+        for low, high in reversed(list(itertools.pairwise(bounds))):
+            await self._emit(
+                self._words(low, high), low, high, is_last=False, from_finalize=action.from_finalize
+            )
+
+    async def _emit(
         self,
         words: list[dict[str, Any]],
+        first: int,
+        last: int,
         *,
         is_last: bool,
         from_finalize: bool | None,
-        transcript: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> None:
+        """Send a final with ``words``, recorded as covering ticks ``first``
+        to ``last`` of the connection (the truth, whatever the words say)."""
+        transcript = " ".join(w["word"] for w in words)
         message: dict[str, Any] = {
             "type": "transcription",
             "session_id": f"hostile-{self.record.number}",
-            "transcript": transcript
-            if transcript is not None
-            else " ".join(w["word"] for w in words),
+            "transcript": transcript,
             "is_final": True,
             "is_last": is_last,
             "language": "en",
@@ -623,59 +628,23 @@ class _Connection:
         }
         if from_finalize is not None:
             message["from_finalize"] = from_finalize
-        return message
-
-    async def send_final(self, action: Final) -> None:
-        first, last = self.final_mark, self.ticks
-        words = self._words(first, last)
-        if action.words is not None:
-            words = [
-                {"word": f"bogus{i}", "start": start, "end": end, "confidence": 1.0}
-                for i, (start, end) in enumerate(action.words)
-            ]
-        message = self._final_message(
-            words,
-            is_last=action.is_last,
-            from_finalize=action.from_finalize,
-            transcript=action.transcript,
-        )
-        message.update(action.extra)
-        if action.consume:
-            self.final_mark = last
-        await self._send_final_text(message, first, last)
-
-    async def _split_finals(self, action: SplitFinals) -> None:
-        first, last = self.final_mark, self.ticks
-        self.final_mark = last
-        pieces = max(1, action.pieces)
-        bounds = [first + (last - first) * i // pieces for i in range(pieces + 1)]
-        spans = list(itertools.pairwise(bounds))
-        if action.reverse:
-            spans.reverse()
-        for low, high in spans:
-            message = self._final_message(
-                self._words(low, high), is_last=False, from_finalize=action.from_finalize
-            )
-            await self._send_final_text(message, low, high)
-
-    async def _send_final_text(self, message: dict[str, Any], first: int, last: int) -> None:
         text = json.dumps(message)
         self.last_final = text
         self.record.finals.append(
             FinalSent(
                 first=first,
                 last=last,
-                is_last=bool(message.get("is_last")),
-                from_finalize=message.get("from_finalize"),
-                text=str(message.get("transcript", ""))[:_PREVIEW],
+                is_last=is_last,
+                from_finalize=from_finalize,
+                text=transcript[:_PREVIEW],
             )
         )
         await self.send(TEXT, text.encode("utf-8"))
 
     # -- writing -----------------------------------------------------------------------
 
-    async def send(self, opcode: int, payload: bytes, *, fin: bool = True) -> None:
-        await self._write_raw(encode_frame(opcode, payload, fin=fin), record_as=opcode)
+    async def send(self, opcode: int, payload: bytes) -> None:
+        await self._write_raw(encode_frame(opcode, payload), record_as=opcode)
 
     async def _write_raw(self, data: bytes, *, record_as: int | None = None) -> None:
         if self.frozen or not data:
@@ -722,26 +691,33 @@ class _Connection:
 
 class HostileServer:
     """The server. ``scripts`` apply to connections 1, 2, ... in order; later
-    connections run ``then`` (default: a well-behaved server)."""
+    connections run ``then`` (default: a well-behaved server).
+
+    At most ``max_connections`` are served at once: one beyond that is closed
+    as soon as it is accepted, its record ended "over max_connections" (it
+    still counts as a connection, so the scripts keep their numbers)."""
 
     def __init__(
         self,
         *scripts: Script,
         then: Script | None = None,
-        audio_limit: int = 8 << 20,
+        audio_limit: int = 1 << 20,
+        max_connections: int = 64,
     ) -> None:
         self.scripts = scripts
         self.then = then if then is not None else Script()
         #: Audio bytes kept per connection (all are counted).
         self.audio_limit = audio_limit
+        self.max_connections = max_connections
         self.port = 0
         #: Connections accepted (TCP), whether or not they upgraded.
         self.accepted = 0
+        #: Connections being served now.
+        self.live = 0
         #: Records of the most recent connections (at most 256), oldest first.
         self.connections: collections.deque[ConnectionRecord] = collections.deque(
             maxlen=_RECORDS_KEEP
         )
-        self._changed = trio.Event()
 
     def script_for(self, number: int) -> Script:
         return self.scripts[number - 1] if number <= len(self.scripts) else self.then
@@ -754,10 +730,6 @@ class HostileServer:
     def upgraded(self) -> list[ConnectionRecord]:
         return [record for record in self.connections if record.upgraded]
 
-    @property
-    def audio_bytes(self) -> int:
-        return sum(record.audio_bytes for record in self.connections)
-
     async def serve(
         self, *, task_status: trio.TaskStatus[HostileServer] = trio.TASK_STATUS_IGNORED
     ) -> None:
@@ -768,46 +740,51 @@ class HostileServer:
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         self.accepted += 1
+        if self.live >= self.max_connections:
+            record = ConnectionRecord(self.accepted, ended="over max_connections")
+            record.note(f"closed at once: {self.live} connections are served already")
+            record.done.set()
+            self.connections.append(record)
+            await trio.aclose_forcefully(stream)
+            return
         connection = _Connection(self, stream, self.accepted)
         self.connections.append(connection.record)
-        self._wake()
+        self.live += 1
         try:
             await connection.run()
         finally:
+            self.live -= 1
             if connection.record.ended is None:
                 connection.record.ended = "shutdown"
             connection.record.done.set()
             await trio.aclose_forcefully(stream)
-            self._wake()
-
-    def _wake(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
 
     async def wait_for(self, predicate: Callable[[], object], timeout: float = 5.0) -> bool:
-        """Wait until ``predicate()`` holds (checked at every connection change
-        and every 10 ms); whether it did within ``timeout``."""
+        """Wait until ``predicate()`` holds, polled every 5 ms; whether it did
+        within ``timeout``."""
         with trio.move_on_after(timeout):
             while not predicate():
-                with trio.move_on_after(0.01):
-                    await self._changed.wait()
+                await trio.sleep(0.005)
             return True
         return False
 
 
 @asynccontextmanager
-async def running(server: HostileServer) -> AsyncIterator[HostileServer]:
-    """Serve on 127.0.0.1 (an ephemeral port) for the block."""
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.serve)
-        yield server
-        nursery.cancel_scope.cancel()
-
-
-async def closed_port() -> int:
-    """A loopback port with nothing listening (bound, then released)."""
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port: int = listeners[0].socket.getsockname()[1]
-    for listener in listeners:
-        await listener.aclose()
-    return port
+async def serving(
+    *scripts: Script,
+    then: Script | None = None,
+    audio_limit: int = 1 << 20,
+    max_connections: int = 64,
+    limit: float = 10.0,
+) -> AsyncIterator[HostileServer]:
+    """A ``HostileServer`` for these arguments, serving on 127.0.0.1 (an
+    ephemeral port) for the block, which fails (TooSlowError) after ``limit``
+    seconds: the tests run on the real clock and must not hang."""
+    server = HostileServer(
+        *scripts, then=then, audio_limit=audio_limit, max_connections=max_connections
+    )
+    with trio.fail_after(limit):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve)
+            yield server
+            nursery.cancel_scope.cancel()

@@ -3,25 +3,23 @@
 Each test drives the public API (``open_session``, the engine's events, or the
 ``pulse`` command) against ``tests.hostile.server`` over loopback sockets, and
 asserts the behaviour pulse promises. A test that fails on today's code is
-marked ``xfail(strict=False, reason="BUG: ...")``: when a fix lands it passes,
-strict xfail fails it, and the mark comes off. Tests without the mark passed
-on today's code: points (or forms of a point) that did not reproduce, and
-controls next to a failure; they stay as regression tests.
+marked ``@bug(reason)``, a strict xfail whose reason says why it fails: when a
+fix lands the test passes, the strict mark turns that into a failure, and the
+mark comes off. Tests without the mark pass on today's code: points (or forms
+of a point) that did not reproduce or were fixed, and controls next to a
+failure; they stay as regression tests.
 
-The real clock runs here, so every test is bounded by ``trio.fail_after`` and
-configures short timeouts and reconnect delays.
+The real clock runs here, so every test is bounded in time (the ``limit`` of
+``against`` and ``serving``) and configures short timeouts and reconnect
+delays. ``against(*scripts, body=...)`` runs one session against a server
+playing ``scripts`` and returns the server and the session's ``Outcome``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import struct
-import subprocess
-import sys
 import wave
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,7 @@ from pulse_core import (
     ConnectionFailed,
     Disconnected,
     Event,
+    FinalizeTimedOut,
     MalformedMessage,
     Reconnecting,
     SettingsApplied,
@@ -48,6 +47,8 @@ from pulse_trio import (
     SessionFailedError,
     open_session,
 )
+from tests.command import closed_port, pulse
+from tests.hostile import KEY, speech
 from tests.hostile.script import (
     AfterAudio,
     Close,
@@ -63,7 +64,9 @@ from tests.hostile.script import (
     OnOpen,
     Ping,
     Raw,
+    RepeatFinal,
     Script,
+    SplitFinals,
     Text,
     Together,
     invalid_utf8_text,
@@ -71,9 +74,8 @@ from tests.hostile.script import (
     redirect,
     refuse,
 )
-from tests.hostile.server import HostileServer, closed_port, running
+from tests.hostile.server import HostileServer, serving
 
-KEY = "sk-SECRET-0123456789abcdef"
 LIMIT = 8.0  # seconds for a whole test unless it says otherwise
 BYTES_PER_SECOND = 32000  # linear16, 16 kHz, mono
 #: Short timeouts and reconnect delays, so that nothing waits on the real clock.
@@ -89,18 +91,15 @@ FAST: dict[str, Any] = {
     "close_timeout": 2.0,
     "finalize_timeout": 2.0,
 }
-ROOT = Path(__file__).resolve().parents[2]
 
 
 # -- helpers --------------------------------------------------------------------------
 
 
-def speech(seconds: float, offset: float = 0.0) -> bytes:
-    """linear16 audio at session time ``offset``: its samples count up (every
-    4.096 s), so a byte out of place or replayed from elsewhere shows."""
-    first = round(offset * 16000)
-    count = round(seconds * 16000)
-    return struct.pack(f"<{count}h", *(((first + i) % 65536) - 32768 for i in range(count)))
+def bug(reason: str) -> pytest.MarkDecorator:
+    """Mark a test that fails on today's code for ``reason`` (strict: once the
+    bug is fixed the test passes, and the mark must come off)."""
+    return pytest.mark.xfail(strict=True, reason="BUG: " + reason)
 
 
 @attrs.define
@@ -121,7 +120,8 @@ class Outcome:
         return closed[-1] if closed else None
 
 
-Body = Callable[[Session], Awaitable[None]]
+#: What the application does in the session; it may look at the server too.
+Body = Callable[[Session, HostileServer], Awaitable[None]]
 
 
 async def opened(session: Session) -> None:
@@ -130,36 +130,70 @@ async def opened(session: Session) -> None:
         await trio.sleep(0.005)
 
 
+def seen(session: Session, kind: type[Any]) -> trio.Event:
+    """A flag raised when ``session`` emits an event of ``kind``."""
+    flag = trio.Event()
+
+    def check(event: Event) -> None:
+        if isinstance(event, kind):
+            flag.set()
+
+    session.event_handler("on_event")(check)
+    return flag
+
+
+def settings(*, attempts: int | None = None, **options: Any) -> dict[str, Any]:
+    """``FAST`` with ``options`` over it; ``attempts`` caps the connection attempts."""
+    merged = {**FAST, **options}
+    if attempts is not None:
+        merged["reconnect"] = {**FAST["reconnect"], "max_attempts": attempts}
+    return merged
+
+
 async def transcribe(server: HostileServer, body: Body, **options: Any) -> Outcome:
-    """Run a session against ``server``; whatever it raises is kept, not raised."""
+    """Run one session (``body``) against ``server`` with ``settings(**options)``;
+    whatever it raises is kept, not raised."""
     events: list[Event] = []
     error: BaseException | None = None
     try:
-        async with open_session(KEY, base_url=server.url, **{**FAST, **options}) as session:
+        async with open_session(KEY, base_url=server.url, **settings(**options)) as session:
             session.event_handler("on_event")(events.append)
-            await body(session)
+            await body(session, server)
     except Exception as exc:  # an ExceptionGroup too: that is what the tests look for
         error = exc
     return Outcome(events, error)
 
 
-def say(seconds: float, *, finalize: bool = True) -> Body:
-    """Send ``seconds`` of audio in 0.1 s chunks, then finalize the turn."""
+async def against(
+    *scripts: Script,
+    body: Body,
+    then: Script | None = None,
+    limit: float = LIMIT,
+    **options: Any,
+) -> tuple[HostileServer, Outcome]:
+    """``transcribe`` against a hostile server running ``scripts``, then
+    ``then``, all within ``limit`` seconds."""
+    async with serving(*scripts, then=then, limit=limit) as server:
+        outcome = await transcribe(server, body, **options)
+    return server, outcome
 
-    async def body(session: Session) -> None:
-        audio = speech(seconds)
-        for offset in range(0, len(audio), 3200):
-            await session.send_audio(audio[offset : offset + 3200])
-        if finalize:
-            await session.speech_stopped()
+
+async def speak(session: Session, seconds: float, *, finalize: bool = True) -> None:
+    """Send ``seconds`` of speech in 0.1 s chunks, then finalize the turn."""
+    audio = speech(seconds)
+    for offset in range(0, len(audio), 3200):
+        await session.send_audio(audio[offset : offset + 3200])
+    if finalize:
+        await session.speech_stopped()
+
+
+def say(seconds: float) -> Body:
+    """A body that speaks for ``seconds`` and finalizes the turn."""
+
+    async def body(session: Session, server: HostileServer) -> None:
+        await speak(session, seconds)
 
     return body
-
-
-@asynccontextmanager
-async def hostile(*scripts: Script, then: Script | None = None) -> AsyncIterator[HostileServer]:
-    async with running(HostileServer(*scripts, then=then)) as server:
-        yield server
 
 
 def spans(outcome: Outcome) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
@@ -227,29 +261,11 @@ def wav_file(path: Path, seconds: float) -> Path:
     return path
 
 
-async def pulse_command(*args: str, timeout: float = LIMIT) -> subprocess.CompletedProcess[bytes]:
-    """``python -m pulse_trio ...`` with the key in the environment."""
-    env = {
-        **os.environ,
-        "SMALLEST_API_KEY": KEY,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    with trio.fail_after(timeout):
-        return await trio.run_process(
-            [sys.executable, "-m", "pulse_trio", *args],
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-            env=env,
-        )
-
-
 # -- 1. a ping while pulse closes --------------------------------------------------------
 
-PING_AFTER_CLOSE = pytest.mark.xfail(
-    strict=False,
-    reason="BUG: trio-websocket answers a ping it reads after pulse's close frame went "
-    "out; wsproto raises LocalProtocolError, which escapes open_session()",
+PING_AFTER_CLOSE = bug(
+    "trio-websocket answers a ping it reads after pulse's close frame went out; "
+    "wsproto raises LocalProtocolError, which escapes open_session()"
 )
 #: A burst of pings written with the final that makes pulse close: trio-websocket
 #: reads them after pulse has sent its close frame.
@@ -270,9 +286,7 @@ async def test_pings_with_the_is_last_final() -> None:
             )
         ],
     )
-    with trio.fail_after(LIMIT):
-        async with hostile(script) as server:
-            outcome = await transcribe(server, say(1.0))
+    _, outcome = await against(script, body=say(1.0))
     assert outcome.error is None, repr(outcome.error)
     assert outcome.closed is not None and outcome.closed.error is None
     assert_every_sample_once(outcome, 1.0)
@@ -287,16 +301,14 @@ async def test_pings_with_the_final_before_a_settings_switch() -> None:
         faults=[Fault(OnFinalize(1), Together([Final(from_finalize=True), *PINGS]), replace=True)]
     )
 
-    async def body(session: Session) -> None:
+    async def body(session: Session, server: HostileServer) -> None:
         await opened(session)
-        await say(1.0, finalize=False)(session)
+        await speak(session, 1.0, finalize=False)
         await session.update_settings(language="hi")  # finalizes the turn first
         assert await server.wait_for(lambda: len(server.upgraded) == 2)
         await session.send_audio(speech(0.5, offset=1.0))
 
-    with trio.fail_after(LIMIT):
-        async with hostile(switching) as server:
-            outcome = await transcribe(server, body)
+    server, outcome = await against(switching, body=body)
     assert outcome.error is None, repr(outcome.error)
     assert outcome.of(SettingsApplied)
     assert server.connections[1].query["language"] == "hi"
@@ -308,9 +320,7 @@ async def test_a_ping_after_pulses_close_frame_is_not_read() -> None:
     """Point 1 (did not reproduce in this form): a ping sent only after pulse's
     close frame arrives is never read: pulse drops the transport at once."""
     script = Script(close_after_is_last=False, faults=[Fault(OnClientClose(), PINGS)])
-    with trio.fail_after(LIMIT):
-        async with hostile(script) as server:
-            outcome = await transcribe(server, say(1.0))
+    server, outcome = await against(script, body=say(1.0))
     assert outcome.error is None, repr(outcome.error)
     assert outcome.closed is not None and outcome.closed.error is None
     assert server.connections[0].client_close is not None
@@ -326,9 +336,7 @@ async def test_pings_and_unsolicited_pongs_mid_session_are_harmless() -> None:
             Fault(OnFinalize(1), Ping(b"x" * 125)),
         ]
     )
-    with trio.fail_after(LIMIT):
-        async with hostile(script) as server:
-            outcome = await transcribe(server, say(1.0))
+    server, outcome = await against(script, body=say(1.0))
     assert outcome.error is None, repr(outcome.error)
     assert server.connections[0].pongs_received == 3
     assert_every_sample_once(outcome, 1.0)
@@ -348,38 +356,33 @@ HUGE_101 = [
         id="64k-of-headers",
     ),
 ]
-EXCEPTION_GROUP_FROM_H11 = pytest.mark.xfail(
-    strict=False,
-    reason="BUG: a malformed 101 makes h11 raise LocalProtocolError inside trio-websocket; "
-    "it escapes open_session() in an ExceptionGroup instead of a ConnectionFailed",
+
+
+@bug(
+    "wsproto refuses a malformed 101 with a server's 400 as its hint; trio-websocket "
+    "sends that answer as the client, h11 raises LocalProtocolError, and it escapes "
+    "open_session() in an ExceptionGroup instead of a ConnectionFailed"
 )
-
-
-@EXCEPTION_GROUP_FROM_H11
 @pytest.mark.parametrize("handshake", BAD_101)
 async def test_a_malformed_101_is_a_connection_failure(handshake: Handshake) -> None:
     """Point 2: every attempt gets a malformed 101: ConnectionFailed events, then
     ConnectionGaveUpError, never an ExceptionGroup."""
-    with trio.fail_after(LIMIT):
-        async with hostile(then=Script(handshake=handshake)) as server:
-            outcome = await transcribe(
-                server, say(0.5), reconnect={**FAST["reconnect"], "max_attempts": 2}
-            )
+    server, outcome = await against(then=Script(handshake=handshake), body=say(0.5), attempts=2)
     assert isinstance(outcome.error, ConnectionGaveUpError), repr(outcome.error)
     assert len(outcome.of(ConnectionFailed)) == 2
     assert server.accepted == 2
 
 
-@EXCEPTION_GROUP_FROM_H11
+@bug(
+    "h11 refuses a 101 over its 16 KiB header limit; as for a malformed 101, "
+    "trio-websocket then sends a server's 400 as the client and h11's "
+    "LocalProtocolError escapes open_session() in an ExceptionGroup"
+)
 @pytest.mark.parametrize("handshake", HUGE_101)
 async def test_a_101_with_huge_headers_is_taken_or_failed(handshake: Handshake) -> None:
     """Point 2: a 101 whose headers pass h11's 16 KiB limit. Taking it or
     failing the attempt are both fine; an ExceptionGroup is not."""
-    with trio.fail_after(LIMIT):
-        async with hostile(then=Script(handshake=handshake)) as server:
-            outcome = await transcribe(
-                server, say(0.5), reconnect={**FAST["reconnect"], "max_attempts": 2}
-            )
+    _, outcome = await against(then=Script(handshake=handshake), body=say(0.5), attempts=2)
     if outcome.error is None:
         assert_every_sample_once(outcome, 0.5)
     else:
@@ -389,68 +392,68 @@ async def test_a_101_with_huge_headers_is_taken_or_failed(handshake: Handshake) 
 
 async def test_a_101_with_12k_of_headers_is_taken() -> None:
     """Point 2 (control): a large header under the limit is fine."""
-    with trio.fail_after(LIMIT):
-        async with hostile(Script(handshake=Handshake(padding=12_000))) as server:
-            outcome = await transcribe(server, say(0.5))
+    _, outcome = await against(Script(handshake=Handshake(padding=12_000)), body=say(0.5))
     assert outcome.error is None, repr(outcome.error)
     assert_every_sample_once(outcome, 0.5)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="BUG: a malformed 101 escapes as an ExceptionGroup; the command crashes",
-)
+@bug("a malformed 101 escapes as an ExceptionGroup; the command crashes with a traceback")
 async def test_the_command_reports_a_malformed_101(tmp_path: Path) -> None:
     """Point 2, through the ``pulse`` command: exit status 4 and one line, no traceback."""
     wav = wav_file(tmp_path / "short.wav", 0.5)
     script = Script(handshake=Handshake(accept="AAAAAAAAAAAAAAAAAAAAAAAAAAA="))
-    async with hostile(then=script) as server:
-        result = await pulse_command(
-            "transcribe", str(wav), "--base-url", server.url, "--reconnect-attempts", "2"
+    async with serving(then=script) as server:
+        result = await pulse(
+            "transcribe",
+            wav,
+            "--base-url",
+            server.url,
+            "--reconnect-attempts",
+            "2",
+            env={"SMALLEST_API_KEY": KEY},
+            timeout=LIMIT,
         )
-    stderr = result.stderr.decode()
-    assert result.returncode == 4, stderr
-    assert "Traceback" not in stderr
+    assert result.code == 4, result.err
+    assert "Traceback" not in result.err
 
 
 # -- 3. bogus times in finals ---------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="BUG: a word end of 1e305 s overflows to infinity in ticks; round() raises "
-    "OverflowError out of the engine",
-)
 @pytest.mark.parametrize(
     "words",
     [((0.0, 1e305),), ((1e305, 1e305),), ((0.0, 0.5), (0.5, 1.7976931348623157e308))],
     ids=["end", "start-and-end", "largest-float"],
 )
-async def test_a_final_with_a_huge_time_is_delivered(
+async def test_a_final_with_a_huge_time_is_malformed(
     words: tuple[tuple[float, float], ...],
 ) -> None:
-    """Point 3: a final whose word times are astronomically large: the session
-    survives and the final is delivered."""
+    """Point 3: the finalize is answered with a final whose word times are
+    astronomically large, far outside the audio the connection carried: the
+    frame is a MalformedMessage (PROTOCOL §5). Nothing raises, no such time
+    reaches the application, and the session ends cleanly; the turn that final
+    should have answered gets exactly one answer, a FinalizeTimedOut when the
+    session ends before any valid final came for it (rule 3)."""
     script = Script(
         faults=[Fault(OnFinalize(1), Final(words=words, from_finalize=True), replace=True)]
     )
-    with trio.fail_after(LIMIT):
-        async with hostile(script) as server:
-            outcome = await transcribe(server, say(1.0))
+    _, outcome = await against(script, body=say(1.0))
     assert outcome.error is None, repr(outcome.error)
-    answers = [t for t in outcome.finals if t.finalized]
-    assert [t.turn for t in answers] == [1]
+    refused = outcome.of(MalformedMessage)
+    assert len(refused) == 1 and "outside" in refused[0].error, refused
+    assert [t.turn for t in outcome.finals if t.finalized] == []
+    assert [t.turn for t in outcome.of(FinalizeTimedOut)] == [1]
+    assert all(w.end is None or w.end <= 1.0 for t in outcome.finals for w in t.words)
     assert outcome.closed is not None and outcome.closed.error is None
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="REVISE: the engine now refuses times far outside the audio as malformed "
-    "(PROTOCOL §5), so this test's expected replay no longer holds",
-)
 async def test_negative_times_then_a_drop_transcribe_nothing_twice() -> None:
-    """Point 3: a final answering a finalize with negative word times, then the
-    connection drops: the replay starts where that finalize was, nothing twice."""
+    """Point 3: the finalize after two seconds is answered with negative word
+    times, a MalformedMessage that confirms nothing (PROTOCOL §5); then the
+    connection drops. The replay resends exactly the audio no valid final
+    confirmed, all three seconds, and every sample ends up in exactly one valid
+    final. Had the bogus final confirmed the turn, the replay would start at
+    2 s and the first two seconds would be in no final."""
     first = Script(
         faults=[
             Fault(OnFinalize(1), Final(words=((-5.0, -4.0),), from_finalize=True), replace=True),
@@ -458,28 +461,24 @@ async def test_negative_times_then_a_drop_transcribe_nothing_twice() -> None:
         ]
     )
 
-    async def body(session: Session) -> None:
-        await say(2.0)(session)  # answered with the negative times
+    async def body(session: Session, server: HostileServer) -> None:
+        await speak(session, 2.0)  # answered with the negative times
         await session.send_audio(speech(1.0, offset=2.0))
 
-    with trio.fail_after(LIMIT):
-        async with hostile(first) as server:
-            outcome = await transcribe(server, body)
+    server, outcome = await against(first, body=body)
     assert outcome.error is None, repr(outcome.error)
-    replayed = server.connections[1]
-    assert replayed.audio_bytes == BYTES_PER_SECOND  # the audio after the finalize, once
-    assert bytes(replayed.audio) == speech(1.0, offset=2.0)
+    assert len(outcome.of(MalformedMessage)) == 1
+    assert bytes(server.connections[1].audio) == speech(3.0)  # nothing was confirmed
+    assert_every_sample_once(outcome, 3.0)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="REVISE: the engine now refuses times far outside the audio as malformed "
-    "(PROTOCOL §5), so this test's expected replay no longer holds",
-)
 async def test_times_beyond_the_audio_then_a_drop_transcribe_nothing_twice() -> None:
-    """Point 3: an automatic final says its last word ends at 10000 s (far past
-    the one second it covered); the connection drops; the replay holds exactly
-    the audio after that final: nothing is transcribed twice, nothing skipped."""
+    """Point 3: after one second an automatic final says its last word ends at
+    10000 s, far past the audio the connection carried: a MalformedMessage that
+    confirms nothing (PROTOCOL §5). The connection then drops: the replay
+    resends exactly the audio no valid final confirmed, both seconds, and every
+    sample ends up in exactly one valid final. Had the bogus final confirmed
+    the audio up to its last word, the first second would be in no final."""
     first = Script(
         faults=[
             Fault(
@@ -489,18 +488,17 @@ async def test_times_beyond_the_audio_then_a_drop_transcribe_nothing_twice() -> 
         ]
     )
 
-    async def body(session: Session) -> None:
+    async def body(session: Session, server: HostileServer) -> None:
+        refused = seen(session, MalformedMessage)
         await session.send_audio(speech(1.0))
-        assert await server.wait_for(lambda: any(r.finals for r in server.connections))
-        await trio.sleep(0.05)  # the final is read
+        await refused.wait()  # the bogus final was read before the drop
         await session.send_audio(speech(1.0, offset=1.0))
 
-    with trio.fail_after(LIMIT):
-        async with hostile(first) as server:
-            outcome = await transcribe(server, body)
+    server, outcome = await against(first, body=body)
     assert outcome.error is None, repr(outcome.error)
-    second = server.connections[1]
-    assert bytes(second.audio) == speech(1.0, offset=1.0)  # only what the final did not cover
+    assert len(outcome.of(MalformedMessage)) == 1
+    assert bytes(server.connections[1].audio) == speech(2.0)  # nothing was confirmed
+    assert_every_sample_once(outcome, 2.0)
 
 
 # -- 4. a half-open server -------------------------------------------------------------------
@@ -511,85 +509,85 @@ async def test_a_half_open_server_is_replaced_when_a_finalize_goes_unanswered() 
     finalize times out with nothing received, so pulse reconnects and replays."""
     script = Script(faults=[Fault(AfterAudio(16000), HalfOpen())])
 
-    async def body(session: Session) -> None:
+    async def body(session: Session, server: HostileServer) -> None:
         await opened(session)
-        await say(1.0)(session)
+        await speak(session, 1.0)
 
-    with trio.fail_after(LIMIT):
-        async with hostile(script) as server:
-            outcome = await transcribe(server, body, finalize_timeout=0.5)
+    server, outcome = await against(script, body=body, finalize_timeout=0.5)
     assert outcome.error is None, repr(outcome.error)
     assert len(server.upgraded) == 2
     assert bytes(server.connections[1].audio) == speech(1.0)  # all of it, replayed
     assert_every_sample_once(outcome, 1.0)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="BUG: a finalize sent the moment the socket opens (it was asked for before) "
-    "has sent_at == the open time, so 'nothing received since' never holds: no stall",
+@bug(
+    "a finalize sent the moment the socket opens (it was asked for before) has sent_at "
+    "== the open time, so 'nothing received since' never holds: no stall, and the close "
+    "times out on the half-open socket"
 )
 async def test_a_half_open_server_is_replaced_when_a_finalize_sent_on_open_goes_unanswered() -> (
     None
 ):
     """Point 4: as above, but the turn was finalized before the socket opened
-    (the engine sends the owed finalize on open): the stall must be noticed too."""
+    (the engine sends the owed finalize on open): the stall must be noticed too.
+    The liveness timers stay long (the default 5 s): a liveness ping would
+    replace the connection on its own and hide this."""
     script = Script(faults=[Fault(AfterAudio(16000), HalfOpen())])
-    with trio.fail_after(LIMIT):
-        async with hostile(script) as server:
-            outcome = await transcribe(server, say(1.0), finalize_timeout=0.5, close_timeout=2.0)
+    server, outcome = await against(
+        script,
+        body=say(1.0),
+        finalize_timeout=0.5,
+        close_timeout=0.5,
+        ping_interval=5.0,
+        ping_timeout=5.0,
+    )
     assert outcome.error is None, repr(outcome.error)
     assert len(server.upgraded) == 2
     assert bytes(server.connections[1].audio) == speech(1.0)
     assert_every_sample_once(outcome, 1.0)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="BUG: nothing checks that the server is alive: a half-open connection is "
-    "never noticed while audio flows and no finalize is pending; send_audio blocks for good",
-)
 async def test_a_half_open_server_is_noticed_without_a_finalize() -> None:
     """Point 4: audio streams (faster than real time) and the application never
-    finalizes; the server goes half-open. pulse must notice within ~15 s and
-    reconnect, replaying audio; send_audio must never block for good. (No
-    liveness setting exists yet, so this asserts only that promise, on the real
-    clock.)"""
+    finalizes; after two seconds of audio the server goes half-open. Its
+    liveness ping goes unanswered, so pulse replaces the connection within
+    ping_interval + ping_timeout (and a reconnect) and replays audio there;
+    send_audio never blocks for long meanwhile."""
     script = Script(faults=[Fault(AfterAudio(64000), HalfOpen())])
-    longest_wait = 0.0
-    waiting_since: float | None = None
-    noticed = False
+    ping_interval, ping_timeout = 0.2, 0.3
+    within = ping_interval + ping_timeout + 0.5  # room for the reconnect and a slow machine
 
-    async def body(session: Session) -> None:
-        nonlocal longest_wait, waiting_since, noticed
-
-        async def stream_audio() -> None:
-            nonlocal longest_wait, waiting_since
-            offset = 0.0
-            while True:
-                waiting_since = trio.current_time()
+    async def stream(session: Session) -> None:
+        offset = 0.0
+        while True:
+            with trio.fail_after(within):
                 await session.send_audio(speech(0.5, offset))
-                longest_wait = max(longest_wait, trio.current_time() - waiting_since)
-                waiting_since = None
-                offset += 0.5
-                await trio.sleep(0.01)
+            offset += 0.5
+            await trio.sleep(0.01)
 
+    async def body(session: Session, server: HostileServer) -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(stream_audio)
-            with trio.move_on_after(15.0):
-                while len(server.upgraded) < 2 or not server.upgraded[1].audio_bytes:
-                    await trio.sleep(0.05)
-                noticed = True
-            if waiting_since is not None:
-                longest_wait = max(longest_wait, trio.current_time() - waiting_since)
+            nursery.start_soon(stream, session)
+            assert await server.wait_for(
+                lambda: bool(server.connections) and server.connections[0].audio_bytes >= 64000
+            )
+            replaced = await server.wait_for(
+                lambda: len(server.upgraded) == 2 and server.upgraded[1].audio_bytes > 0,
+                timeout=within,
+            )
+            assert replaced, f"the half-open connection was not replaced within {within} s"
             nursery.cancel_scope.cancel()
 
-    with trio.fail_after(25.0):
-        async with hostile(script) as server:
-            outcome = await transcribe(server, body, close_timeout=0.5)
-    assert noticed and longest_wait < 15.0, (
-        f"replaced within 15 s: {noticed}; longest send_audio wait {longest_wait:.1f} s"
+    _, outcome = await against(
+        script,
+        body=body,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
+        close_timeout=0.5,
     )
+    assert outcome.error is None, repr(outcome.error)
+    gone = outcome.of(Disconnected)[0]
+    assert (gone.code, gone.reason, gone.local) == (1011, "server stopped answering", True)
     assert outcome.of(Reconnecting)
 
 
@@ -652,16 +650,20 @@ ECHOES = [
     ),
     pytest.param(Script(handshake=refuse(401, body=b"unknown key {key}")), id="401-body-whole"),
 ]
-LEAKS = {  # the echoes that leak today
-    "error-whole-key",
-    "error-cut-key",
-    "error-nested-authorization",
-    "permanent-error",
-    "close-reason",
-    "close-reason-whole",
-    "ping-payload",
-    "malformed-frame",
-    "401-body-cut",
+#: The echoes that leak today, and where.
+LEAKS = {
+    "error-whole-key": "ServerError keeps the server's message and raw as they came",
+    "error-cut-key": "ServerError and its log line keep a cut key as it came",
+    "error-nested-authorization": "ServerError keeps the server's message and raw as they came",
+    "permanent-error": "a permanent server error's message is the exception, the "
+    "ConnectionFailed and Disconnected reasons and the log lines, none redacted",
+    "close-reason": "a close reason holding the key cut and reordered is not redacted "
+    "(Disconnected, Reconnecting, the log lines)",
+    "close-reason-whole": "trio-websocket logs the server's close reason at DEBUG",
+    "ping-payload": "trio-websocket logs a ping's payload at DEBUG",
+    "malformed-frame": "MalformedMessage.data and its log line keep a cut key as it came",
+    "401-body-cut": "a refusal body holding a cut key is the exception and the "
+    "ConnectionFailed reason as it came",
 }
 
 
@@ -673,27 +675,16 @@ async def test_the_key_never_shows(
     error, a close reason, a ping, a malformed frame or a refusal body. No
     8-character piece of the key may appear in the exception, any event
     (fields, repr, raw) or any log record at DEBUG, trio-websocket's included."""
-    if request.node.callspec.id in LEAKS:
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=False,
-                reason="BUG: server text is redacted only when it holds the whole key, "
-                "and not at all in ServerError, MalformedMessage or trio-websocket's logs",
-            )
-        )
+    leak = LEAKS.get(request.node.callspec.id)
+    if leak is not None:
+        request.applymarker(bug(leak))
     caplog.set_level(logging.DEBUG)
-    with trio.fail_after(LIMIT):
-        async with hostile(script) as server:
-            outcome = await transcribe(
-                server, say(0.5), reconnect={**FAST["reconnect"], "max_attempts": 2}
-            )
+    server, outcome = await against(script, body=say(0.5), attempts=2)
     assert server.connections[0].authorization == f"Bearer {KEY}"
     assert key_pieces(everything_said(outcome, caplog.records)) == []
 
 
-@pytest.mark.xfail(
-    strict=False, reason="BUG: server errors and close reasons that echo the key are printed"
-)
+@bug("a server error that echoes half the key is printed as it came")
 async def test_the_command_never_prints_the_key(tmp_path: Path) -> None:
     """Point 5, through the ``pulse`` command (``-v``): errors and a close reason
     that echo the key must not reach stdout or stderr."""
@@ -704,58 +695,57 @@ async def test_the_command_never_prints_the_key(tmp_path: Path) -> None:
             Fault(AfterAudio(16000), Close(code=4000, reason="goodbye {key}")),
         ]
     )
-    async with hostile(script) as server:
-        result = await pulse_command(
-            "transcribe", str(wav), "--base-url", server.url, "-v", "-f", "jsonl"
+    async with serving(script) as server:
+        result = await pulse(
+            "transcribe",
+            wav,
+            "--base-url",
+            server.url,
+            "-v",
+            "-f",
+            "jsonl",
+            env={"SMALLEST_API_KEY": KEY},
+            timeout=LIMIT,
         )
-    output = result.stdout.decode() + result.stderr.decode()
+    output = result.out + result.err
     assert key_pieces(output) == [], output
 
 
 # -- 6. Retry-After ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "retry_after",
-    [
-        pytest.param(
-            "86400",
-            marks=pytest.mark.xfail(
-                strict=False,
-                reason="BUG: a 503's Retry-After is obeyed whatever it says: a day's wait",
-            ),
-        ),
-        pytest.param(
-            "inf",
-            marks=pytest.mark.xfail(
-                strict=False,
-                reason="BUG: Retry-After: inf parses as float('inf'): the retry never comes",
-            ),
-        ),
-        pytest.param("1e400", marks=pytest.mark.xfail(strict=False, reason="BUG: 1e400 is inf")),
-        "soon, please",
-        "-5",
-        "Wed, 21 Oct 2015 07:28:00 GMT",
-    ],
-)
+@pytest.mark.parametrize("retry_after", ["soon, please", "-5", "Wed, 21 Oct 2015 07:28:00 GMT"])
 async def test_retry_after_on_503_is_bounded(retry_after: str) -> None:
-    """Point 6: a 503 with an absurd or unreadable Retry-After, then a good
-    connection: the session retries soon and transcribes everything."""
+    """Point 6: a 503 with an unreadable Retry-After, then a good connection:
+    the session retries soon and transcribes everything."""
     script = Script(handshake=refuse(503, retry_after=retry_after))
-    with trio.fail_after(2.0):
-        async with hostile(script) as server:
-            outcome = await transcribe(server, say(0.5), close_timeout=30.0)
+    server, outcome = await against(script, body=say(0.5), close_timeout=30.0, limit=2.0)
     assert outcome.error is None, repr(outcome.error)
     assert len(server.upgraded) == 1
+    assert_every_sample_once(outcome, 0.5)
+
+
+@pytest.mark.parametrize("retry_after", ["86400", "inf", "1e400"])
+async def test_a_503_asking_for_too_long_is_a_refusal(retry_after: str) -> None:
+    """Point 6: a 503 whose Retry-After is beyond max_retry_after (a day, inf,
+    a number that overflows to inf) is refused for now, whatever the status
+    (PROTOCOL §6 rule 5): one attempt, then the session ends at once with a
+    SessionFailedError that names the wait (no give-up, no ExceptionGroup, no
+    wait), and the audio is reported dropped."""
+    script = Script(handshake=refuse(503, retry_after=retry_after))
+    server, outcome = await against(then=script, body=say(0.5), close_timeout=30.0, limit=2.0)
+    assert type(outcome.error) is SessionFailedError, repr(outcome.error)
+    assert "asked to retry after" in str(outcome.error)
+    failures = outcome.of(ConnectionFailed)
+    assert [(f.status, f.permanent, f.gave_up) for f in failures] == [(503, True, False)]
+    assert server.accepted == 1
     assert_every_sample_once(outcome, 0.5)
 
 
 async def test_a_429_asking_for_a_day_is_a_refusal() -> None:
     """Point 6 (control): 429 with Retry-After beyond the policy is a RateLimitError."""
     script = Script(handshake=refuse(429, retry_after="86400"))
-    with trio.fail_after(5.0):
-        async with hostile(then=script) as server:
-            outcome = await transcribe(server, say(0.5))
+    server, outcome = await against(then=script, body=say(0.5), limit=5.0)
     assert isinstance(outcome.error, RateLimitError), repr(outcome.error)
     assert server.accepted == 1
 
@@ -763,10 +753,9 @@ async def test_a_429_asking_for_a_day_is_a_refusal() -> None:
 # -- 7. EOF during the handshake ----------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="BUG: trio-websocket waits for the opening handshake after EOF; each such "
-    "attempt costs the whole connect_timeout",
+@bug(
+    "trio-websocket waits for the opening handshake after EOF; each such attempt "
+    "costs the whole connect_timeout"
 )
 @pytest.mark.parametrize(
     "handshake",
@@ -779,25 +768,18 @@ async def test_a_429_asking_for_a_day_is_a_refusal() -> None:
 )
 async def test_eof_during_the_handshake_fails_the_attempt_at_once(handshake: Handshake) -> None:
     """Point 7: the server closes TCP during the handshake; the next attempt
-    follows at once, not after connect_timeout (1.5 s here)."""
-    with trio.fail_after(LIMIT):
-        async with hostile(Script(handshake=handshake)) as server:
-            start = trio.current_time()
-            outcome = await transcribe(server, say(0.5), connect_timeout=1.5, close_timeout=6.0)
-            took = trio.current_time() - start
+    follows at once, not after connect_timeout (0.3 s here)."""
+    start = trio.current_time()
+    server, outcome = await against(Script(handshake=handshake), body=say(0.5), connect_timeout=0.3)
+    took = trio.current_time() - start
     assert outcome.error is None, repr(outcome.error)
     assert len(server.upgraded) == 1
-    assert took < 0.75, f"the session took {took:.1f} s"
+    assert took < 0.25, f"the session took {took:.2f} s"
 
 
 # -- 9. is_last in the middle of a session ------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="BUG: is_last confirms every byte sent, even audio the server had not "
-    "read yet; a drop after it loses that audio without AudioDropped",
-)
 async def test_is_last_mid_session_does_not_confirm_unread_audio() -> None:
     """Point 9: no close_stream was sent, yet the server sends is_last after one
     second of the three in flight, then drops. Every sample must be in a final
@@ -809,13 +791,11 @@ async def test_is_last_mid_session_does_not_confirm_unread_audio() -> None:
         ]
     )
 
-    async def body(session: Session) -> None:
+    async def body(session: Session, server: HostileServer) -> None:
         await session.send_audio(speech(3.0))  # all in flight at once
         assert await server.wait_for(lambda: len(server.upgraded) == 2)
 
-    with trio.fail_after(LIMIT):
-        async with hostile(first) as server:
-            outcome = await transcribe(server, body)
+    _, outcome = await against(first, body=body)
     assert outcome.error is None, repr(outcome.error)
     assert_every_sample_once(outcome, 3.0)
 
@@ -823,10 +803,9 @@ async def test_is_last_mid_session_does_not_confirm_unread_audio() -> None:
 # -- 10. no is_last ----------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="BUG: without is_last the close times out and raises 'close timed out' "
-    "although every sample was in a final",
+@bug(
+    "without is_last the close times out and raises 'close timed out' although every "
+    "sample was in a final"
 )
 @pytest.mark.parametrize(
     "script",
@@ -838,9 +817,7 @@ async def test_is_last_mid_session_does_not_confirm_unread_audio() -> None:
 async def test_no_is_last_after_finals_that_cover_everything(script: Script) -> None:
     """Point 10: the server's finals covered all audio but is_last never comes:
     leaving the block does not raise, Closed has no error."""
-    with trio.fail_after(LIMIT):
-        async with hostile(script) as server:
-            outcome = await transcribe(server, say(1.0), close_timeout=1.0)
+    _, outcome = await against(script, body=say(1.0), close_timeout=0.3)
     assert outcome.error is None, repr(outcome.error)
     assert outcome.closed is not None and outcome.closed.error is None
     assert_every_sample_once(outcome, 1.0)
@@ -853,57 +830,28 @@ async def test_no_is_last_after_finals_that_cover_everything(script: Script) -> 
 async def test_no_server_at_all_gives_up() -> None:
     """Point 11: a closed port and a short input: ConnectionGaveUpError, not a
     close timeout."""
-    port = await closed_port()
+    port = closed_port()
     events: list[Event] = []
     with trio.fail_after(LIMIT), pytest.raises(ConnectionGaveUpError) as info:
         async with open_session(
-            KEY,
-            base_url=f"ws://127.0.0.1:{port}",
-            **{**FAST, "reconnect": {**FAST["reconnect"], "max_attempts": 3}},
+            KEY, base_url=f"ws://127.0.0.1:{port}", **settings(attempts=3)
         ) as session:
             session.event_handler("on_event")(events.append)
-            await say(0.2)(session)
+            await speak(session, 0.2)
     assert "close timed out" not in str(info.value)
     assert [f.gave_up for f in events if isinstance(f, ConnectionFailed)] == [False, False, True]
-
-
-async def test_the_command_gives_up_on_a_closed_port(tmp_path: Path) -> None:
-    """Point 11, through the ``pulse`` command: exit status 4, said plainly."""
-    wav = wav_file(tmp_path / "short.wav", 0.2)
-    port = await closed_port()
-    result = await pulse_command(
-        "transcribe",
-        str(wav),
-        "--base-url",
-        f"ws://127.0.0.1:{port}",
-        "--reconnect-attempts",
-        "2",
-    )
-    stderr = result.stderr.decode()
-    assert result.returncode == 4, stderr
-    assert "gave up" in stderr and "close timed out" not in stderr
 
 
 # -- 12. pulse's own protocol closes, close codes, redirects, huge refusals -----------------------
 
 
-def disconnects(outcome: Outcome) -> list[Disconnected]:
-    return outcome.of(Disconnected)
-
-
-@pytest.mark.xfail(
-    strict=False,
-    reason="BUG: pulse's own 1009 close (message too big) is reported as the server's "
-    "(local=False), with wsproto's CloseReason enum as the code",
-)
+@bug("pulse's own 1009 close (message too big) is reported as the server's (local=False)")
 async def test_a_message_too_big_is_a_local_close() -> None:
     """Point 12: a text frame over max_message_size: pulse closes 1009 itself;
     Disconnected says local=True and its code is a plain int; pulse reconnects."""
     script = Script(faults=[Fault(AfterAudio(1), Raw(oversized_text(100_000)))])
-    with trio.fail_after(LIMIT):
-        async with hostile(script) as server:
-            outcome = await transcribe(server, say(1.0), max_message_size=65536)
-    first = disconnects(outcome)[0]
+    server, outcome = await against(script, body=say(1.0), max_message_size=65536)
+    first = outcome.of(Disconnected)[0]
     assert first.local is True, first
     assert type(first.code) is int and first.code == 1009
     assert server.connections[0].client_close is not None
@@ -911,28 +859,23 @@ async def test_a_message_too_big_is_a_local_close() -> None:
     assert outcome.error is None and len(server.upgraded) == 2
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="BUG: invalid UTF-8 in a text frame closes the socket (1007 from wsproto) "
-    "without a MalformedMessage, reported as the server's close",
+@bug(
+    "invalid UTF-8 in a text frame makes wsproto close 1007 without a MalformedMessage; "
+    "the Disconnected says the server closed (local=False), with wsproto's CloseReason "
+    "enum as the code"
 )
 async def test_invalid_utf8_text_is_a_malformed_message() -> None:
     """Point 12: a text frame that is not UTF-8 gives MalformedMessage; if pulse
     closes for it, the Disconnected is local with an int code."""
     script = Script(faults=[Fault(AfterAudio(1), Raw(invalid_utf8_text()))])
-    with trio.fail_after(LIMIT):
-        async with hostile(script) as server:
-            outcome = await transcribe(server, say(1.0))
+    _, outcome = await against(script, body=say(1.0))
     assert outcome.of(MalformedMessage), [type(e).__name__ for e in outcome.events]
-    for gone in disconnects(outcome)[:-1]:
+    for gone in outcome.of(Disconnected)[:-1]:
         assert gone.local is True and (gone.code is None or type(gone.code) is int), gone
     assert outcome.error is None, repr(outcome.error)
 
 
-ENUM_CODE = pytest.mark.xfail(
-    strict=False,
-    reason="BUG: Disconnected.code is wsproto's CloseReason enum for the codes it knows",
-)
+ENUM_CODE = bug("Disconnected.code is wsproto's CloseReason enum for the codes it knows")
 CLOSE_CODES = [
     pytest.param(1001, id="1001-going-away", marks=ENUM_CODE),
     pytest.param(1011, id="1011-internal-error", marks=ENUM_CODE),
@@ -947,28 +890,20 @@ async def test_disconnected_codes_are_plain_ints(code: int | None) -> None:
     """Point 12: whatever close code the server sends, Disconnected.code is an
     int or None, never an enum; pulse reconnects and loses nothing."""
     script = Script(faults=[Fault(AfterAudio(16000), Close(code=code, reason="odd"))])
-    with trio.fail_after(LIMIT):
-        async with hostile(script) as server:
-            outcome = await transcribe(server, say(1.0))
-    codes = [gone.code for gone in disconnects(outcome)]
+    _, outcome = await against(script, body=say(1.0))
+    codes = [gone.code for gone in outcome.of(Disconnected)]
     assert all(c is None or type(c) is int for c in codes), [type(c) for c in codes]
     assert outcome.error is None, repr(outcome.error)
     assert_every_sample_once(outcome, 1.0)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="BUG: a 3xx answer is retried as a transient failure until attempts run out",
-)
 @pytest.mark.parametrize("status", [301, 302, 307, 308])
 async def test_a_redirect_is_a_permanent_failure(status: int) -> None:
     """Point 12: pulse does not follow redirects, and retrying cannot help: one
     attempt, a permanent ConnectionFailed, a SessionFailedError that is not a
     give-up."""
     script = Script(handshake=redirect("ws://127.0.0.1:1/elsewhere", status=status))
-    with trio.fail_after(LIMIT):
-        async with hostile(then=script) as server:
-            outcome = await transcribe(server, say(0.5))
+    server, outcome = await against(then=script, body=say(0.5))
     assert isinstance(outcome.error, SessionFailedError), repr(outcome.error)
     assert not isinstance(outcome.error, ConnectionGaveUpError)
     failures = outcome.of(ConnectionFailed)
@@ -976,26 +911,22 @@ async def test_a_redirect_is_a_permanent_failure(status: int) -> None:
     assert server.accepted == 1
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="BUG: trio-websocket reads a refusal's whole body, growing a bytes object "
-    "chunk by chunk (quadratic); a 64 MiB body holds the attempt up",
+@bug(
+    "trio-websocket reads a refusal's whole body, growing a bytes object chunk by chunk "
+    "(quadratic); a 64 MiB body holds the attempt up until connect_timeout"
 )
 async def test_a_huge_refusal_body_is_read_with_a_limit() -> None:
     """Point 12: a 503 announcing and sending a 64 MiB body: the refusal is
     reported at once, without reading the body whole."""
     script = Script(handshake=refuse(503, body=b"busy", body_size=64 << 20))
-    failed = trio.Event()
 
-    async def body(session: Session) -> None:
-        session.event_handler("on_connection_error")(lambda event: failed.set())
-        await say(0.2)(session)
+    async def body(session: Session, server: HostileServer) -> None:
+        failed = seen(session, ConnectionFailed)
+        await speak(session, 0.2)
         with trio.move_on_after(1.0):
             await failed.wait()
 
-    with trio.fail_after(LIMIT):
-        async with hostile(script) as server:
-            outcome = await transcribe(server, body, connect_timeout=2.0)
+    server, outcome = await against(script, body=body, connect_timeout=0.5)
     refusals = outcome.of(ConnectionFailed)
     assert refusals and refusals[0].status == 503, refusals
     assert server.connections[0].bytes_sent < 16 << 20
@@ -1004,21 +935,64 @@ async def test_a_huge_refusal_body_is_read_with_a_limit() -> None:
 # -- found while building the server -------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="BUG: when the server closes right after is_last, pulse drops TCP without "
-    "answering the close frame in most sessions (its transport is closed under "
-    "trio-websocket's reply)",
+@bug(
+    "when the server closes right after is_last, pulse drops TCP without answering the "
+    "close frame in most sessions (its transport is closed under trio-websocket's reply)"
 )
 async def test_the_servers_close_frame_is_answered() -> None:
     """RFC 6455 5.5.1: an endpoint that receives a close frame sends one back.
     The server closes 1000 right after is_last, as the service does. The race
     is lost in most sessions; in ten, it is never won by chance alone."""
-    with trio.fail_after(LIMIT):
-        async with hostile() as server:
-            for _ in range(10):
-                outcome = await transcribe(server, say(0.2))
-                assert outcome.error is None, repr(outcome.error)
-            assert await server.wait_for(lambda: all(r.done.is_set() for r in server.connections))
+    async with serving(limit=LIMIT) as server:
+        for _ in range(10):
+            outcome = await transcribe(server, say(0.2))
+            assert outcome.error is None, repr(outcome.error)
+        assert await server.wait_for(lambda: all(r.done.is_set() for r in server.connections))
     answered = [r.client_close for r in server.connections]
     assert all(answer is not None for answer in answered), answered
+
+
+async def a_final_then_more(session: Session, server: HostileServer) -> None:
+    """One second of speech; once pulse has read the server's final for it,
+    another second (the server drops the connection in between)."""
+    heard = seen(session, Transcript)
+    await session.send_audio(speech(1.0))
+    await heard.wait()
+    await session.send_audio(speech(1.0, offset=1.0))
+
+
+@bug(
+    "a final repeated byte for byte is delivered again, as an automatic final: the audio "
+    "it covers, already confirmed, is transcribed twice"
+)
+async def test_a_repeated_final_transcribes_nothing_twice() -> None:
+    """The server sends its automatic final for the first second twice, byte for
+    byte, then drops the connection after 1.5 s: every sample ends up in
+    exactly one final, and the replay resends only the second second."""
+    first = Script(
+        faults=[
+            Fault(AfterAudio(32000), [Final(from_finalize=False), RepeatFinal()]),
+            Fault(AfterAudio(48000), Hangup()),
+        ]
+    )
+    server, outcome = await against(first, body=a_final_then_more)
+    assert outcome.error is None, repr(outcome.error)
+    assert bytes(server.connections[1].audio) == speech(1.0, offset=1.0)
+    assert_every_sample_once(outcome, 2.0)
+
+
+async def test_a_final_split_in_two_transcribes_nothing_twice() -> None:
+    """The server covers the first second with two finals sent in reverse order
+    (the later half first), then drops the connection after 1.5 s: every sample
+    ends up in exactly one final, and the replay resends only the second second."""
+    first = Script(
+        faults=[
+            Fault(AfterAudio(32000), SplitFinals(pieces=2, from_finalize=False)),
+            Fault(AfterAudio(48000), Hangup()),
+        ]
+    )
+    server, outcome = await against(first, body=a_final_then_more)
+    assert outcome.error is None, repr(outcome.error)
+    assert [(f.first, f.last) for f in server.connections[0].finals] == [(8000, 16000), (0, 8000)]
+    assert bytes(server.connections[1].audio) == speech(1.0, offset=1.0)
+    assert_every_sample_once(outcome, 2.0)
