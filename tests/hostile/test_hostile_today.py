@@ -263,16 +263,11 @@ def wav_file(path: Path, seconds: float) -> Path:
 
 # -- 1. a ping while pulse closes --------------------------------------------------------
 
-PING_AFTER_CLOSE = bug(
-    "trio-websocket answers a ping it reads after pulse's close frame went out; "
-    "wsproto raises LocalProtocolError, which escapes open_session()"
-)
 #: A burst of pings written with the final that makes pulse close: trio-websocket
 #: reads them after pulse has sent its close frame.
 PINGS = [Ping(b"p%d" % i) for i in range(8)]
 
 
-@PING_AFTER_CLOSE
 async def test_pings_with_the_is_last_final() -> None:
     """Point 1: the server answers close_stream with is_last and pings in the
     same write; pulse closes on is_last while the pings are still being read."""
@@ -292,7 +287,6 @@ async def test_pings_with_the_is_last_final() -> None:
     assert_every_sample_once(outcome, 1.0)
 
 
-@PING_AFTER_CLOSE
 async def test_pings_with_the_final_before_a_settings_switch() -> None:
     """Point 1: update_settings() mid-turn finalizes, waits for the final, then
     closes the socket to reconnect with the new parameters; the server pings in
@@ -358,11 +352,6 @@ HUGE_101 = [
 ]
 
 
-@bug(
-    "wsproto refuses a malformed 101 with a server's 400 as its hint; trio-websocket "
-    "sends that answer as the client, h11 raises LocalProtocolError, and it escapes "
-    "open_session() in an ExceptionGroup instead of a ConnectionFailed"
-)
 @pytest.mark.parametrize("handshake", BAD_101)
 async def test_a_malformed_101_is_a_connection_failure(handshake: Handshake) -> None:
     """Point 2: every attempt gets a malformed 101: ConnectionFailed events, then
@@ -373,11 +362,6 @@ async def test_a_malformed_101_is_a_connection_failure(handshake: Handshake) -> 
     assert server.accepted == 2
 
 
-@bug(
-    "h11 refuses a 101 over its 16 KiB header limit; as for a malformed 101, "
-    "trio-websocket then sends a server's 400 as the client and h11's "
-    "LocalProtocolError escapes open_session() in an ExceptionGroup"
-)
 @pytest.mark.parametrize("handshake", HUGE_101)
 async def test_a_101_with_huge_headers_is_taken_or_failed(handshake: Handshake) -> None:
     """Point 2: a 101 whose headers pass h11's 16 KiB limit. Taking it or
@@ -397,7 +381,6 @@ async def test_a_101_with_12k_of_headers_is_taken() -> None:
     assert_every_sample_once(outcome, 0.5)
 
 
-@bug("a malformed 101 escapes as an ExceptionGroup; the command crashes with a traceback")
 async def test_the_command_reports_a_malformed_101(tmp_path: Path) -> None:
     """Point 2, through the ``pulse`` command: exit status 4 and one line, no traceback."""
     wav = wav_file(tmp_path / "short.wav", 0.5)
@@ -753,10 +736,6 @@ async def test_a_429_asking_for_a_day_is_a_refusal() -> None:
 # -- 7. EOF during the handshake ----------------------------------------------------------------
 
 
-@bug(
-    "trio-websocket waits for the opening handshake after EOF; each such attempt "
-    "costs the whole connect_timeout"
-)
 @pytest.mark.parametrize(
     "handshake",
     [
@@ -911,10 +890,6 @@ async def test_a_redirect_is_a_permanent_failure(status: int) -> None:
     assert server.accepted == 1
 
 
-@bug(
-    "trio-websocket reads a refusal's whole body, growing a bytes object chunk by chunk "
-    "(quadratic); a 64 MiB body holds the attempt up until connect_timeout"
-)
 async def test_a_huge_refusal_body_is_read_with_a_limit() -> None:
     """Point 12: a 503 announcing and sending a 64 MiB body: the refusal is
     reported at once, without reading the body whole."""
