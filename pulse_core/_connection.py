@@ -326,7 +326,13 @@ class PulseConnection:
             if state is State.DRAINING:
                 # The settings switch is abandoned: send what was held back on
                 # this connection rather than open another just to close it.
-                held = send_held(now, self._ledger, self._turns, self._timeline)
+                held = send_held(
+                    now,
+                    self._ledger,
+                    self._turns,
+                    self._timeline,
+                    heard=self._liveness.messages,
+                )
                 if any(isinstance(command, SendBinary) for command in held):
                     self._liveness.wrote(now)
                 self._commands += held
@@ -741,7 +747,7 @@ class PulseConnection:
 
     def _send_finalize(self, now: float, request: Finalize) -> None:
         self._send_text(FINALIZE)
-        self._turns.sent(now, request)
+        self._turns.sent(now, request, heard=self._liveness.messages)
 
     def _expire_finalizes(self, now: float) -> None:
         turns = self._turns
@@ -749,7 +755,7 @@ class PulseConnection:
             stalled = (
                 request.sent_at is not None
                 and self._state in (State.OPEN, State.CLOSING)
-                and self._liveness.last_received < request.sent_at
+                and self._liveness.messages == request.heard
             )  # (when DRAINING, the switch below replaces the socket anyway)
             self._emit(turns.time_out(now, request, "no final within finalize_timeout"))
             if stalled:

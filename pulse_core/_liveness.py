@@ -66,8 +66,8 @@ class Liveness:
         "_ping_timeout",
         "count",
         "last_heard",
-        "last_received",
         "last_wire",
+        "messages",
         "probe_sent",
         "silence",
         "silence_ticks",
@@ -84,8 +84,8 @@ class Liveness:
         self.silence_ticks = len(self.silence) // width if self.silence else 0
         #: When audio or a keepalive last went out on the socket.
         self.last_wire = 0.0
-        #: When a message last came in from the server.
-        self.last_received = -math.inf
+        #: Messages heard on this connection.
+        self.messages = 0
         #: When anything (a message or a pong) last came in from the server.
         self.last_heard = -math.inf
         #: When the unanswered liveness ping went out (``None``: none is).
@@ -96,7 +96,7 @@ class Liveness:
     def opened(self, now: float) -> None:
         """A connection opened at ``now``: both clocks start here."""
         self.last_wire = now
-        self.last_received = now
+        self.messages = 0
         self.last_heard = now
         self.probe_sent = None
 
@@ -106,7 +106,7 @@ class Liveness:
 
     def received(self, now: float) -> None:
         """A message came in from the server."""
-        self.last_received = now
+        self.messages += 1
         self.heard(now)
 
     def heard(self, now: float) -> None:

@@ -26,7 +26,8 @@ def replay(now: float, ledger: AudioLedger, turns: Turns, timeline: Timeline) ->
     """The commands that bring a fresh socket up to the session's position.
 
     A turn whose finalize timed out unanswered and whose audio is replayed is
-    asked for again (``Turns.reask``), so its text comes now.
+    asked for again (``Turns.reask``), so its text comes now. The socket is
+    fresh: no message was heard on it before these finalizes.
     """
     commands: list[Command] = []
     headers = ledger.stream_headers
@@ -55,15 +56,18 @@ def replay(now: float, ledger: AudioLedger, turns: Turns, timeline: Timeline) ->
     return commands
 
 
-def send_held(now: float, ledger: AudioLedger, turns: Turns, timeline: Timeline) -> list[Command]:
+def send_held(
+    now: float, ledger: AudioLedger, turns: Turns, timeline: Timeline, *, heard: int = 0
+) -> list[Command]:
     """The frames and finalizes held back from the live socket (a settings
-    drain), in order, so it can carry the session to its end."""
+    drain), in order, so it can carry the session to its end. ``heard``: the
+    messages that socket brought so far (for the stalled-finalize rule)."""
     commands: list[Command] = []
     expected = ledger.sent_upto
     for start, end, data in ledger.unsent_frames():
         for request in turns.owed_before(start):
             commands.append(SendText(FINALIZE))
-            turns.sent(now, request)
+            turns.sent(now, request, heard=heard)
         if start > expected:
             # Held audio was dropped (replay bound): the session jumps ahead
             # while this socket's clock does not.
@@ -74,6 +78,6 @@ def send_held(now: float, ledger: AudioLedger, turns: Turns, timeline: Timeline)
         ledger.max_sent = max(ledger.max_sent, end)
     for request in turns.take_owed():
         commands.append(SendText(FINALIZE))
-        turns.sent(now, request)
+        turns.sent(now, request, heard=heard)
     ledger.sent_upto = ledger.received
     return commands

@@ -42,7 +42,16 @@ __all__ = ["Answer", "Finalize", "Latency", "Turns"]
 class Finalize:
     """One finalize request and what became of it."""
 
-    __slots__ = ("deadline", "position", "requested_at", "sent_at", "timed_out", "turn", "user")
+    __slots__ = (
+        "deadline",
+        "heard",
+        "position",
+        "requested_at",
+        "sent_at",
+        "timed_out",
+        "turn",
+        "user",
+    )
 
     def __init__(self, turn: int, position: int, now: float, deadline: float, user: bool) -> None:
         self.turn = turn
@@ -53,6 +62,9 @@ class Finalize:
         #: Asked for by the application (its latency counts towards TTFS).
         self.user = user
         self.sent_at: float | None = None
+        #: Messages heard on the socket before it was sent there (a request
+        #: that times out with none heard since found the socket stalled).
+        self.heard = 0
         self.timed_out = False
 
 
@@ -200,9 +212,10 @@ class Turns:
         """No socket can take ``request`` now: send it when one can."""
         self._owed.append(request)
 
-    def sent(self, now: float, request: Finalize) -> None:
-        """``request`` went out on the live socket."""
+    def sent(self, now: float, request: Finalize, *, heard: int = 0) -> None:
+        """``request`` went out on the live socket, after ``heard`` messages on it."""
         request.sent_at = now
+        request.heard = heard
         self._inflight.append(request)
 
     def owed_before(self, position: int) -> Iterator[Finalize]:

@@ -5,8 +5,9 @@ Invariants checked (pulse_core/_liveness.py):
 * the next keepalive is due ``keepalive_interval`` after anything last went
   out (audio or a keepalive); a keepalive moves that clock to ``now``, so the
   next one is a whole interval away and the timer never spins;
-* ``last_received`` starts at minus infinity and is reset when a connection
+* ``last_heard`` starts at minus infinity and is reset when a connection
   opens, so silence before a connection existed is never held against it;
+  ``messages`` counts the messages (not pongs) of the connection;
 * liveness: nothing heard (no message, no pong) for ``ping_interval`` asks
   for one probe; nothing heard ``ping_timeout`` after the probe means dead;
   anything heard, or a new connection, starts over;
@@ -33,17 +34,17 @@ def make(**overrides: object) -> Liveness:
 
 def test_clocks_start_when_a_connection_opens() -> None:
     liveness = make(keepalive_interval=5.0)
-    assert liveness.last_received == -math.inf
+    assert (liveness.last_heard, liveness.messages) == (-math.inf, 0)
     assert (liveness.last_wire, liveness.count) == (0.0, 0)
     liveness.opened(100.0)
-    assert (liveness.last_wire, liveness.last_received) == (100.0, 100.0)
+    assert (liveness.last_wire, liveness.last_heard) == (100.0, 100.0)
     assert liveness.deadline() == 105.0
     liveness.received(101.0)
-    assert (liveness.last_received, liveness.last_heard) == (101.0, 101.0)
+    assert (liveness.messages, liveness.last_heard) == (1, 101.0)
     liveness.heard(102.0)  # a pong: the server is alive, but sent no message
-    assert (liveness.last_received, liveness.last_heard) == (101.0, 102.0)
+    assert (liveness.messages, liveness.last_heard) == (1, 102.0)
     liveness.opened(200.0)  # a new connection: earlier silence does not count
-    assert liveness.last_received == 200.0
+    assert (liveness.messages, liveness.last_heard) == (0, 200.0)
 
 
 def test_a_keepalive_is_due_an_interval_after_the_last_audio() -> None:
@@ -158,7 +159,7 @@ def test_a_pong_is_not_a_message() -> None:
     liveness = make()
     liveness.opened(0.0)
     liveness.heard(3.0)
-    assert (liveness.last_received, liveness.last_heard) == (0.0, 3.0)
+    assert (liveness.messages, liveness.last_heard) == (0, 3.0)
 
 
 def test_a_new_connection_forgets_an_unanswered_probe() -> None:
