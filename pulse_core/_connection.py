@@ -418,6 +418,9 @@ class PulseConnection:
         """The WebSocket closed without the engine asking (``code=None``: no
         close frame, e.g. the TCP connection dropped)."""
         self._input(now)
+        # WebSocket libraries hand over their own enums for the codes they know;
+        # events carry plain ints, whatever the transport.
+        code = None if code is None else int(code)
         state = self._state
         if state is State.CONNECTING:
             self._connect_deadline = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import random
 import struct
@@ -686,3 +687,15 @@ def test_a_probe_answered_keeps_the_connection() -> None:
     assert h.probes == [2.0, 4.0, 6.0]
     assert h.conn.state is State.OPEN
     assert h.of(Disconnected) == []
+
+
+def test_a_close_code_given_as_an_enum_is_reported_as_an_int() -> None:
+    class Code(enum.IntEnum):  # as WebSocket libraries hand them over
+        GOING_AWAY = 1001
+
+    h = Harness()
+    h.open()
+    h.conn.connection_closed(0.5, code=Code.GOING_AWAY, reason="bye")
+    h.collect()
+    (gone,) = h.of(Disconnected)
+    assert gone.code == 1001 and type(gone.code) is int
