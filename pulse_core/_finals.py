@@ -21,7 +21,7 @@ confirm the wrong audio.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import TypeVar
 
 import attrs
 
@@ -39,31 +39,28 @@ def within_connection(message: TranscriptionMessage, timeline: Timeline) -> Tran
 
     Raises ``RemoteProtocolError`` when a time is far outside it.
     """
-    fit = timeline.fit
+    words = _fitted(message.words, timeline, "word")
+    utterances = _fitted(message.utterances, timeline, "utterance")
+    if words is message.words and utterances is message.utterances:
+        return message
+    return attrs.evolve(message, words=words, utterances=utterances)
+
+
+_Timed = TypeVar("_Timed", Word, Utterance)
+
+
+def _fitted(items: tuple[_Timed, ...], timeline: Timeline, kind: str) -> tuple[_Timed, ...]:
+    """``items`` with fitted times (the same tuple when nothing changed)."""
+    fitted: list[_Timed] = []
     changed = False
-    words: list[Word] = []
-    for word in message.words:
-        start = _fit(fit, word.start, "word start")
-        end = _fit(fit, word.end, "word end")
-        if start != word.start or end != word.end:
-            word = attrs.evolve(word, start=start, end=end)  # noqa: PLW2901
-            changed = True
-        words.append(word)
-    utterances: list[Utterance] = []
-    for item in message.utterances:
-        start = _fit(fit, item.start, "utterance start")
-        end = _fit(fit, item.end, "utterance end")
+    for item in items:
+        start = None if item.start is None else timeline.fit(item.start, f"{kind} start")
+        end = None if item.end is None else timeline.fit(item.end, f"{kind} end")
         if start != item.start or end != item.end:
             item = attrs.evolve(item, start=start, end=end)  # noqa: PLW2901
             changed = True
-        utterances.append(item)
-    if not changed:
-        return message
-    return attrs.evolve(message, words=tuple(words), utterances=tuple(utterances))
-
-
-def _fit(fit: Callable[[float, str], float], value: float | None, what: str) -> float | None:
-    return None if value is None else fit(value, what)
+        fitted.append(item)
+    return tuple(fitted) if changed else items
 
 
 def confirmed_upto(
