@@ -33,13 +33,13 @@ from hypothesis import strategies as st
 
 from pulse_core import AudioDropped, ConnectionConfig, DropReason, LocalProtocolError
 from pulse_core._ledger import AudioLedger
-from tests.core.test_audio import HEADERS, audio_page, ogg_page
+from tests.core.ogg import HEADERS, audio_page, ogg_page, toc
 
-# Opus TOC bytes (RFC 6716 section 3.1): config 0 is a 10 ms SILK frame, config
-# 3 a 60 ms one; code 1 puts two frames in the packet.
-OPUS_10MS = bytes([0x00])
-OPUS_60MS = bytes([3 << 3])
-OPUS_2X10MS = bytes([0x01])
+# Opus packets of one TOC byte (RFC 6716 section 3.1): config 0 is a 10 ms SILK
+# frame, config 3 a 60 ms one; code 1 puts two frames in the packet.
+OPUS_10MS = bytes([toc(0, 0)])
+OPUS_60MS = bytes([toc(3, 0)])
+OPUS_2X10MS = bytes([toc(0, 1)])
 
 
 def make(

@@ -26,7 +26,7 @@ from pulse_core._ledger import AudioLedger
 from pulse_core._replay import replay, send_held
 from pulse_core._timeline import Timeline
 from pulse_core._turns import Latency, Turns
-from tests.core.test_audio import HEADERS, audio_page
+from tests.core.ogg import HEADERS, audio_page, toc
 
 F = SendText(FINALIZE)
 
@@ -150,7 +150,7 @@ def test_a_new_socket_starts_at_replay_from_with_a_partly_confirmed_frame_trimme
 def test_a_partly_confirmed_compressed_frame_is_replayed_whole() -> None:
     session = Session("opus", 48000)
     session.open()
-    packet = bytes([0x01]) + bytes(20)  # two 10 ms frames: 960 ticks
+    packet = bytes([toc(0, 1)]) + bytes(20)  # two 10 ms frames: 960 ticks
     session.audio(packet)
     session.ledger.confirm(480)
     session.lose()
