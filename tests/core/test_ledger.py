@@ -31,8 +31,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pulse_core import AudioDropped, ConnectionConfig, DropReason, LocalProtocolError
+from pulse_core import AudioDropped, DropReason, LocalProtocolError
 from pulse_core._ledger import AudioLedger
+from tests.core.engine import config
 from tests.core.ogg import HEADERS, audio_page, ogg_page, toc
 
 # Opus packets of one TOC byte (RFC 6716 section 3.1): config 0 is a 10 ms SILK
@@ -47,14 +48,11 @@ def make(
 ) -> tuple[AudioLedger, list[AudioDropped]]:
     """A ledger and the drops it reports. Mu-law at 8 kHz: one byte is one tick."""
     overrides.setdefault("max_chunk_delay", 0)
-    config = ConnectionConfig(
-        api_key="k",
-        encoding=encoding,
-        sample_rate=sample_rate,
-        **overrides,  # type: ignore[arg-type]
-    )
     drops: list[AudioDropped] = []
-    return AudioLedger(config, drops.append), drops
+    ledger = AudioLedger(
+        config(encoding=encoding, sample_rate=sample_rate, **overrides), drops.append
+    )
+    return ledger, drops
 
 
 def add(

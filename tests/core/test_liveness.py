@@ -23,12 +23,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pulse_core import ConnectionConfig
 from pulse_core._liveness import Check, Liveness
+from tests.core.engine import config
 
 
 def make(**overrides: object) -> Liveness:
-    return Liveness(ConnectionConfig(api_key="k", **overrides))  # type: ignore[arg-type]
+    return Liveness(config(**overrides))
 
 
 def test_clocks_start_when_a_connection_opens() -> None:

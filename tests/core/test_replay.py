@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import pytest
 
-from pulse_core import ConnectionConfig, SendBinary, SendText
+from pulse_core import SendBinary, SendText
 from pulse_core._commands import FINALIZE, Command
 from pulse_core._ledger import AudioLedger
 from pulse_core._replay import replay, send_held
 from pulse_core._timeline import Timeline
 from pulse_core._turns import Latency, Turns
+from tests.core.engine import config
 from tests.core.ogg import HEADERS, audio_page, toc
 
 F = SendText(FINALIZE)
@@ -35,15 +36,9 @@ class Session:
     """The three parts replay works on, put together as the engine does."""
 
     def __init__(self, encoding: str = "mulaw", sample_rate: int = 8000, **overrides: object):
-        config = ConnectionConfig(
-            api_key="k",
-            encoding=encoding,
-            sample_rate=sample_rate,
-            max_chunk_delay=0,
-            **overrides,  # type: ignore[arg-type]
-        )
-        self.tps = config.ticks_per_second
-        self.ledger = AudioLedger(config, lambda drop: None)
+        options = config(encoding=encoding, sample_rate=sample_rate, max_chunk_delay=0, **overrides)
+        self.tps = options.ticks_per_second
+        self.ledger = AudioLedger(options, lambda drop: None)
         self.turns = Turns(timeout=5.0, max_pending=64, latency=Latency(10, 1.0))
         self.timeline = Timeline(self.tps)
         self.streaming = False
