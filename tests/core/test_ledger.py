@@ -35,6 +35,7 @@ from pulse_core import AudioDropped, DropReason, LocalProtocolError
 from pulse_core._ledger import AudioLedger
 from tests.core.engine import config
 from tests.core.ogg import HEADERS, audio_page, ogg_page, toc
+from tests.core.parts import add_frame
 
 # Opus packets of one TOC byte (RFC 6716 section 3.1): config 0 is a 10 ms SILK
 # frame, config 3 a 60 ms one; code 1 puts two frames in the packet.
@@ -53,27 +54,6 @@ def make(
         config(encoding=encoding, sample_rate=sample_rate, **overrides), drops.append
     )
     return ledger, drops
-
-
-def add(
-    ledger: AudioLedger,
-    data: bytes,
-    ticks: int | None = None,
-    *,
-    send: bool = False,
-    live: bool = False,
-) -> tuple[int, int, bytes]:
-    """Append a frame as the engine does: sent if streaming, then the bound kept."""
-    if ticks is None:
-        ticks = len(data) // (ledger._width or 1)
-    frame = ledger.append(data, ticks)
-    if send:
-        ledger.sent(frame[1])
-    if ledger.over_bound:
-        ledger.evict(live=live)
-        if live:
-            ledger.report_drop()
-    return frame
 
 
 def spans(drops: list[AudioDropped], tps: int = 8000) -> list[tuple[int, int, int, DropReason]]:
@@ -264,7 +244,7 @@ def test_append_and_sent_move_the_marks() -> None:
 def test_confirm_releases_whole_frames_and_remembers_the_position() -> None:
     ledger, _ = make()
     for _ in range(3):
-        add(ledger, b"x" * 10, send=True)
+        add_frame(ledger, b"x" * 10, 10, streaming=True, live=True)
     ledger.confirm(15)
     assert ledger.replay_from == 15
     assert [frame[:2] for frame in ledger.retained] == [(10, 20), (20, 30)]
@@ -277,7 +257,7 @@ def test_confirm_releases_whole_frames_and_remembers_the_position() -> None:
 
 def test_confirm_beyond_received_stops_at_received() -> None:
     ledger, _ = make()
-    add(ledger, b"x" * 10, send=True)
+    add_frame(ledger, b"x" * 10, 10, streaming=True, live=True)
     ledger.confirm(50)
     assert ledger.replay_from == 10
     assert not ledger.unconfirmed
@@ -288,7 +268,8 @@ def test_confirm_beyond_received_stops_at_received() -> None:
 def _ogg_frames(ledger: AudioLedger, *pages: bytes) -> list[tuple[int, int]]:
     ledger.hold(0.0, HEADERS)
     added = [
-        add(ledger, data, ticks, send=True) for data, ticks in ledger.hold(0.0, b"".join(pages))
+        add_frame(ledger, data, ticks, streaming=True, live=True)
+        for data, ticks in ledger.hold(0.0, b"".join(pages))
     ]
     return [frame[:2] for frame in added]
 
@@ -332,7 +313,7 @@ def test_frames_confirmed_past_a_granule_less_page_are_neither_replayed_nor_drop
     assert [item[:3] for item in ledger.replay_frames()] == [(1920, 1920, 2880)]
     page = audio_page(3840, 6, size=200)
     ((data, ticks),) = ledger.hold(0.0, page)
-    add(ledger, data, ticks, send=True, live=True)
+    add_frame(ledger, data, ticks, streaming=True, live=True)
     assert [frame[:2] for frame in ledger.retained] == [(1920, 2880), (2880, 3840)]
     assert ledger.retained_bytes == retained_size(ledger) <= 320
     ledger.socket_ended()
@@ -354,9 +335,9 @@ def test_the_bound_is_replay_seconds_of_audio() -> None:
 
 def test_eviction_without_a_live_socket_drops_the_oldest() -> None:
     ledger, drops = make(replay_seconds=0.0025)  # 20 bytes
-    add(ledger, b"a" * 10)
-    add(ledger, b"b" * 10)
-    add(ledger, b"c" * 10)
+    add_frame(ledger, b"a" * 10, 10)
+    add_frame(ledger, b"b" * 10, 10)
+    add_frame(ledger, b"c" * 10, 10)
     assert ledger.retained_bytes == 20 == retained_size(ledger)
     assert ledger.replay_from == 10
     assert drops == []  # recorded, reported when the engine says so
@@ -368,7 +349,7 @@ def test_eviction_without_a_live_socket_drops_the_oldest() -> None:
 def test_eviction_of_audio_the_live_socket_has_is_only_a_gap() -> None:
     ledger, drops = make(replay_seconds=0.0025)
     for byte in b"abc":
-        add(ledger, bytes([byte]) * 10, send=True, live=True)
+        add_frame(ledger, bytes([byte]) * 10, 10, streaming=True, live=True)
     assert ledger.retained_bytes == 20 == retained_size(ledger)
     assert drops == []
     assert ledger.replay_from == 0  # the server has it; not forgotten yet
@@ -384,7 +365,7 @@ def test_eviction_of_audio_the_live_socket_has_is_only_a_gap() -> None:
 def test_a_gap_becomes_a_drop_when_its_socket_ends() -> None:
     ledger, drops = make(replay_seconds=0.0025)
     for byte in b"abcd":
-        add(ledger, bytes([byte]) * 10, send=True, live=True)
+        add_frame(ledger, bytes([byte]) * 10, 10, streaming=True, live=True)
     assert drops == []
     ledger.socket_ended()
     ledger.report_drop()
@@ -399,7 +380,7 @@ def test_a_gap_becomes_a_drop_when_its_socket_ends() -> None:
 def test_a_gap_partly_confirmed_drops_only_the_rest() -> None:
     ledger, drops = make("linear16", replay_seconds=0.0025)  # 40 bytes
     for byte in b"abcd":
-        add(ledger, bytes([byte]) * 16, send=True, live=True)  # 8 ticks each
+        add_frame(ledger, bytes([byte]) * 16, 8, streaming=True, live=True)
     assert ledger._gap_end == 16
     ledger.confirm(5)
     ledger.socket_ended()
@@ -410,10 +391,10 @@ def test_a_gap_partly_confirmed_drops_only_the_rest() -> None:
 def test_a_gap_evicted_from_a_partly_confirmed_frame_counts_the_rest() -> None:
     ledger, drops = make("linear16", replay_seconds=0.0025)  # 40 bytes
     for byte in b"ab":
-        add(ledger, bytes([byte]) * 16, send=True, live=True)
+        add_frame(ledger, bytes([byte]) * 16, 8, streaming=True, live=True)
     ledger.confirm(3)
-    add(ledger, b"c" * 16, send=True, live=True)
-    add(ledger, b"d" * 16, send=True, live=True)
+    add_frame(ledger, b"c" * 16, 8, streaming=True, live=True)
+    add_frame(ledger, b"d" * 16, 8, streaming=True, live=True)
     ledger.socket_ended()
     ledger.report_drop()
     assert spans(drops) == [(3, 16, 26, DropReason.REPLAY_OVERFLOW)]
@@ -421,11 +402,11 @@ def test_a_gap_evicted_from_a_partly_confirmed_frame_counts_the_rest() -> None:
 
 def test_audio_held_back_from_a_live_socket_is_dropped_at_once() -> None:
     ledger, drops = make(replay_seconds=0.0025)
-    add(ledger, b"a" * 10, send=True, live=True)
+    add_frame(ledger, b"a" * 10, 10, streaming=True, live=True)
     ledger.confirm(10)
-    add(ledger, b"b" * 10, live=True)  # a settings drain: not sent
-    add(ledger, b"c" * 10, live=True)
-    add(ledger, b"d" * 10, live=True)
+    add_frame(ledger, b"b" * 10, 10, live=True)  # a settings drain: not sent
+    add_frame(ledger, b"c" * 10, 10, live=True)
+    add_frame(ledger, b"d" * 10, 10, live=True)
     assert spans(drops) == [(10, 20, 10, DropReason.REPLAY_OVERFLOW)]
     assert ledger.replay_from == 20
     assert [frame[:2] for frame in ledger.unsent_frames()] == [(20, 30), (30, 40)]
@@ -433,9 +414,9 @@ def test_audio_held_back_from_a_live_socket_is_dropped_at_once() -> None:
 
 def test_a_drop_behind_a_gap_leaves_replay_from_to_the_gap() -> None:
     ledger, drops = make(replay_seconds=0.0025)
-    add(ledger, b"a" * 10, send=True, live=True)
+    add_frame(ledger, b"a" * 10, 10, streaming=True, live=True)
     for byte in b"bcd":
-        add(ledger, bytes([byte]) * 10, live=True)
+        add_frame(ledger, bytes([byte]) * 10, 10, live=True)
     # "a" is a gap, "b" (never sent) a drop; the gap still counts from 0.
     assert spans(drops) == [(10, 20, 10, DropReason.REPLAY_OVERFLOW)]
     assert (ledger.replay_from, ledger._gap_end) == (0, 10)
@@ -447,10 +428,10 @@ def test_a_drop_behind_a_gap_leaves_replay_from_to_the_gap() -> None:
 
 def test_evicting_a_partly_confirmed_compressed_frame_counts_bytes_in_proportion() -> None:
     ledger, drops = make("opus", 48000, replay_seconds=0.002)  # 128 bytes
-    add(ledger, OPUS_2X10MS + bytes(99), 960, send=True)
+    add_frame(ledger, OPUS_2X10MS + bytes(99), 960, streaming=True, live=True)
     ledger.confirm(240)
     ledger.socket_ended()
-    add(ledger, OPUS_10MS + bytes(59), 480)  # 160 bytes held, no socket
+    add_frame(ledger, OPUS_10MS + bytes(59), 480)  # 160 bytes held, no socket
     ledger.report_drop()
     assert spans(drops, 48000) == [(240, 960, 75, DropReason.REPLAY_OVERFLOW)]
 
@@ -461,7 +442,7 @@ def test_evicting_a_partly_confirmed_compressed_frame_counts_bytes_in_proportion
 def test_abandon_reports_everything_unconfirmed() -> None:
     ledger, drops = make("linear16")
     for byte in b"ab":
-        add(ledger, bytes([byte]) * 8, send=True)
+        add_frame(ledger, bytes([byte]) * 8, 4, streaming=True, live=True)
     ledger.confirm(2)  # half of the first frame
     ledger.socket_ended()
     ledger.abandon(DropReason.SESSION_FAILED)
@@ -473,8 +454,8 @@ def test_abandon_reports_everything_unconfirmed() -> None:
 
 def test_abandon_counts_a_partly_confirmed_compressed_frame_in_proportion() -> None:
     ledger, drops = make("opus", 48000)
-    add(ledger, OPUS_2X10MS + bytes(99), 960, send=True)
-    add(ledger, OPUS_10MS + bytes(9), 480, send=True)
+    add_frame(ledger, OPUS_2X10MS + bytes(99), 960, streaming=True, live=True)
+    add_frame(ledger, OPUS_10MS + bytes(9), 480, streaming=True, live=True)
     ledger.confirm(720)
     ledger.socket_ended()
     ledger.abandon(DropReason.CLOSE_TIMEOUT)
@@ -487,7 +468,7 @@ def test_abandon_counts_zero_length_frames_whole() -> None:
     ledger.hold(0.0, HEADERS)
     pages = [audio_page(960, 2), audio_page(-1, 3, size=30), audio_page(1920, 4)]
     for data, ticks in ledger.hold(0.0, b"".join(pages)):
-        add(ledger, data, ticks)
+        add_frame(ledger, data, ticks)
     ledger.confirm(960)
     ledger.abandon(DropReason.NOT_STARTED)
     ledger.report_drop()
@@ -498,7 +479,7 @@ def test_abandon_counts_zero_length_frames_whole() -> None:
 
 def test_abandon_with_nothing_unconfirmed_reports_nothing() -> None:
     ledger, drops = make()
-    add(ledger, b"a" * 10, send=True)
+    add_frame(ledger, b"a" * 10, 10, streaming=True, live=True)
     ledger.confirm(10)
     ledger.abandon(DropReason.SESSION_FAILED)
     ledger.report_drop()
@@ -511,7 +492,7 @@ def test_abandon_with_nothing_unconfirmed_reports_nothing() -> None:
 def test_touching_drops_with_one_reason_are_reported_as_one() -> None:
     ledger, drops = make(replay_seconds=0.0025)
     for byte in b"abcde":
-        add(ledger, bytes([byte]) * 10)
+        add_frame(ledger, bytes([byte]) * 10, 10)
     ledger.report_drop()
     assert spans(drops) == [(0, 30, 30, DropReason.REPLAY_OVERFLOW)]
     ledger.report_drop()
@@ -545,8 +526,8 @@ def test_a_drop_that_does_not_touch_reports_the_previous_one_first() -> None:
 
 def test_replay_trims_a_partly_confirmed_pcm_frame() -> None:
     ledger, _ = make("linear16")
-    add(ledger, bytes(range(8)), 4, send=True)
-    add(ledger, bytes(range(8, 16)), 4, send=True)
+    add_frame(ledger, bytes(range(8)), 4, streaming=True, live=True)
+    add_frame(ledger, bytes(range(8, 16)), 4, streaming=True, live=True)
     ledger.confirm(3)
     ledger.socket_ended()
     assert list(ledger.replay_frames()) == [
@@ -558,7 +539,7 @@ def test_replay_trims_a_partly_confirmed_pcm_frame() -> None:
 def test_replay_sends_a_partly_confirmed_compressed_frame_whole() -> None:
     ledger, _ = make("opus", 48000)
     packet = OPUS_2X10MS + bytes(9)
-    add(ledger, packet, 960, send=True)
+    add_frame(ledger, packet, 960, streaming=True, live=True)
     ledger.confirm(100)
     ledger.socket_ended()
     assert list(ledger.replay_frames()) == [(0, 0, 960, packet)]
@@ -566,9 +547,9 @@ def test_replay_sends_a_partly_confirmed_compressed_frame_whole() -> None:
 
 def test_unsent_frames_start_at_sent_upto() -> None:
     ledger, _ = make()
-    add(ledger, b"a" * 10, send=True)
-    add(ledger, b"b" * 10)
-    add(ledger, b"c" * 10)
+    add_frame(ledger, b"a" * 10, 10, streaming=True, live=True)
+    add_frame(ledger, b"b" * 10, 10, live=True)  # a settings drain: held back
+    add_frame(ledger, b"c" * 10, 10, live=True)
     assert list(ledger.unsent_frames()) == [(10, 20, b"b" * 10), (20, 30, b"c" * 10)]
 
 
@@ -620,14 +601,8 @@ class _Session:
     def frames(self, frames: list[tuple[bytes, int]]) -> None:
         ledger = self.ledger
         for data, ticks in frames:
-            _, end, _ = ledger.append(data, ticks)
-            if self.streaming:
-                ledger.sent(end)
-            if ledger.over_bound:
-                ledger.evict(live=self.open)
-                assert ledger.retained_bytes <= ledger._limit
-                if self.open:
-                    ledger.report_drop()
+            add_frame(ledger, data, ticks, streaming=self.streaming, live=self.open)
+            assert not ledger.over_bound
             self.check()
 
     def step(self, op: str, arg: int) -> None:

@@ -28,6 +28,7 @@ from pulse_core._timeline import Timeline
 from pulse_core._turns import Latency, Turns
 from tests.core.engine import config
 from tests.core.ogg import HEADERS, audio_page, toc
+from tests.core.parts import add_frame
 
 F = SendText(FINALIZE)
 
@@ -46,18 +47,17 @@ class Session:
 
     def audio(self, data: bytes) -> list[bytes]:
         """Give audio; returns the frames cut from it."""
-        ledger = self.ledger
         frames = []
-        for frame, ticks in ledger.hold(0.0, data):
-            _, end, _ = ledger.append(frame, ticks)
+        for frame, ticks in self.ledger.hold(0.0, data):
+            add_frame(
+                self.ledger,
+                frame,
+                ticks,
+                streaming=self.streaming,
+                live=self.live,
+                timeline=self.timeline,
+            )
             frames.append(frame)
-            if self.streaming:
-                ledger.sent(end)
-                self.timeline.advance(ticks)
-            if ledger.over_bound:
-                ledger.evict(live=self.live)
-                if self.live:
-                    ledger.report_drop()
         return frames
 
     def finalize(self, now: float = 0.0) -> int:
