@@ -31,8 +31,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pulse_core import AudioDropped, DropReason, LocalProtocolError
+from pulse_core import AudioDropped, Command, DropReason, LocalProtocolError, SendBinary
 from pulse_core._ledger import AudioLedger
+from pulse_core._replay import replay, send_held
+from pulse_core._timeline import Timeline
+from pulse_core._turns import Latency, Turns
 from tests.core.engine import config
 from tests.core.ogg import HEADERS, audio_page, ogg_page, toc
 from tests.core.parts import add_frame
@@ -63,6 +66,11 @@ def spans(drops: list[AudioDropped], tps: int = 8000) -> list[tuple[int, int, in
 
 def retained_size(ledger: AudioLedger) -> int:
     return sum(len(data) for _, _, data in ledger.retained)
+
+
+def binary(commands: list[Command]) -> list[bytes]:
+    """The audio among commands, in order."""
+    return [command.data for command in commands if isinstance(command, SendBinary)]
 
 
 # -- framing PCM ----------------------------------------------------------------
@@ -555,27 +563,40 @@ def test_unsent_frames_start_at_sent_upto() -> None:
 
 # -- any sequence -------------------------------------------------------------------------
 
+# Engine-like inputs, audio and finals the most common ("open" while a socket
+# is open is a reconnect). The argument is the audio's size, or how far a final
+# confirms (``arg % 13`` tenths of what the socket has; above ten: past the end).
 _OPS = st.lists(
-    st.one_of(
-        st.tuples(st.just("audio"), st.integers(1, 40)),
-        st.tuples(st.just("timer"), st.just(0)),
-        st.tuples(st.just("confirm"), st.integers(0, 12)),
-        st.tuples(st.just("open"), st.just(0)),
-        st.tuples(st.just("lose"), st.just(0)),
-        st.tuples(st.just("hold_back"), st.just(0)),
-        st.tuples(st.just("send_held"), st.just(0)),
+    st.tuples(
+        st.sampled_from(
+            ["audio"] * 3
+            + ["confirm"] * 3
+            + ["open", "hold_back"] * 2
+            + ["timer", "lose", "send_held"]
+        ),
+        st.integers(1, 40),
     ),
+    min_size=10,
     max_size=60,
 )
 
 
 class _Session:
-    """Drives a ledger through engine-like inputs and checks its books."""
+    """Drives a ledger through engine-like inputs and checks its books.
 
-    def __init__(self, ledger: AudioLedger, drops: list[AudioDropped], width: int) -> None:
+    Sockets catch up with the real ``replay`` and ``send_held``, on a
+    ``Timeline`` that must map each socket's audio back to the session's.
+    """
+
+    def __init__(
+        self, ledger: AudioLedger, drops: list[AudioDropped], width: int, tps: int
+    ) -> None:
         self.ledger = ledger
         self.drops = drops
         self.width = width
+        self.tps = tps
+        self.turns = Turns(timeout=5.0, max_pending=64, latency=Latency(10, 1.0))
+        self.timeline = Timeline(tps)
         self.open = False
         self.streaming = False
         self.now = 0.0
@@ -588,6 +609,9 @@ class _Session:
         assert ledger.retained_bytes == retained_size(ledger)
         if self.streaming or (self.open and self.closing):
             assert ledger.replay_from <= ledger.sent_upto <= ledger.received
+        if self.streaming:
+            # The end of what this socket carried is where the session is.
+            assert self.socket_end() == ledger.sent_upto == ledger.received
         for drop in self.drops[self.seen :]:
             start, end, nbytes, reason = spans([drop])[0]
             if reason is DropReason.PARTIAL_SAMPLE:
@@ -601,7 +625,14 @@ class _Session:
     def frames(self, frames: list[tuple[bytes, int]]) -> None:
         ledger = self.ledger
         for data, ticks in frames:
-            add_frame(ledger, data, ticks, streaming=self.streaming, live=self.open)
+            add_frame(
+                ledger,
+                data,
+                ticks,
+                streaming=self.streaming,
+                live=self.open,
+                timeline=self.timeline,
+            )
             assert not ledger.over_bound
             self.check()
 
@@ -617,24 +648,27 @@ class _Session:
         elif op == "confirm" and self.open:
             # What a final may confirm: audio this socket has, never the inside
             # of a range already reported dropped (a final maps onto either side).
-            position = ledger.sent_upto * min(arg, 10) // 10
-            if arg > 10 and ledger.sent_upto == ledger.received:
-                position = ledger.received + arg  # is_last, or a word past the end
+            share = arg % 13
+            position = ledger.sent_upto * min(share, 10) // 10
+            if share > 10 and ledger.sent_upto == ledger.received:
+                position = ledger.received + share  # is_last, or a word past the end
             for drop in self.drops:
                 start, end = spans([drop])[0][:2]
                 if start < position < end:
                     position = start
             ledger.confirm(position)
             self.confirmed = max(self.confirmed, min(position, ledger.received))
-        elif op == "open" and not self.open:
+        elif op == "open":
+            if self.open:
+                self.close_socket()  # a reconnect: the socket is lost, another opens
             ledger.report_drop()
-            replayed = list(ledger.replay_frames())
-            assert sum(end - first for _, first, end, _ in replayed) == (
-                ledger.received - ledger.replay_from
-            )
-            for _, first, end, data in replayed:
-                assert len(data) == (end - first) * self.width
-            ledger.sent(ledger.received)
+            sent = binary(replay(self.now, ledger, self.turns, self.timeline))
+            # The unconfirmed audio, from replay_from on, and nothing else.
+            held = b"".join(data for _, _, data in ledger.retained)
+            unconfirmed = (ledger.received - ledger.replay_from) * self.width
+            assert b"".join(sent) == held[len(held) - unconfirmed :]
+            assert self.timeline.ticks == ledger.received - ledger.replay_from
+            assert self.socket_end() == ledger.sent_upto == ledger.received
             self.open = True
             self.streaming = not self.closing
         elif op == "lose" and self.open:
@@ -645,11 +679,22 @@ class _Session:
             # close() during a settings drain: the last audio is framed, what was
             # held back goes out on the live socket, and no audio comes after.
             self.frames(ledger.flush(self.now, closing=True))
-            for _, end, _ in ledger.unsent_frames():
-                ledger.max_sent = max(ledger.max_sent, end)
-            ledger.sent_upto = ledger.received
+            held = list(ledger.unsent_frames())
+            carried = held[-1][1] if held else ledger.sent_upto
+            furthest = max([ledger.max_sent] + [end for _, end, _ in held])
+            sent = binary(send_held(self.now, ledger, self.turns, self.timeline))
+            assert sent == [data for _, _, data in held]
+            assert ledger.sent_upto == ledger.received
+            assert ledger.max_sent == furthest
+            # Held audio the bound dropped is a jump: the socket's end maps to
+            # the end of the last frame it was sent.
+            assert self.socket_end() == carried
             self.closing = True
         self.check()
+
+    def socket_end(self) -> int:
+        """The session tick the live socket's audio so far ends at."""
+        return round(self.timeline.session_ticks(self.timeline.ticks / self.tps))
 
     def close_socket(self) -> None:
         self.ledger.socket_ended()
@@ -697,14 +742,17 @@ def test_any_sequence_keeps_the_books(
     replay_seconds: float,
     ops: list[tuple[str, int]],
 ) -> None:
-    width = 1 if encoding == "mulaw" else 2
-    ledger, drops = make(
-        encoding,
-        chunk_bytes=chunk_samples * width,
+    options = config(
+        encoding=encoding,
+        sample_rate=8000,
+        chunk_bytes=chunk_samples * (1 if encoding == "mulaw" else 2),
         max_chunk_delay=max_chunk_delay,
         replay_seconds=replay_seconds,
     )
-    session = _Session(ledger, drops, width)
+    drops: list[AudioDropped] = []
+    width = options.encoding.sample_width
+    assert width is not None
+    session = _Session(AudioLedger(options, drops.append), drops, width, options.ticks_per_second)
     for op, arg in ops:
         session.step(op, arg)
     session.end()
