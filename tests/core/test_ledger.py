@@ -603,6 +603,8 @@ class _Session:
         self.closing = False  # close() came: no more audio
         self.confirmed = 0  # furthest position any final confirmed
         self.seen = 0  # drops already checked
+        self.given = 0  # bytes of audio given
+        self.framed = 0  # bytes of audio cut into frames
 
     def check(self) -> None:
         ledger = self.ledger
@@ -615,7 +617,8 @@ class _Session:
         for drop in self.drops[self.seen :]:
             start, end, nbytes, reason = spans([drop])[0]
             if reason is DropReason.PARTIAL_SAMPLE:
-                assert start == end and 0 < nbytes < self.width
+                # Placed after the last frame (end() checks nothing came after).
+                assert start == end == ledger.received and 0 < nbytes < self.width
                 continue
             assert start < end and nbytes == (end - start) * self.width, drop
             # A drop never takes back audio a final confirmed before it.
@@ -633,6 +636,7 @@ class _Session:
                 live=self.open,
                 timeline=self.timeline,
             )
+            self.framed += len(data)
             assert not ledger.over_bound
             self.check()
 
@@ -642,6 +646,7 @@ class _Session:
         if op in ("audio", "timer", "hold_back") and self.closing:
             pass
         elif op == "audio":
+            self.given += arg
             self.frames(ledger.hold(self.now, bytes([arg]) * arg))
         elif op == "timer":
             self.frames(ledger.cut(self.now, everything=True))
@@ -678,7 +683,7 @@ class _Session:
         elif op == "send_held" and self.open and not self.streaming and not self.closing:
             # close() during a settings drain: the last audio is framed, what was
             # held back goes out on the live socket, and no audio comes after.
-            self.frames(ledger.flush(self.now, closing=True))
+            self.close_audio()
             held = list(ledger.unsent_frames())
             carried = held[-1][1] if held else ledger.sent_upto
             furthest = max([ledger.max_sent] + [end for _, end, _ in held])
@@ -690,11 +695,18 @@ class _Session:
             # the end of the last frame it was sent.
             assert self.socket_end() == carried
             self.closing = True
+            ledger.report_drop()
         self.check()
 
     def socket_end(self) -> int:
         """The session tick the live socket's audio so far ends at."""
         return round(self.timeline.session_ticks(self.timeline.ticks / self.tps))
+
+    def close_audio(self) -> None:
+        """The audio has ended: frame what is held, as the engine's close does,
+        then report a half sample left over after those frames."""
+        self.frames(self.ledger.flush(self.now, closing=True))
+        self.ledger.drop_partial_sample()
 
     def close_socket(self) -> None:
         self.ledger.socket_ended()
@@ -703,7 +715,7 @@ class _Session:
 
     def end(self) -> None:
         ledger = self.ledger
-        self.frames(ledger.flush(self.now, closing=True))
+        self.close_audio()
         if self.open:
             self.close_socket()
         ledger.abandon(DropReason.SESSION_FAILED)
@@ -725,6 +737,13 @@ class _Session:
             sum(drop.bytes for drop in self.drops),
         )
         assert ledger.retained_bytes == 0 and not ledger.unconfirmed
+        # Every byte given was framed, or is the half sample reported at the
+        # very end of the audio.
+        partial = [drop for drop in spans(self.drops) if drop[3] is DropReason.PARTIAL_SAMPLE]
+        assert len(partial) <= 1
+        for start, end, _, _ in partial:
+            assert start == end == ledger.received
+        assert self.given == self.framed + sum(nbytes for _, _, nbytes, _ in partial)
 
 
 @settings(max_examples=300, deadline=None)
