@@ -337,6 +337,30 @@ def test_frames_confirmed_past_a_granule_less_page_are_neither_replayed_nor_drop
     assert ledger.replay_from == 2000
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="evict drops a granule-less page behind replay_from as [replay_from, page) "
+    "and moves replay_from back to the page, before audio a final confirmed",
+)
+def test_evicting_a_granule_less_page_behind_a_confirm_takes_nothing_back() -> None:
+    ledger, drops = make("ogg_opus", sample_rate=48000, replay_seconds=0.002)  # 128 bytes
+    pages = [audio_page(960, 2, size=20), audio_page(-1, 3, size=20), audio_page(1920, 4, size=20)]
+    _ogg_frames(ledger, *pages)  # 48 bytes each: the first is evicted, a gap
+    ledger.confirm(1000)  # inside the page after the granule-less one
+    ledger.socket_ended()
+    assert [frame[:2] for frame in ledger.retained] == [(960, 960), (960, 1920)]
+    # No socket: a 68-byte page evicts the granule-less page, and only that.
+    ((data, ticks),) = ledger.hold(0.0, audio_page(2880, 5, size=40))
+    add_frame(ledger, data, ticks)
+    assert [frame[:2] for frame in ledger.retained] == [(960, 1920), (1920, 2880)]
+    assert ledger.replay_from == 1000
+    ledger.abandon(DropReason.SESSION_FAILED)
+    ledger.report_drop()
+    assert all(drop.start <= drop.end for drop in drops), drops
+    # Every tick after the confirm is dropped once; none before it.
+    assert [span[:2] for span in spans(drops, 48000) if span[1] > span[0]] == [(1000, 2880)]
+
+
 # -- the replay bound -------------------------------------------------------------------
 
 
