@@ -364,12 +364,25 @@ def test_evicting_a_granule_less_page_behind_a_confirm_takes_nothing_back() -> N
 # -- the replay bound -------------------------------------------------------------------
 
 
-def test_the_bound_is_replay_seconds_of_audio() -> None:
-    # 2.5 ms of mu-law is 20 bytes; 2.5 ms of linear16 at 16 kHz is 80.
-    assert make(replay_seconds=0.0025)[0]._limit == 20
-    assert make("linear16", 16000, replay_seconds=0.0025)[0]._limit == 80
-    # Compressed audio is bounded at the highest Opus bitrate.
-    assert make("opus", 48000, replay_seconds=0.0025)[0]._limit == 160
+@pytest.mark.parametrize(
+    ("encoding", "rate", "frame", "ticks", "more", "more_ticks"),
+    [
+        # 2.5 ms of mu-law is 20 bytes; 2.5 ms of linear16 at 16 kHz is 80.
+        ("mulaw", 8000, bytes(20), 20, b"\xff", 1),
+        ("linear16", 16000, bytes(80), 40, bytes(2), 1),
+        # Compressed audio is bounded at the highest Opus bitrate: 160 bytes.
+        ("opus", 48000, OPUS_10MS + bytes(159), 480, OPUS_10MS, 480),
+    ],
+    ids=["mulaw", "linear16", "opus"],
+)
+def test_the_bound_is_replay_seconds_of_audio(
+    encoding: str, rate: int, frame: bytes, ticks: int, more: bytes, more_ticks: int
+) -> None:
+    ledger, _ = make(encoding, rate, replay_seconds=0.0025)
+    ledger.append(frame, ticks)
+    assert not ledger.over_bound  # exactly the bound
+    ledger.append(more, more_ticks)
+    assert ledger.over_bound  # the smallest frame more
 
 
 def test_eviction_without_a_live_socket_drops_the_oldest() -> None:
@@ -392,7 +405,6 @@ def test_eviction_of_audio_the_live_socket_has_is_only_a_gap() -> None:
     assert ledger.retained_bytes == 20 == retained_size(ledger)
     assert drops == []
     assert ledger.replay_from == 0  # the server has it; not forgotten yet
-    assert ledger._gap_end == 10
     # A final confirming past the gap: nothing was lost.
     ledger.confirm(12)
     ledger.socket_ended()
@@ -420,7 +432,6 @@ def test_a_gap_partly_confirmed_drops_only_the_rest() -> None:
     ledger, drops = make("linear16", replay_seconds=0.0025)  # 40 bytes
     for byte in b"abcd":
         add_frame(ledger, bytes([byte]) * 16, 8, streaming=True, live=True)
-    assert ledger._gap_end == 16
     ledger.confirm(5)
     ledger.socket_ended()
     ledger.report_drop()
@@ -458,7 +469,7 @@ def test_a_drop_behind_a_gap_leaves_replay_from_to_the_gap() -> None:
         add_frame(ledger, bytes([byte]) * 10, 10, live=True)
     # "a" is a gap, "b" (never sent) a drop; the gap still counts from 0.
     assert spans(drops) == [(10, 20, 10, DropReason.REPLAY_OVERFLOW)]
-    assert (ledger.replay_from, ledger._gap_end) == (0, 10)
+    assert ledger.replay_from == 0
     ledger.socket_ended()
     ledger.report_drop()
     assert spans(drops)[1:] == [(0, 10, 10, DropReason.REPLAY_OVERFLOW)]
