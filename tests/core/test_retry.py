@@ -93,9 +93,11 @@ def test_the_transport_can_call_a_refusal_final() -> None:
     retry, draws = make()
     verdict = refuse(retry, None, final=True)
     assert (verdict.give_up, verdict.gave_up, verdict.delay) == (True, False, 0.0)
-    verdict = refuse(make()[0], 503, final=True)
-    assert verdict.give_up
     assert draws.calls == 0
+    other, other_draws = make()
+    verdict = refuse(other, 503, final=True)
+    assert (verdict.give_up, verdict.gave_up, verdict.delay) == (True, False, 0.0)
+    assert other_draws.calls == 0
 
 
 def test_retry_after_is_a_floor_under_the_backoff() -> None:
