@@ -2,9 +2,10 @@
 
 Invariants checked (pulse_core/_retry.py):
 
-* refusals: 4xx other than 408 and 429 are final, as is anything the
-  transport calls final and a 429 asking to wait longer than
-  ``max_retry_after``; 408, 429, 5xx, 3xx and no answer at all are retried;
+* refusals: 4xx other than 408 and 429 are final, as are redirects (never
+  followed), anything the transport calls final and any refusal asking to
+  wait longer than ``max_retry_after``; 408, 429, 5xx and no answer at all
+  are retried;
 * a ``Retry-After`` is a floor under the backoff, and close code 1008 (the
   concurrency limit) puts ``concurrency_delay`` under it;
 * ``attempt`` counts consecutive failures; ``max_attempts`` of them give up
