@@ -25,8 +25,6 @@ Invariants checked (pulse_core/_ledger.py):
 
 from __future__ import annotations
 
-import struct
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -872,9 +870,3 @@ def test_any_sequence_keeps_the_books(
     for op, arg in ops:
         session.step(op, arg)
     session.end()
-
-
-def test_header_page_helper_is_what_it_says() -> None:
-    page = _header_page(0)
-    assert page[26] == 255
-    assert struct.unpack_from("<q", page, 6) == (0,)
