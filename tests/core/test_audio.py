@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pulse_core import SAMPLE_RATES, Encoding, OggPageSplitter, opus_packet_ticks
+from tests.core.ogg import HEADERS, OPUS_HEAD, OPUS_TAGS, audio_page, ogg_page, toc
 
 # -- Encoding -------------------------------------------------------------------
 
@@ -115,10 +116,6 @@ for _config in range(32):
         ]
 
 
-def toc(config: int, code: int, stereo: bool = False) -> int:
-    return config << 3 | int(stereo) << 2 | code
-
-
 def frame_ticks(config: int) -> int:
     ticks = RFC_FRAME_MS[config] * 48
     assert ticks.denominator == 1
@@ -185,31 +182,6 @@ def test_any_packet_duration_is_a_whole_number_of_frames(packet: bytes) -> None:
 
 
 # -- OggPageSplitter ------------------------------------------------------------
-
-BOS, EOS = 0x02, 0x04
-
-
-def ogg_page(
-    body: bytes, granule: int, *, header_type: int = 0, serial: int = 0x5EED, seqno: int = 0
-) -> bytes:
-    """One Ogg page (RFC 3533): CRC left at zero, the splitter does not check it."""
-    lacing = [255] * (len(body) // 255) + [len(body) % 255]
-    assert len(lacing) <= 255
-    header = struct.pack(
-        "<4sBBqIIIB", b"OggS", 0, header_type, granule, serial, seqno, 0, len(lacing)
-    )
-    return header + bytes(lacing) + body
-
-
-OPUS_HEAD = ogg_page(
-    b"OpusHead" + bytes([1, 1]) + struct.pack("<HIhB", 312, 48000, 0, 0), 0, header_type=BOS
-)
-OPUS_TAGS = ogg_page(b"OpusTags" + struct.pack("<I", 5) + b"pulse" + bytes(4), 0, seqno=1)
-HEADERS = OPUS_HEAD + OPUS_TAGS
-
-
-def audio_page(granule: int, seqno: int, size: int = 40, header_type: int = 0) -> bytes:
-    return ogg_page(bytes([seqno & 0xFF]) * size, granule, seqno=seqno, header_type=header_type)
 
 
 def test_ogg_page_helper_layout() -> None:

@@ -23,21 +23,20 @@ from types import MappingProxyType
 
 import pytest
 
-from pulse_core import ConnectionConfig, RemoteProtocolError
+from pulse_core import RemoteProtocolError
 from pulse_core._finals import confirmed_upto, transcript, within_connection
 from pulse_core._ledger import AudioLedger
 from pulse_core._messages import TranscriptionMessage, Utterance, Word
 from pulse_core._timeline import Timeline
 from pulse_core._turns import Answer
+from tests.core.engine import config
 
 TPS = 8000
 
 
 def ledger(received: int = 800, sent: int | None = None) -> AudioLedger:
     """Mu-law at 8 kHz: ``received`` ticks framed, ``sent`` of them on the socket."""
-    book = AudioLedger(
-        ConnectionConfig(api_key="k", encoding="mulaw", sample_rate=8000), lambda drop: None
-    )
+    book = AudioLedger(config(encoding="mulaw", sample_rate=8000), lambda drop: None)
     book.append(bytes(received), received)
     book.sent(received if sent is None else sent)
     return book

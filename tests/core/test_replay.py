@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import pytest
 
-from pulse_core import ConnectionConfig, SendBinary, SendText
+from pulse_core import SendBinary, SendText
 from pulse_core._commands import FINALIZE, Command
 from pulse_core._ledger import AudioLedger
 from pulse_core._replay import replay, send_held
 from pulse_core._timeline import Timeline
 from pulse_core._turns import Latency, Turns
-from tests.core.test_audio import HEADERS, audio_page
+from tests.core.engine import config
+from tests.core.ogg import HEADERS, audio_page, toc
+from tests.core.parts import add_frame
 
 F = SendText(FINALIZE)
 
@@ -35,15 +37,9 @@ class Session:
     """The three parts replay works on, put together as the engine does."""
 
     def __init__(self, encoding: str = "mulaw", sample_rate: int = 8000, **overrides: object):
-        config = ConnectionConfig(
-            api_key="k",
-            encoding=encoding,
-            sample_rate=sample_rate,
-            max_chunk_delay=0,
-            **overrides,  # type: ignore[arg-type]
-        )
-        self.tps = config.ticks_per_second
-        self.ledger = AudioLedger(config, lambda drop: None)
+        options = config(encoding=encoding, sample_rate=sample_rate, max_chunk_delay=0, **overrides)
+        self.tps = options.ticks_per_second
+        self.ledger = AudioLedger(options, lambda drop: None)
         self.turns = Turns(timeout=5.0, max_pending=64, latency=Latency(10, 1.0))
         self.timeline = Timeline(self.tps)
         self.streaming = False
@@ -51,18 +47,17 @@ class Session:
 
     def audio(self, data: bytes) -> list[bytes]:
         """Give audio; returns the frames cut from it."""
-        ledger = self.ledger
         frames = []
-        for frame, ticks in ledger.hold(0.0, data):
-            _, end, _ = ledger.append(frame, ticks)
+        for frame, ticks in self.ledger.hold(0.0, data):
+            add_frame(
+                self.ledger,
+                frame,
+                ticks,
+                streaming=self.streaming,
+                live=self.live,
+                timeline=self.timeline,
+            )
             frames.append(frame)
-            if self.streaming:
-                ledger.sent(end)
-                self.timeline.advance(ticks)
-            if ledger.over_bound:
-                ledger.evict(live=self.live)
-                if self.live:
-                    ledger.report_drop()
         return frames
 
     def finalize(self, now: float = 0.0) -> int:
@@ -150,7 +145,7 @@ def test_a_new_socket_starts_at_replay_from_with_a_partly_confirmed_frame_trimme
 def test_a_partly_confirmed_compressed_frame_is_replayed_whole() -> None:
     session = Session("opus", 48000)
     session.open()
-    packet = bytes([0x01]) + bytes(20)  # two 10 ms frames: 960 ticks
+    packet = bytes([toc(0, 1)]) + bytes(20)  # two 10 ms frames: 960 ticks
     session.audio(packet)
     session.ledger.confirm(480)
     session.lose()

@@ -2,9 +2,10 @@
 
 Invariants checked (pulse_core/_retry.py):
 
-* refusals: 4xx other than 408 and 429 are final, as is anything the
-  transport calls final and a 429 asking to wait longer than
-  ``max_retry_after``; 408, 429, 5xx, 3xx and no answer at all are retried;
+* refusals: 4xx other than 408 and 429 are final, as are redirects (never
+  followed), anything the transport calls final and any refusal asking to
+  wait longer than ``max_retry_after``; 408, 429, 5xx and no answer at all
+  are retried;
 * a ``Retry-After`` is a floor under the backoff, and close code 1008 (the
   concurrency limit) puts ``concurrency_delay`` under it;
 * ``attempt`` counts consecutive failures; ``max_attempts`` of them give up
@@ -93,9 +94,11 @@ def test_the_transport_can_call_a_refusal_final() -> None:
     retry, draws = make()
     verdict = refuse(retry, None, final=True)
     assert (verdict.give_up, verdict.gave_up, verdict.delay) == (True, False, 0.0)
-    verdict = refuse(make()[0], 503, final=True)
-    assert verdict.give_up
     assert draws.calls == 0
+    other, other_draws = make()
+    verdict = refuse(other, 503, final=True)
+    assert (verdict.give_up, verdict.gave_up, verdict.delay) == (True, False, 0.0)
+    assert other_draws.calls == 0
 
 
 def test_retry_after_is_a_floor_under_the_backoff() -> None:
