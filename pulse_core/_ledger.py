@@ -243,8 +243,11 @@ class AudioLedger:
             start, end, data = retained.popleft()
             self.retained_bytes -= len(data)
             low = max(start, self.replay_from)
-            if end <= low and end > start:
-                continue  # already confirmed
+            if end <= low and (end > start or start < self.replay_from):
+                # Already confirmed (a granule-less page behind replay_from
+                # belongs to the partly confirmed frame after it: its audio is
+                # confirmed, and the rest of that frame is replayed whole).
+                continue
             nbytes = self._span_bytes(start, end, len(data), low)
             if live and end <= self.sent_upto:
                 self._gap_end = end

@@ -335,11 +335,6 @@ def test_frames_confirmed_past_a_granule_less_page_are_neither_replayed_nor_drop
     assert ledger.replay_from == 2000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="evict drops a granule-less page behind replay_from as [replay_from, page) "
-    "and moves replay_from back to the page, before audio a final confirmed",
-)
 def test_evicting_a_granule_less_page_behind_a_confirm_takes_nothing_back() -> None:
     ledger, drops = make("ogg_opus", sample_rate=48000, replay_seconds=0.002)  # 128 bytes
     pages = [audio_page(960, 2, size=20), audio_page(-1, 3, size=20), audio_page(1920, 4, size=20)]
