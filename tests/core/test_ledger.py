@@ -639,6 +639,7 @@ class _Session:
         self.now = 0.0
         self.closing = False  # close() came: no more audio
         self.confirmed = 0  # furthest position any final confirmed
+        self.forgotten = 0  # furthest replay_from so far
         self.seen = 0  # drops already checked
         self.given = 0  # bytes of audio given
         self.framed = 0  # bytes of audio cut into frames
@@ -675,6 +676,9 @@ class _Session:
 
     def check(self) -> None:
         ledger = self.ledger
+        # What is confirmed or dropped stays forgotten.
+        assert ledger.replay_from >= self.forgotten, (self.forgotten, ledger.replay_from)
+        self.forgotten = ledger.replay_from
         assert ledger.retained_bytes == retained_size(ledger)
         if self.streaming or (self.open and self.closing):
             assert ledger.replay_from <= ledger.sent_upto <= ledger.received
