@@ -69,7 +69,7 @@ from ._messages import (
 )
 from ._replay import replay, send_held
 from ._retry import PERMANENT_ERROR_CODES, JitterSource, Retry, Verdict
-from ._secrets import Redactor
+from ._secrets import Redactor, hide_in_message
 from ._settings import Settings
 from ._state import SOCKET_STATES, TERMINAL_STATES, TRANSITIONS, State, Trigger
 from ._timeline import Timeline
@@ -469,13 +469,10 @@ class PulseConnection:
             self._emit(MalformedMessage(error="unexpected binary frame", data=shown))
             return
         timeline = self._timeline
-        # Most messages cannot hold a piece of the key; the rest have every
-        # string redacted before anything sees them (PROTOCOL §6 rule 12).
-        suspect = hide.suspects(data)
         try:
             message = parse_server_message(data, max_size=self._config.max_message_size)
-            if suspect:
-                message = hide.value(message)
+            # Every string redacted before anything sees it (PROTOCOL §6 rule 12).
+            message = hide_in_message(hide, message, data)
             # Times are checked before they steer anything (PROTOCOL §5).
             if isinstance(message, TranscriptionMessage):
                 message = within_connection(message, timeline)

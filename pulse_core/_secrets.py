@@ -17,6 +17,10 @@ every transcript. :meth:`Redactor.suspects` is the cheap test that comes first:
 a piece of :data:`PIECE` characters always contains one of the key's aligned
 blocks of ``PIECE // 2`` characters, so a text holding none of those blocks
 (after undoing JSON escapes) holds no piece, and is passed through untouched.
+Even that test costs about as much as parsing the message when run over a
+transcript with word timings, so :func:`hide_in_message` runs it over a
+transcription's other fields only: what was said (the transcript, its words,
+utterances and full transcript) comes from the audio, not from the request.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ from typing import Any, TypeVar
 
 import attrs
 
-__all__ = ["MARK", "PIECE", "Redactor"]
+from ._messages import ServerMessage, TranscriptionMessage
+
+__all__ = ["MARK", "PIECE", "SPOKEN_FIELDS", "Redactor", "hide_in_message"]
 
 #: The shortest piece of the key that is hidden. Shorter runs are too common in
 #: ordinary text (``sk_``, ``Bearer``) to hide without mangling it, and too
@@ -37,6 +43,11 @@ PIECE = 8
 MARK = "<redacted>"
 
 T = TypeVar("T")
+
+#: A transcription's fields that hold what was said: not searched for the key
+#: (they come from the audio), though redacted with the rest when another
+#: field of the same message holds a piece of it.
+SPOKEN_FIELDS = frozenset({"transcript", "words", "utterances", "full_transcript"})
 
 
 class Redactor:
@@ -70,12 +81,12 @@ class Redactor:
         is never wrong when it says no. JSON ``\\u`` escapes are undone first,
         so a server cannot hide a piece from it by escaping its letters."""
         folded = text.lower()
-        if any(block in folded for block in self._blocks):
+        if any(map(folded.__contains__, self._blocks)):
             return True
         if "\\" not in folded:
             return False
         unescaped = _ESCAPE.sub(_unescape, folded).lower()
-        return any(block in unescaped for block in self._blocks)
+        return any(map(unescaped.__contains__, self._blocks))
 
     def text(self, text: str) -> str:
         """``text`` with every piece of the secret replaced by :data:`MARK`."""
@@ -128,6 +139,25 @@ class Redactor:
 
 
 _MAX_DEPTH = 64
+
+
+def hide_in_message(redactor: Redactor, message: ServerMessage, text: str) -> ServerMessage:
+    """``message``, parsed from ``text``, with every string redacted if any
+    may hold a piece of the key; the same object otherwise. A transcription
+    is searched outside :data:`SPOKEN_FIELDS` only; other messages (errors,
+    unknown types: rare, and where servers echo requests) whole."""
+    if isinstance(message, TranscriptionMessage):
+        # One search over the other fields, names included, joined by a
+        # character no key holds (so no piece spans two of them).
+        shown = [*message.raw]
+        for name, value in message.raw.items():
+            if name in SPOKEN_FIELDS or value is None or isinstance(value, bool | int | float):
+                continue
+            shown.append(value if isinstance(value, str) else repr(value))
+        suspect = redactor.suspects("\0".join(shown))
+    else:
+        suspect = redactor.suspects(text)
+    return redactor.value(message) if suspect else message
 
 
 #: A JSON escape: ``\\u`` and four hex digits, or a backslash and one character.

@@ -23,8 +23,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from pulse_core import Redactor, Word
-from pulse_core._secrets import MARK, PIECE
+from pulse_core import Redactor, TranscriptionMessage, Word, parse_server_message
+from pulse_core._secrets import MARK, PIECE, hide_in_message
 
 KEY = "sk_live_3f9a2c7e1b8d4a6f0e5c"
 
@@ -144,3 +144,44 @@ def test_the_quick_test_never_says_no_to_a_piece(key: str, data: st.DataObject) 
 def test_odd_escapes_are_harmless(text: str) -> None:
     hide = Redactor(KEY)
     assert hide.text(text) == text
+
+
+def transcription(**fields: object) -> str:
+    return json.dumps({"type": "transcription", "transcript": "hi", "is_final": False, **fields})
+
+
+def test_what_was_said_is_not_searched() -> None:
+    """The spoken fields come from the audio: a transcription whose only piece
+    of the key is in them is passed on as it is (the same object)."""
+    text = transcription(transcript=f"say {KEY}", words=[{"word": KEY, "start": 0, "end": 1}])
+    message = parse_server_message(text)
+    assert hide_in_message(Redactor(KEY), message, text) is message
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"session_id": KEY},
+        {"echo": {"authorization": f"Bearer {KEY}"}},
+        {KEY: 1},
+        {"languages": ["en", KEY.upper()]},
+    ],
+    ids=["session-id", "nested-extra", "field-name", "list"],
+)
+def test_a_piece_in_any_other_field_redacts_the_whole_message(fields: dict[str, object]) -> None:
+    text = transcription(transcript=f"said {KEY}", **fields)
+    message = hide_in_message(Redactor(KEY), parse_server_message(text), text)
+    assert isinstance(message, TranscriptionMessage)
+    assert pieces_in(repr(message) + repr(message.raw) + message.text) == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        json.dumps({"type": "error", "message": f"no {KEY}"}),
+        json.dumps({"type": "novel", "deep": [{"x": KEY}]}),
+    ],
+)
+def test_other_messages_are_searched_whole(text: str) -> None:
+    message = hide_in_message(Redactor(KEY), parse_server_message(text), text)
+    assert pieces_in(repr(message) + repr(getattr(message, "raw", None))) == []
