@@ -675,7 +675,7 @@ class PulseConnection:
         summary = summary or reason
         if self._state is State.CLOSING and not self._owes_anything():
             self._socket_gone(code=code, reason=reason, local=local, will_reconnect=False)
-            self._finish(now, Trigger.CLOSE_DONE, error=None)
+            self._finish(now, Trigger.CLOSE_DONE, error=None, is_last_missing=True)
             return
         verdict = self._retry.lost(now, code=code, reason=summary)
         self._socket_gone(code=code, reason=reason, local=local, will_reconnect=not verdict.give_up)
@@ -841,21 +841,44 @@ class PulseConnection:
         self._finish(now, Trigger.CLOSE_DONE, error=None)
 
     def _close_timed_out(self, now: float) -> None:
-        if self._state in SOCKET_STATES:
+        """``close_timeout`` ran out before ``is_last`` (PROTOCOL §6 rule 8).
+
+        What that means depends on what the server had done: confirmed every
+        tick (a clean close that only lacks ``is_last``), left some audio
+        unconfirmed (dropped: the close failed), or never been reached (the
+        session failed to connect, whatever the close waited for).
+        """
+        state = self._state
+        lost = self._ledger.unconfirmed  # the live socket's evicted audio included
+        if state in SOCKET_STATES:
             self._commands.append(CloseConnection(code=1000, reason="close timed out"))
             self._socket_gone(code=1000, reason="close timed out", local=True, will_reconnect=False)
-        elif self._state is State.CONNECTING:
+        elif state is State.CONNECTING:
             self._commands.append(CloseConnection(code=1000, reason="close timed out"))
+        if not self._connections:
+            self._fail(now, self._unreachable(), trigger=Trigger.UNREACHABLE)
+            return
         self._abandon(now, DropReason.CLOSE_TIMEOUT, "close timed out")
+        error = None
+        if lost:
+            error = "close timed out before the server confirmed all audio"
+            if state not in SOCKET_STATES and self._retry.reason:
+                error += f" (while reconnecting after: {self._retry.reason})"
         self._finish(
-            now,
-            Trigger.CLOSE_TIMEOUT,
-            error="close timed out before the server confirmed all audio",
+            now, Trigger.CLOSE_TIMEOUT, error=error, is_last_missing=state is State.CLOSING
         )
 
-    def _fail(self, now: float, reason: str) -> None:
+    def _unreachable(self) -> str:
+        """Why a session that never connected ends: the last attempt's failure."""
+        failed = self._retry.attempt
+        if not failed:
+            return "could not reach the service: no connection opened within close_timeout"
+        attempts = "attempt" if failed == 1 else "attempts"
+        return f"could not reach the service after {failed} failed {attempts}: {self._retry.reason}"
+
+    def _fail(self, now: float, reason: str, *, trigger: Trigger = Trigger.GIVE_UP) -> None:
         self._abandon(now, DropReason.SESSION_FAILED, "session failed")
-        self._finish(now, Trigger.GIVE_UP, error=reason)
+        self._finish(now, trigger, error=reason)
 
     def _abandon(self, now: float, drop_reason: DropReason, finalize_reason: str) -> None:
         """Report everything that will now never be transcribed."""
@@ -865,11 +888,13 @@ class PulseConnection:
         self._ledger.abandon(drop_reason)
         self._ledger.report_drop()
 
-    def _finish(self, now: float, trigger: Trigger, *, error: str | None) -> None:
+    def _finish(
+        self, now: float, trigger: Trigger, *, error: str | None, is_last_missing: bool = False
+    ) -> None:
         self._ledger.report_drop()
         self._transition(trigger)
         self._connect_deadline = None
         self._retry_at = None
         self._close_deadline = None
         self._ledger.pending_since = None
-        self._emit(Closed(summary=self.summary(), error=error))
+        self._emit(Closed(summary=self.summary(), error=error, is_last_missing=is_last_missing))

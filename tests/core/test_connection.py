@@ -527,7 +527,115 @@ def test_close_timeout_reports_unconfirmed_audio() -> None:
     assert events[1] == AudioDropped(
         bytes=32000, start=0.0, end=1.0, reason=DropReason.CLOSE_TIMEOUT
     )
-    assert events[2].error is not None
+    assert events[2].error == "close timed out before the server confirmed all audio"
+    assert events[2].is_last_missing
+    assert h.conn.state is State.CLOSED
+
+
+@pytest.mark.parametrize(
+    "confirming",
+    [
+        pytest.param(final("one", from_finalize=True), id="by-the-finalize-answer"),
+        pytest.param(
+            final("one", from_finalize=False, words=[word("one", 0.1, 1.0)]), id="by-word-times"
+        ),
+    ],
+)
+def test_close_timeout_after_every_tick_was_confirmed_is_a_clean_close(
+    confirming: dict[str, object],
+) -> None:
+    h = Harness(max_chunk_delay=0, close_timeout=2.0)
+    h.open()
+    h.send(SECOND)
+    h.conn.speech_stopped(0.5)
+    h.collect()
+    assert kinds(h.at(0.6).message(confirming)) == ["Transcript"]
+    h.conn.close(1.0)
+    commands, events = h.collect()
+    assert texts(commands) == ['{"type":"close_stream"}']
+    commands, events = h.tick(3.0)  # is_last never comes
+    assert commands == [CloseConnection(code=1000, reason="close timed out")]
+    # A finalize the server never answered gets its one answer here.
+    answered = confirming["from_finalize"] is True
+    assert kinds(events) == (
+        ["Disconnected", "Closed"] if answered else ["Disconnected", "FinalizeTimedOut", "Closed"]
+    )
+    closed = events[-1]
+    assert (closed.error, closed.is_last_missing) == (None, True)
+    assert closed.summary.dropped_bytes == 0
+    assert h.conn.state is State.CLOSED
+
+
+def test_is_last_is_not_missing_when_it_came() -> None:
+    h = Harness(max_chunk_delay=0)
+    h.open()
+    h.send(SECOND)
+    h.conn.close(1.0)
+    h.collect()
+    events = h.at(1.2).message(final("all", is_last=True))
+    assert kinds(events) == ["Transcript", "Disconnected", "Closed"]
+    assert (events[-1].error, events[-1].is_last_missing) == (None, False)
+
+
+def test_close_timeout_while_reconnecting_names_the_last_failure() -> None:
+    h = Harness(max_chunk_delay=0, close_timeout=2.0)
+    h.open()
+    h.send(SECOND)
+    h.conn.connection_closed(0.5, code=1006)
+    h.conn.close(0.6)
+    h.collect()
+    h.tick(1.0)
+    h.conn.connection_failed(1.1, status=503, reason="HTTP 503: busy")
+    h.collect()
+    _, events = h.tick(2.6)
+    assert kinds(events) == ["AudioDropped", "Closed"]
+    assert events[0].reason is DropReason.CLOSE_TIMEOUT
+    assert events[1].error == (
+        "close timed out before the server confirmed all audio "
+        "(while reconnecting after: HTTP 503: busy)"
+    )
+    assert not events[1].is_last_missing  # close_stream went out on no socket
+    assert h.conn.state is State.CLOSED
+
+
+def test_close_timeout_before_any_connection_opened_is_a_failure_to_connect() -> None:
+    h = Harness(max_chunk_delay=0, close_timeout=2.0)
+    h.conn.start(0.0)
+    h.send(SECOND)
+    h.conn.speech_stopped(0.1)
+    h.conn.connection_failed(0.2, reason="OSError: connection refused")
+    h.collect()
+    h.tick(0.5)
+    h.conn.connection_failed(0.6, reason="OSError: connection refused")
+    h.conn.close(0.7)
+    h.collect()
+    commands, events = h.tick(2.7)
+    assert commands == []  # no attempt was in flight
+    assert kinds(events) == ["FinalizeTimedOut", "AudioDropped", "Closed"]
+    assert events[1] == AudioDropped(
+        bytes=32000, start=0.0, end=1.0, reason=DropReason.SESSION_FAILED
+    )
+    closed = events[-1]
+    assert closed.error == (
+        "could not reach the service after 2 failed attempts: OSError: connection refused"
+    )
+    assert (closed.summary.connections, closed.is_last_missing) == (0, False)
+    assert h.conn.state is State.FAILED
+
+
+def test_close_timeout_during_the_first_attempt_abandons_it() -> None:
+    h = Harness(max_chunk_delay=0, close_timeout=2.0, connect_timeout=10.0)
+    h.conn.start(0.0)
+    h.send(SECOND)
+    h.conn.close(0.5)
+    h.collect()
+    commands, events = h.tick(2.5)
+    assert commands == [CloseConnection(code=1000, reason="close timed out")]
+    assert kinds(events) == ["AudioDropped", "Closed"]
+    assert events[-1].error == (
+        "could not reach the service: no connection opened within close_timeout"
+    )
+    assert h.conn.state is State.FAILED
 
 
 def test_server_closing_during_close_with_everything_confirmed_is_the_end() -> None:

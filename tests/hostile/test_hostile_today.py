@@ -777,10 +777,6 @@ async def test_is_last_mid_session_does_not_confirm_unread_audio() -> None:
 # -- 10. no is_last ----------------------------------------------------------------------------
 
 
-@bug(
-    "without is_last the close times out and raises 'close timed out' although every "
-    "sample was in a final"
-)
 @pytest.mark.parametrize(
     "script",
     [
@@ -790,10 +786,12 @@ async def test_is_last_mid_session_does_not_confirm_unread_audio() -> None:
 )
 async def test_no_is_last_after_finals_that_cover_everything(script: Script) -> None:
     """Point 10: the server's finals covered all audio but is_last never comes:
-    leaving the block does not raise, Closed has no error."""
+    leaving the block does not raise, Closed has no error and says is_last
+    never came."""
     _, outcome = await against(script, body=say(1.0), close_timeout=0.3)
     assert outcome.error is None, repr(outcome.error)
     assert outcome.closed is not None and outcome.closed.error is None
+    assert outcome.closed.is_last_missing
     assert_every_sample_once(outcome, 1.0)
     assert not outcome.of(AudioDropped)
 
