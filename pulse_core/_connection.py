@@ -56,7 +56,7 @@ from ._events import (
     SpeechStarted,
     UnhandledMessage,
 )
-from ._finals import confirmed_upto, transcript, within_connection
+from ._finals import Transcribed, confirmed_upto, transcript, within_connection
 from ._ledger import AudioLedger
 from ._liveness import KEEPALIVE_PING, LIVENESS_PING, Check, Liveness
 from ._messages import (
@@ -103,6 +103,7 @@ class PulseConnection:
         # -- the parts (see the module docstring) ---------------------------
         self._ledger = AudioLedger(config, self._emit)
         self._timeline = Timeline(config.ticks_per_second)
+        self._transcribed = Transcribed()
         self._turns = Turns(
             timeout=config.finalize_timeout,
             max_pending=config.max_pending_finalizes,
@@ -466,7 +467,7 @@ class PulseConnection:
             self._emit(MalformedMessage(error=str(exc), data=data[:200]))
             return
         if isinstance(message, TranscriptionMessage):
-            self._on_transcription(now, message)
+            self._on_transcription(now, message, data)
         elif isinstance(message, SpeechStartedMessage):
             self._emit(
                 SpeechStarted(
@@ -775,7 +776,14 @@ class PulseConnection:
     # Internals: server messages
     # ------------------------------------------------------------------
 
-    def _on_transcription(self, now: float, message: TranscriptionMessage) -> None:
+    def _on_transcription(self, now: float, message: TranscriptionMessage, data: str) -> None:
+        closing = self._state is State.CLOSING
+        if message.is_final and self._repeated(message, data):
+            # A repeat answers nothing and confirms nothing, but is_last in it
+            # is still the server saying it is done.
+            if message.is_last and closing:
+                self._close_complete(now)
+            return
         answer = None
         if message.is_final:
             self._finals += 1
@@ -785,15 +793,30 @@ class PulseConnection:
                 answer,
                 self._timeline,
                 self._ledger,
-                closing=self._state is State.CLOSING,
+                closing=closing,
             )
             if upto is not None:
                 self._ledger.confirm(upto)
         self._emit(transcript(message, answer, self._timeline, self._connections))
-        if message.is_last and self._state is State.CLOSING:
+        if message.is_last and closing:
             self._close_complete(now)
         elif self._state is State.DRAINING and not self._turns.awaiting:
             self._switch(now)
+
+    def _repeated(self, message: TranscriptionMessage, data: str) -> bool:
+        """A final whose words this connection's finals already transcribed is
+        reported, not delivered: its text would be transcribed twice (PROTOCOL §5)."""
+        span = self._transcribed.repeats(message, self._connections)
+        if span is None:
+            return False
+        start, end = self._timeline.session_span(*span)
+        self._emit(
+            MalformedMessage(
+                error=f"a final repeating words already transcribed ({start:.2f}-{end:.2f} s)",
+                data=data[:200],
+            )
+        )
+        return True
 
     def _on_error(self, now: float, message: ErrorMessage) -> None:
         permanent = message.code in PERMANENT_ERROR_CODES

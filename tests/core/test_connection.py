@@ -646,6 +646,74 @@ def test_server_closing_during_close_with_everything_confirmed_is_the_end() -> N
     h.conn.connection_closed(0.5, code=1000)
     _, events = h.collect()
     assert kinds(events) == ["Disconnected", "Closed"]
+    assert (events[-1].error, events[-1].is_last_missing) == (None, True)
+
+
+# -- finals the server repeats -------------------------------------------------------
+
+
+def test_a_repeated_final_is_reported_not_delivered() -> None:
+    h = Harness(max_chunk_delay=0)
+    h.open()
+    h.send(SECOND)
+    said = final("one two", words=[word("one", 0.1, 0.5), word("two", 0.5, 1.0)])
+    assert kinds(h.at(0.5).message(said)) == ["Transcript"]
+    events = h.message(said)
+    assert kinds(events) == ["MalformedMessage"]
+    assert events[0].error == "a final repeating words already transcribed (0.10-1.00 s)"
+    assert events[0].data.startswith('{"type": "transcription", "transcript": "one two"')
+    assert h.conn.summary().finals == 1
+    # Interims repeat by nature; they are not checked.
+    interim = {**said, "is_final": False}
+    assert kinds(h.message(interim) + h.message(interim)) == ["Transcript", "Transcript"]
+
+
+def test_a_repeat_answers_no_finalize_and_confirms_nothing() -> None:
+    h = Harness(max_chunk_delay=0)
+    h.open()
+    h.send(SECOND)
+    h.conn.speech_stopped(0.2)
+    h.collect()
+    automatic = final("one", from_finalize=False, words=[word("one", 0.1, 0.4)])
+    assert kinds(h.at(0.3).message(automatic)) == ["Transcript"]
+    repeat = {**automatic, "from_finalize": True}
+    assert kinds(h.message(repeat)) == ["MalformedMessage"]
+    assert h.conn.pending_finalizes == 1
+    events = h.message(final("", from_finalize=True))  # the real answer: empty
+    assert kinds(events) == ["Transcript"] and events[0].turn == 1
+    # Empty answers carry no times: never repeats.
+    h.send(SECOND)
+    h.conn.speech_stopped(0.4)
+    h.collect()
+    assert kinds(h.at(0.5).message(final("", from_finalize=True))) == ["Transcript"]
+
+
+def test_a_repeat_with_is_last_still_ends_the_close() -> None:
+    h = Harness(max_chunk_delay=0)
+    h.open()
+    h.send(SECOND)
+    said = final("one", words=[word("one", 0.1, 1.0)])
+    h.at(0.5).message(said)
+    h.conn.close(1.0)
+    h.collect()
+    events = h.at(1.1).message({**said, "is_last": True})
+    assert kinds(events) == ["MalformedMessage", "Disconnected", "Closed"]
+    assert (events[-1].error, events[-1].is_last_missing) == (None, False)
+    assert h.conn.summary().dropped_bytes == 0
+
+
+def test_the_same_times_on_a_new_connection_are_new_audio() -> None:
+    h = Harness(max_chunk_delay=0)
+    h.open()
+    h.send(SECOND)
+    h.at(0.5).message(final("one", words=[word("one", 0.0, 0.5)]))
+    h.conn.connection_closed(0.6, code=1006)
+    h.collect()
+    h.tick(1.0)
+    h.at(1.1).open()  # replays the second half second
+    events = h.message(final("two", words=[word("two", 0.0, 0.5)]))
+    assert kinds(events) == ["Transcript"]
+    assert (events[0].start, events[0].end) == (0.5, 1.0)
 
 
 def test_misuse_raises_local_protocol_errors() -> None:

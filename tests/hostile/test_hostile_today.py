@@ -928,14 +928,11 @@ async def a_final_then_more(session: Session, server: HostileServer) -> None:
     await session.send_audio(speech(1.0, offset=1.0))
 
 
-@bug(
-    "a final repeated byte for byte is delivered again, as an automatic final: the audio "
-    "it covers, already confirmed, is transcribed twice"
-)
 async def test_a_repeated_final_transcribes_nothing_twice() -> None:
     """The server sends its automatic final for the first second twice, byte for
     byte, then drops the connection after 1.5 s: every sample ends up in
-    exactly one final, and the replay resends only the second second."""
+    exactly one final, the repeat is reported (MalformedMessage), and the
+    replay resends only the second second."""
     first = Script(
         faults=[
             Fault(AfterAudio(32000), [Final(from_finalize=False), RepeatFinal()]),
@@ -946,6 +943,8 @@ async def test_a_repeated_final_transcribes_nothing_twice() -> None:
     assert outcome.error is None, repr(outcome.error)
     assert bytes(server.connections[1].audio) == speech(1.0, offset=1.0)
     assert_every_sample_once(outcome, 2.0)
+    [repeat] = outcome.of(MalformedMessage)
+    assert "repeating words already transcribed (0.00-1.00 s)" in repeat.error
 
 
 async def test_a_final_split_in_two_transcribes_nothing_twice() -> None:
