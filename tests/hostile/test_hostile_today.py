@@ -17,6 +17,7 @@ playing ``scripts`` and returns the server and the session's ``Outcome``.
 
 from __future__ import annotations
 
+import json
 import logging
 import wave
 from collections.abc import Awaitable, Callable, Iterable
@@ -794,6 +795,29 @@ async def test_no_is_last_after_finals_that_cover_everything(script: Script) -> 
     assert outcome.closed.is_last_missing
     assert_every_sample_once(outcome, 1.0)
     assert not outcome.of(AudioDropped)
+
+
+async def test_the_command_without_is_last_exits_0(tmp_path: Path) -> None:
+    """Point 10, through the ``pulse`` command: the server never answers
+    close_stream, but its finals covered everything. The transcript is whole
+    and the command exits 0, after its close timeout (5 s and the input's
+    length), without a word about the close."""
+    wav = wav_file(tmp_path / "short.wav", 0.3)
+    async with serving(then=Script(answer_close_stream=False), limit=15.0) as server:
+        result = await pulse(
+            "transcribe",
+            wav,
+            "--base-url",
+            server.url,
+            "-f",
+            "jsonl",
+            env={"SMALLEST_API_KEY": KEY},
+            timeout=15.0,
+        )
+    assert result.code == 0, result.err
+    [final] = [json.loads(line) for line in result.lines]
+    assert (final["start"], final["end"]) == (0.0, 0.3)
+    assert result.err == ""
 
 
 # -- 11. nothing listening -----------------------------------------------------------------------
