@@ -333,7 +333,11 @@ class Session:
                     self._closed_seen = True
                     self._space.raise_()
                     if event.error is not None:
-                        self._failure = error_for(event.error, self._last_failure)
+                        self._failure = error_for(
+                            event.error,
+                            self._last_failure,
+                            reached=event.summary.connections > 0,
+                        )
                         self.body_scope.cancel()
             self._events.extend(events)
             self._wake_forwarder.set()
@@ -620,7 +624,11 @@ class Session:
                 event.reason,
             )
         elif isinstance(event, Closed):
-            log.info("closed%s", f" with error: {event.error}" if event.error else "")
+            log.info(
+                "closed%s%s",
+                " without the server's is_last" if event.is_last_missing else "",
+                f" with error: {event.error}" if event.error else "",
+            )
 
 
 _NETWORK_ERRORS = (

@@ -17,6 +17,7 @@ playing ``scripts`` and returns the server and the session's ``Outcome``.
 
 from __future__ import annotations
 
+import json
 import logging
 import wave
 from collections.abc import Awaitable, Callable, Iterable
@@ -780,10 +781,6 @@ async def test_is_last_mid_session_does_not_confirm_unread_audio() -> None:
 # -- 10. no is_last ----------------------------------------------------------------------------
 
 
-@bug(
-    "without is_last the close times out and raises 'close timed out' although every "
-    "sample was in a final"
-)
 @pytest.mark.parametrize(
     "script",
     [
@@ -793,12 +790,37 @@ async def test_is_last_mid_session_does_not_confirm_unread_audio() -> None:
 )
 async def test_no_is_last_after_finals_that_cover_everything(script: Script) -> None:
     """Point 10: the server's finals covered all audio but is_last never comes:
-    leaving the block does not raise, Closed has no error."""
+    leaving the block does not raise, Closed has no error and says is_last
+    never came."""
     _, outcome = await against(script, body=say(1.0), close_timeout=0.3)
     assert outcome.error is None, repr(outcome.error)
     assert outcome.closed is not None and outcome.closed.error is None
+    assert outcome.closed.is_last_missing
     assert_every_sample_once(outcome, 1.0)
     assert not outcome.of(AudioDropped)
+
+
+async def test_the_command_without_is_last_exits_0(tmp_path: Path) -> None:
+    """Point 10, through the ``pulse`` command: the server never answers
+    close_stream, but its finals covered everything. The transcript is whole
+    and the command exits 0, after its close timeout (5 s and the input's
+    length), without a word about the close."""
+    wav = wav_file(tmp_path / "short.wav", 0.3)
+    async with serving(then=Script(answer_close_stream=False), limit=15.0) as server:
+        result = await pulse(
+            "transcribe",
+            wav,
+            "--base-url",
+            server.url,
+            "-f",
+            "jsonl",
+            env={"SMALLEST_API_KEY": KEY},
+            timeout=15.0,
+        )
+    assert result.code == 0, result.err
+    [final] = [json.loads(line) for line in result.lines]
+    assert (final["start"], final["end"]) == (0.0, 0.3)
+    assert result.err == ""
 
 
 # -- 11. nothing listening -----------------------------------------------------------------------
@@ -933,14 +955,11 @@ async def a_final_then_more(session: Session, server: HostileServer) -> None:
     await session.send_audio(speech(1.0, offset=1.0))
 
 
-@bug(
-    "a final repeated byte for byte is delivered again, as an automatic final: the audio "
-    "it covers, already confirmed, is transcribed twice"
-)
 async def test_a_repeated_final_transcribes_nothing_twice() -> None:
     """The server sends its automatic final for the first second twice, byte for
     byte, then drops the connection after 1.5 s: every sample ends up in
-    exactly one final, and the replay resends only the second second."""
+    exactly one final, the repeat is reported (MalformedMessage), and the
+    replay resends only the second second."""
     first = Script(
         faults=[
             Fault(AfterAudio(32000), [Final(from_finalize=False), RepeatFinal()]),
@@ -951,6 +970,8 @@ async def test_a_repeated_final_transcribes_nothing_twice() -> None:
     assert outcome.error is None, repr(outcome.error)
     assert bytes(server.connections[1].audio) == speech(1.0, offset=1.0)
     assert_every_sample_once(outcome, 2.0)
+    [repeat] = outcome.of(MalformedMessage)
+    assert "repeating words already transcribed (0.00-1.00 s)" in repeat.error
 
 
 async def test_a_final_split_in_two_transcribes_nothing_twice() -> None:
