@@ -18,9 +18,11 @@ Buffers and their bounds: audio waiting to be written (``outgoing_buffer``
 bytes; ``send_audio`` waits when full), events on their way to handlers and
 ``events()`` (``event_buffer`` events and ``event_buffer_bytes`` bytes in all,
 the forwarder's queue and those kept for ``events()`` together; see
-``Session.events``), and everything inside the engine (bounded by its
-configuration, and drained by ``_pump`` after every input, so its own queues
-hold one input's output at most).
+``Session.events``; while reading waits, the WebSocket below holds what
+arrived unread too, up to 16 messages with the default connector), and
+everything inside the engine (bounded by its configuration, and drained by
+``_pump`` after every input, so its own queues hold one input's output at
+most).
 """
 
 from __future__ import annotations
@@ -122,7 +124,7 @@ def _message_bytes(message: str | bytes) -> int:
     the ``Word`` or ``Utterance`` made of it). Every value but the first of its
     container follows a ``,``, so counting ``,`` and ``[`` at 64 and ``{`` at
     256 never falls short; one inside a string errs high. A transcript with
-    word timestamps takes about six times its text, junk such as
+    word timestamps takes six or seven times its text, junk such as
     ``[{}, {}, ...]`` up to thirty times; plain text about once.
     """
     if isinstance(message, str):
@@ -388,7 +390,7 @@ class Session:
         with trio.move_on_after(config.close_timeout + config.connect_timeout + 1.0):
             await self._events_done.wait()
         if not self._events_done.is_set():
-            # Only when the application holds an events() iterator it does not read.
+            # Only when a handler has not returned (an unread events() holds up reading, not this).
             self._log.error("session did not finish closing in time; abandoning it")
         with trio.move_on_after(_DISCONNECT_TIMEOUT):
             while self._closing_links:
