@@ -15,23 +15,31 @@ waits there. The tasks under the session:
 * the *forwarder* hands events to handlers and to ``events()``.
 
 Buffers and their bounds: audio waiting to be written (``outgoing_buffer``
-bytes; ``send_audio`` waits when full), events for ``events()``
-(``event_buffer``; see ``Session.events``), and everything inside the engine
-(bounded by its configuration).
+bytes; ``send_audio`` waits when full), events on their way to handlers and
+``events()`` (``event_buffer`` events and ``event_buffer_bytes`` bytes in all,
+the forwarder's queue and those kept for ``events()`` together; see
+``Session.events``; while reading waits, the WebSocket below holds what
+arrived unread too, up to 16 messages with the default connector), and
+everything inside the engine (bounded by its configuration, and drained by
+``_pump`` after every input, so its own queues hold one input's output at
+most).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import enum
 import functools
 import inspect
 import logging
+import math
 import os
 import random
 import ssl
+import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeAlias
 
@@ -102,6 +110,31 @@ HANDLER_EVENTS: Mapping[str, tuple[type, ...]] = {
     "on_event": (object,),
 }
 _DISCONNECT_TIMEOUT = 2.0
+#: What an event counts for at least: the object and its small fields (a short
+#: transcript with its ``raw`` mapping takes about 0.9 KiB).
+_EVENT_BYTES = 1024
+
+
+def _message_bytes(message: str | bytes) -> int:
+    """What the events made of one server message hold in memory, estimated
+    cheaply from the message, and from above.
+
+    Parsing keeps the message's text once (``raw`` and the typed fields share
+    the strings) and makes a Python object for each JSON value: up to about 64
+    bytes for a number, a string or a list, 256 for an object (its dict, and
+    the ``Word`` or ``Utterance`` made of it). Every value but the first of its
+    container follows a ``,``, so counting ``,`` and ``[`` at 64 and ``{`` at
+    256 never falls short; one inside a string errs high. A transcript with
+    word timestamps takes six or seven times its text, junk such as
+    ``[{}, {}, ...]`` up to thirty times; plain text about once.
+    """
+    if isinstance(message, str):
+        values = message.count(",") + message.count("[")
+        objects = message.count("{")
+    else:
+        values = message.count(b",") + message.count(b"[")
+        objects = message.count(b"{")
+    return sys.getsizeof(message) + 64 * values + 256 * objects
 
 
 def _retry_after(headers: tuple[tuple[bytes, bytes], ...] | None) -> float | None:
@@ -125,6 +158,49 @@ class _Link:
         self.abandoned = False
         self.outbox: collections.deque[SendBinary | SendText | SendPing] = collections.deque()
         self.wake = trio.Event()
+
+
+class _Inbox:
+    """The forwarder's queue: the engine's events in order, each with its size
+    (``_EVENT_BYTES``, plus ``_message_bytes`` of the server message it was
+    made of)."""
+
+    def __init__(self) -> None:
+        self._items: collections.deque[tuple[Event, int]] = collections.deque()
+        self.bytes = 0
+        #: The size of the server message the reader is handing to the engine
+        #: (0 at any other time), so that the events made of it carry it.
+        self.arriving = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def extend(self, events: Iterable[Event]) -> None:
+        size = _EVENT_BYTES + self.arriving
+        for event in events:
+            self._items.append((event, size))
+            self.bytes += size
+
+    def first(self) -> tuple[Event, int]:
+        return self._items[0]
+
+    def popleft(self) -> None:
+        _, size = self._items.popleft()
+        self.bytes -= size
+
+
+class _Keeping(enum.Enum):
+    """Whether events are kept for ``events()``; the values tell an iterator
+    opened too late why it gets none."""
+
+    UNTIL_READ = "kept from the start of the session until an iterator reads them"
+    READING = "events() is already being iterated (events are kept for one iterator)"
+    OVERFLOWED = (
+        "events() was opened after more events went unread than the session keeps "
+        "(event_buffer={events}, event_buffer_bytes={bytes}): it stopped keeping them "
+        "for an iterator (handlers got every one); open events() sooner, or raise the bounds"
+    )
+    ENDED = "events() was already iterated (events are kept for one iterator)"
 
 
 class _Signal:
@@ -152,6 +228,7 @@ class Session:
         ssl_context: ssl.SSLContext | None,
         outgoing_buffer: int,
         event_buffer: int,
+        event_buffer_bytes: int,
     ) -> None:
         self._conn = conn
         self._connector = connector
@@ -162,11 +239,17 @@ class Session:
         self._outgoing_bytes = 0
         self._outgoing_limit = outgoing_buffer
         self._space = _Signal()
-        self._events: collections.deque[Event] = collections.deque()
-        self._events_in, self._events_out = trio.open_memory_channel[Event](event_buffer)
+        # Events on their way: the forwarder's queue, then (for events()) the
+        # channel, whose events' sizes are in _kept. Both count against the
+        # bounds; the channel takes any number, the counting keeps it bounded.
+        self._events = _Inbox()
+        self._events_in, self._events_out = trio.open_memory_channel[Event](math.inf)
+        self._kept: collections.deque[int] = collections.deque()
+        self._kept_bytes = 0
         self._event_buffer = event_buffer
-        self._iterating = False
-        self._feeding_channel = True
+        self._event_buffer_bytes = event_buffer_bytes
+        self._keeping = _Keeping.UNTIL_READ
+        self._taken = _Signal()  # an event left the session: there may be room
         self._handlers: dict[str, list[Handler]] = collections.defaultdict(list)
         self._wake_forwarder = trio.Event()
         self._wake_timer = trio.Event()
@@ -253,25 +336,44 @@ class Session:
     async def events(self) -> AsyncIterator[Event]:
         """The engine's events, in order, ending after ``Closed``.
 
-        Events are kept for this iterator from the start of the session, up to
-        ``event_buffer`` of them. While an iterator is open and not consumed,
-        the session stops reading from the server (back-pressure) rather than
-        grow; once the iterator is closed, or if none was ever opened by the
-        time the buffer fills, the session stops keeping events for one
-        (handlers still get them).
+        Events are kept for one iterator from the start of the session, so one
+        opened after entering the ``async with`` block still gets
+        ``Connected`` and the first transcripts. The session holds at most
+        ``event_buffer`` events and ``event_buffer_bytes`` bytes of them, on
+        their way to handlers and to this iterator together (each event counts
+        1 KiB, plus an estimate of what the server message it came from takes
+        in memory). It may go past them by the events of one server message,
+        and by the few that timers and the application's own calls cause
+        meanwhile (those are never held back). At the bound:
+
+        * while an iterator is open, the session stops reading from the server
+          (back-pressure) until the iterator catches up: read slowly, it still
+          gets every event, in order;
+        * while none is open (handlers only), the session does not wait: it
+          stops keeping events for an iterator and frees those it kept, and
+          handlers still get every event. An iterator opened after that raises
+          ``LocalProtocolError`` at once, as does one opened while another is
+          open or after one has ended (from then on events are not kept).
 
         If the session fails for good, the ``async with`` block is cancelled;
         an iterator read inside the block ends there, while one read by a task
         outside it (or a handler) still gets every event up to ``Closed``
         before ``open_session`` raises.
         """
-        self._iterating = True
+        if self._keeping is not _Keeping.UNTIL_READ:
+            raise LocalProtocolError(
+                self._keeping.value.format(
+                    events=self._event_buffer, bytes=self._event_buffer_bytes
+                )
+            )
+        self._keeping = _Keeping.READING
         try:
             async for event in self._events_out:
+                self._kept_bytes -= self._kept.popleft()
+                self._taken.raise_()
                 yield event
         finally:
-            self._iterating = False
-            self._feeding_channel = False
+            self._stop_keeping(_Keeping.ENDED)
 
     async def aclose(self) -> None:
         """Close gracefully: every final is delivered first. Idempotent.
@@ -289,7 +391,7 @@ class Session:
         with trio.move_on_after(config.close_timeout + config.connect_timeout + 1.0):
             await self._events_done.wait()
         if not self._events_done.is_set():
-            # Only when the application holds an events() iterator it does not read.
+            # Only when a handler has not returned (an unread events() holds up reading, not this).
             self._log.error("session did not finish closing in time; abandoning it")
         with trio.move_on_after(_DISCONNECT_TIMEOUT):
             while self._closing_links:
@@ -470,6 +572,7 @@ class Session:
         try:
             while True:
                 message = await ws.get_message()
+                self._events.arriving = _message_bytes(message)
                 self._report(link, "receive_message", message)
                 await self._backpressure()
         except ConnectionClosed as exc:
@@ -531,10 +634,20 @@ class Session:
         self._pump()
 
     async def _backpressure(self) -> None:
-        # Stop reading the server while events pile up unconsumed.
-        while len(self._events) > self._event_buffer:
-            self._wake_forwarder.set()
-            await trio.sleep(0.01)
+        """Stop reading the server while the session holds more events than its
+        bounds allow, until handlers or a reading ``events()`` take them.
+
+        Only the reading waits: the engine is still drained after every input
+        (PROTOCOL.md §8), so its own queues never fill.
+        """
+        self._events.arriving = 0  # the message is in: what follows is not made of it
+        while self._over_bounds():
+            await self._taken.wait()
+
+    def _over_bounds(self) -> bool:
+        count = len(self._events) + len(self._kept)
+        size = self._events.bytes + self._kept_bytes
+        return count > self._event_buffer or size > self._event_buffer_bytes
 
     async def _timer(self) -> None:
         while True:
@@ -552,10 +665,11 @@ class Session:
         self._forwarder_task = trio.lowlevel.current_task()
         while True:
             while self._events:
-                event = self._events.popleft()
+                event, size = self._events.first()  # counted until handlers are done
                 self._log_event(event)
                 await self._dispatch(event)
-                await self._feed(event)
+                self._events.popleft()
+                self._feed(event, size)
                 if isinstance(event, Closed):
                     self._events_in.close()
                     self._events_done.set()
@@ -563,23 +677,34 @@ class Session:
             if not self._events:
                 await self._wake_forwarder.wait()
 
-    async def _feed(self, event: Event) -> None:
-        if not self._feeding_channel:
-            return
-        if self._iterating:
-            try:
-                await self._events_in.send(event)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._feeding_channel = False  # the iterator is gone
-            return
-        try:
-            self._events_in.send_nowait(event)
-        except trio.WouldBlock:
-            self._feeding_channel = False
-            self._log.debug(
-                "%d events were not read from events(); no longer keeping events for it",
-                self._event_buffer,
-            )
+    def _feed(self, event: Event, size: int) -> None:
+        """Keep ``event`` for ``events()`` if the session still keeps events;
+        with no iterator open, stop keeping them once over the bounds."""
+        if self._keeping in (_Keeping.UNTIL_READ, _Keeping.READING):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                self._events_in.send_nowait(event)  # takes any number: bounded by counting
+                self._kept.append(size)
+                self._kept_bytes += size
+            if self._keeping is _Keeping.UNTIL_READ and self._over_bounds():
+                self._log.debug(
+                    "more than %d events or %d bytes went unread from events(); "
+                    "no longer keeping events for it",
+                    self._event_buffer,
+                    self._event_buffer_bytes,
+                )
+                self._stop_keeping(_Keeping.OVERFLOWED)
+        else:
+            self._taken.raise_()  # it has left the session: there may be room now
+
+    def _stop_keeping(self, why: _Keeping) -> None:
+        """Keep no more events for ``events()``, and free those kept."""
+        self._keeping = why
+        with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
+            while True:
+                self._events_out.receive_nowait()
+        self._kept.clear()
+        self._kept_bytes = 0
+        self._taken.raise_()
 
     async def _dispatch(self, event: Event) -> None:
         for name, kinds in HANDLER_EVENTS.items():
@@ -676,6 +801,7 @@ async def open_session(
     jitter: Any = None,
     outgoing_buffer: int = 1 << 20,
     event_buffer: int = 1024,
+    event_buffer_bytes: int = 8 << 20,
     **options: Any,
 ) -> AsyncIterator[Session]:
     """Open a Pulse transcription session.
@@ -686,6 +812,16 @@ async def open_session(
     any connection. Leaving the block closes gracefully; a permanent failure
     raises a ``SessionFailedError`` subclass (e.g. ``AuthenticationError``)
     once every event up to ``Closed`` has been delivered.
+
+    ``outgoing_buffer``: bytes of audio waiting to be written before
+    ``send_audio`` waits. ``event_buffer`` (1024) and ``event_buffer_bytes``
+    (8 MiB): the most events, and bytes of them, the session holds on their
+    way to handlers and ``events()``. Past them, with an ``events()`` iterator
+    open, it stops reading from the server until the iterator catches up;
+    with none open, it stops keeping events for one (handlers still get every
+    event, a later ``events()`` raises ``LocalProtocolError``). See
+    ``Session.events``. Each must be an integer of at least 1, or
+    ``ConfigurationError`` is raised before any connection.
     """
     key = api_key if api_key is not None else os.environ.get("SMALLEST_API_KEY")
     if not key:
@@ -700,10 +836,13 @@ async def open_session(
         sample_rate=sample_rate,
         **options,
     )
-    if outgoing_buffer < 1 or event_buffer < 1:
-        raise ConfigurationError(
-            "outgoing_buffer/event_buffer", (outgoing_buffer, event_buffer), "at least 1"
-        )
+    for name, value in (
+        ("outgoing_buffer", outgoing_buffer),
+        ("event_buffer", event_buffer),
+        ("event_buffer_bytes", event_buffer_bytes),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigurationError(name, value, "an integer of at least 1")
     if ssl_context is not None and config.resolved_base_url.startswith("ws://"):
         raise ConfigurationError(
             "ssl_context", "<SSLContext>", "a wss:// base_url (ws:// is never encrypted)"
@@ -716,6 +855,7 @@ async def open_session(
         ssl_context=ssl_context,
         outgoing_buffer=outgoing_buffer,
         event_buffer=event_buffer,
+        event_buffer_bytes=event_buffer_bytes,
     )
     hiding = hide_key_in_logs(conn.redactor)  # the stack's own DEBUG lines (§6 rule 12)
     try:

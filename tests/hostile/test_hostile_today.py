@@ -17,8 +17,10 @@ playing ``scripts`` and returns the server and the session's ``Outcome``.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
+import tracemalloc
 import wave
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -753,6 +755,46 @@ async def test_eof_during_the_handshake_fails_the_attempt_at_once(handshake: Han
     assert outcome.error is None, repr(outcome.error)
     assert len(server.upgraded) == 1
     assert took < 0.25, f"the session took {took:.2f} s"
+
+
+# -- 8. events kept for an events() nobody reads ----------------------------------------------
+
+
+def big_interim(number: int, size: int) -> str:
+    """An interim of ``size`` characters whose text starts with ``#number``."""
+    head = f'{{"type":"transcription","is_final":false,"transcript":"#{number} '
+    return head + "x" * (size - len(head) - 2) + '"}'
+
+
+async def test_a_handler_only_session_keeps_a_bounded_amount_of_events() -> None:
+    """Point 8: the README's pattern (handlers only, events() never read). The
+    server sends 24 interims of 900 KB (20 MiB) at once; with the default
+    bounds the session keeps at most 8 MiB of them for an events() that never
+    comes (memory measured with tracemalloc), and handlers get all 24."""
+    interims = [Text(big_interim(n, 900_000)) for n in range(24)]
+    script = Script(faults=[Fault(OnOpen(), interims)])
+    handled: list[str] = []
+    kept = 0
+    async with serving(script, limit=LIMIT) as server:
+        gc.collect()
+        tracemalloc.start()
+        try:
+            async with open_session(KEY, base_url=server.url, **settings()) as session:
+
+                @session.event_handler("on_interim_transcript")
+                def count(event: Transcript) -> None:
+                    handled.append(event.text.split(" ", 1)[0])  # not the event itself
+
+                start = tracemalloc.get_traced_memory()[0]
+                await session.send_audio(speech(0.1))
+                while len(handled) < 24:
+                    await trio.sleep(0.01)
+                gc.collect()
+                kept = tracemalloc.get_traced_memory()[0] - start
+        finally:
+            tracemalloc.stop()
+    assert handled == [f"#{n}" for n in range(24)]
+    assert kept < 8 << 20, f"the session kept {kept / 2**20:.1f} MiB of events"
 
 
 # -- 9. is_last in the middle of a session ------------------------------------------------------
