@@ -75,6 +75,7 @@ from pulse_core import (
 
 from ._connector import Connector, close_transport, default_connector
 from ._errors import SessionFailedError, error_for
+from ._websocket import violation
 
 __all__ = ["HANDLER_EVENTS", "Session", "open_session"]
 
@@ -510,6 +511,19 @@ class Session:
         return text.replace(key, "<redacted>") if key and key in text else text
 
     def _link_closed(self, link: _Link, exc: ConnectionClosed) -> None:
+        failed = violation(link.ws)
+        if failed is not None:
+            # This side closed it, because the server broke the protocol
+            # (PROTOCOL §4): a local close, and what came is malformed.
+            self._report(
+                link,
+                "protocol_violation",
+                code=failed.code,
+                reason=self._redact(failed.reason or ""),
+            )
+            link.abandoned = True
+            self._release(link)
+            return
         reason = exc.reason
         code = reason.code if reason is not None else None
         text = (reason.reason or "") if reason is not None else ""

@@ -819,7 +819,6 @@ async def test_no_server_at_all_gives_up() -> None:
 # -- 12. pulse's own protocol closes, close codes, redirects, huge refusals -----------------------
 
 
-@bug("pulse's own 1009 close (message too big) is reported as the server's (local=False)")
 async def test_a_message_too_big_is_a_local_close() -> None:
     """Point 12: a text frame over max_message_size: pulse closes 1009 itself;
     Disconnected says local=True and its code is a plain int; pulse reconnects."""
@@ -833,11 +832,6 @@ async def test_a_message_too_big_is_a_local_close() -> None:
     assert outcome.error is None and len(server.upgraded) == 2
 
 
-@bug(
-    "invalid UTF-8 in a text frame makes wsproto close 1007 without a MalformedMessage; "
-    "the Disconnected says the server closed (local=False), with wsproto's CloseReason "
-    "enum as the code"
-)
 async def test_invalid_utf8_text_is_a_malformed_message() -> None:
     """Point 12: a text frame that is not UTF-8 gives MalformedMessage; if pulse
     closes for it, the Disconnected is local with an int code."""
@@ -847,6 +841,43 @@ async def test_invalid_utf8_text_is_a_malformed_message() -> None:
     for gone in outcome.of(Disconnected)[:-1]:
         assert gone.local is True and (gone.code is None or type(gone.code) is int), gone
     assert outcome.error is None, repr(outcome.error)
+
+
+def _masked_text(text: bytes) -> bytes:
+    """A text frame masked as only a client's may be (RFC 6455 5.1: a server
+    never masks)."""
+    mask = b"\x01\x02\x03\x04"
+    body = bytes(byte ^ mask[i % 4] for i, byte in enumerate(text))
+    return bytes([0x81, 0x80 | len(text)]) + mask + body
+
+
+VIOLATIONS = [
+    pytest.param(Raw(invalid_utf8_text()), 1007, id="invalid-utf8-text"),
+    pytest.param(Raw(oversized_text(100_000)), 1009, id="message-too-big"),
+    pytest.param(Raw(_masked_text(b"{}")), 1002, id="masked-frame"),
+    pytest.param(Raw(b"\xc1\x02{}"), 1002, id="reserved-bit-set"),
+    pytest.param(Close(code=999), 1002, id="close-code-999"),
+]
+
+
+@pytest.mark.parametrize(("action", "code"), VIOLATIONS)
+async def test_a_protocol_violation_replaces_the_connection(action: Any, code: int) -> None:
+    """Point 12 (PROTOCOL §4): when the server breaks the WebSocket protocol,
+    pulse fails the connection itself with the code for what it did (RFC 6455
+    7.1.7, 8.1): one MalformedMessage, a local Disconnected with that code as a
+    plain int, the close frame reaches the server, and the audio is replayed on
+    a new connection, every sample in exactly one final."""
+    script = Script(faults=[Fault(AfterAudio(16000), action)])
+    server, outcome = await against(script, body=say(1.0), max_message_size=65536)
+    assert outcome.error is None, repr(outcome.error)
+    assert len(outcome.of(MalformedMessage)) == 1, outcome.of(MalformedMessage)
+    first = outcome.of(Disconnected)[0]
+    assert (first.local, first.code, first.will_reconnect) == (True, code, True), first
+    assert type(first.code) is int
+    closed = server.connections[0].client_close
+    assert closed is not None and closed[0] == code, closed
+    assert len(server.upgraded) == 2
+    assert_every_sample_once(outcome, 1.0)
 
 
 CLOSE_CODES = [
