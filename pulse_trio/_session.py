@@ -123,6 +123,8 @@ class _Link:
         self.scope = trio.CancelScope()
         #: The engine is done with it: report nothing more, write nothing more.
         self.abandoned = False
+        #: The engine closed it: ``_close_link`` runs the close handshake and ends it.
+        self.closing = False
         self.outbox: collections.deque[SendBinary | SendText | SendPing] = collections.deque()
         self.wake = trio.Event()
 
@@ -353,6 +355,7 @@ class Session:
             closing, self._link = self._link, None
             if closing is not None:
                 closing.abandoned = True
+                closing.closing = True
                 self._release(closing)
                 self._closing_links += 1
                 self._nursery.start_soon(self._close_link, closing, command.code, command.reason)
@@ -387,12 +390,14 @@ class Session:
             self._link.scope.cancel()
 
     async def _close_link(self, link: _Link, code: int, reason: str) -> None:
+        """Run the close handshake on ``link`` (bounded), then end it: its
+        reader must keep reading until the server's close frame is in."""
         try:
             if link.ws is not None:
                 with trio.move_on_after(_DISCONNECT_TIMEOUT):
                     await link.ws.aclose(code, reason)
-            link.scope.cancel()
         finally:
+            link.scope.cancel()
             self._closing_links -= 1
             self._links_closed.set()
             self._links_closed = trio.Event()
@@ -469,6 +474,10 @@ class Session:
                 self._report(link, "receive_message", message)
                 await self._backpressure()
         except ConnectionClosed as exc:
+            if link.closing:
+                # Closing the transport now would cut the close frame being
+                # written (RFC 6455 §5.5.1): _close_link ends this link.
+                await trio.sleep_forever()
             self._link_closed(link, exc)
 
     def _link_failed(self, link: _Link, exc: BaseException) -> None:

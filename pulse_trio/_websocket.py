@@ -29,6 +29,12 @@ both sides.
   connection itself, delivers what arrived before, and keeps the close this
   side sent in :func:`violation`, so that the caller can tell it from the
   peer's.
+* **Closing while the peer's close frame is being answered.** Once the peer's
+  close frame is read, ``aclose()`` returns at once, before the reader task has
+  written the answer; a caller that then closes the stream or cancels the
+  reader loses that answer (RFC 6455 §5.5.1 asks for it; the close paths are
+  trio-websocket issue #90, open). Here ``aclose()`` returns once the close
+  handshake is over (its caller bounds the wait).
 
 This leans on trio-websocket internals (the reader task, the handshake event,
 the wsproto connection, two event handlers), the same ones its own
@@ -73,6 +79,12 @@ class _Connection(WebSocketConnection):
 
     #: The close this side sent because the peer broke the protocol, if it did.
     _violation: CloseReason | None = None
+
+    async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
+        await super().aclose(code, reason)
+        # If the peer's close frame came first, the reader task may still be
+        # writing its answer (RFC 6455 §5.5.1): let it finish.
+        await self._close_handshake.wait()
 
     async def _handle_ping_event(self, event: Ping) -> None:
         if self._wsproto.state is not ConnectionState.OPEN:

@@ -90,10 +90,13 @@ async def client_against(
     body: Callable[[WebSocketConnection], Awaitable[None]] | None = None,
     *,
     max_message_size: int = 1 << 20,
+    client_stream: trio.abc.Stream | None = None,
+    server_stream: trio.abc.Stream | None = None,
 ) -> None:
     """Run ``open_client`` against ``server`` (then ``body`` on the connection);
     what fails is raised as it is, not in the nursery's group."""
-    client_stream, server_stream = trio.testing.memory_stream_pair()
+    if client_stream is None or server_stream is None:
+        client_stream, server_stream = trio.testing.memory_stream_pair()
     with trio.fail_after(LIMIT), _unwrapped():
         async with trio.open_nursery() as nursery:
             nursery.start_soon(server, server_stream)
@@ -292,3 +295,53 @@ async def test_a_peer_that_breaks_the_protocol_is_failed_with_its_code(
 
     await client_against(server, body, max_message_size=1024)
     assert heard == [code]
+
+
+class SlowWrites(trio.abc.Stream):
+    """A stream whose writes take ``delay`` seconds to leave."""
+
+    def __init__(self, inner: trio.abc.Stream, delay: float) -> None:
+        self.inner = inner
+        self.delay = delay
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.sleep(self.delay)
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_aclose_returns_once_the_peers_close_frame_is_answered() -> None:
+    """The server closes first; the client calls aclose() as soon as it has
+    read that close frame, then closes the stream, as a session does. The
+    answer (RFC 6455 5.5.1) must be written before aclose() returns."""
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    answers: list[int | None] = []
+
+    async def server(stream: trio.abc.Stream) -> None:
+        await stream.send_all(switching(await read_request(stream)))
+        await stream.send_all(frame(CLOSE, struct.pack("!H", 1000), masked=False))
+        answers.append(await close_code_from(stream))
+
+    async def body(ws: WebSocketConnection) -> None:
+        while ws.closed is None:  # the close frame is read; its answer is on its way
+            await trio.sleep(0.001)
+        await ws.aclose()
+        await client_stream.aclose()
+        while not answers:
+            await trio.sleep(0.001)
+
+    await client_against(
+        server,
+        body,
+        client_stream=SlowWrites(client_stream, 0.05),
+        server_stream=server_stream,
+    )
+    assert answers == [1000]

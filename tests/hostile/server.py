@@ -435,6 +435,8 @@ class _Connection:
                 record.ended = "closed"  # the reply to our close
                 await self._hangup(reset=False, why="close handshake done")
             await self._fire(OnClientClose)
+            if self.frozen:
+                return  # half-open: no answer, and TCP stays up
             if not self.close_sent:
                 self.close_sent = True
                 await self.send(CLOSE, close_payload(code))

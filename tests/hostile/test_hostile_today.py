@@ -935,10 +935,6 @@ async def test_a_huge_refusal_body_is_read_with_a_limit() -> None:
 # -- found while building the server -------------------------------------------------------------
 
 
-@bug(
-    "when the server closes right after is_last, pulse drops TCP without answering the "
-    "close frame in most sessions (its transport is closed under trio-websocket's reply)"
-)
 async def test_the_servers_close_frame_is_answered() -> None:
     """RFC 6455 5.5.1: an endpoint that receives a close frame sends one back.
     The server closes 1000 right after is_last, as the service does. The race
@@ -950,6 +946,21 @@ async def test_the_servers_close_frame_is_answered() -> None:
         assert await server.wait_for(lambda: all(r.done.is_set() for r in server.connections))
     answered = [r.client_close for r in server.connections]
     assert all(answer is not None for answer in answered), answered
+
+
+async def test_a_close_frame_never_answered_is_waited_for_a_bounded_time() -> None:
+    """RFC 6455 7.1.1: after its close frame pulse waits for the server's, but
+    not for ever: a server that goes silent once the client's close arrives
+    (no close frame, TCP left up) holds the session's end up for at most the
+    disconnect bound (2 s), and the session still ends cleanly."""
+    script = Script(close_after_is_last=False, faults=[Fault(OnClientClose(), HalfOpen())])
+    start = trio.current_time()
+    server, outcome = await against(script, body=say(0.5))
+    took = trio.current_time() - start
+    assert outcome.error is None, repr(outcome.error)
+    assert outcome.closed is not None and outcome.closed.error is None
+    assert server.connections[0].client_close == (1000, "session closed")
+    assert took < 3.5, f"the session took {took:.2f} s to end"
 
 
 async def a_final_then_more(session: Session, server: HostileServer) -> None:
