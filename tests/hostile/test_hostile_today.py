@@ -62,6 +62,7 @@ from tests.hostile.script import (
     OnCloseStream,
     OnFinalize,
     OnOpen,
+    OnPing,
     Ping,
     Raw,
     RepeatFinal,
@@ -930,6 +931,132 @@ async def test_a_huge_refusal_body_is_read_with_a_limit() -> None:
     refusals = outcome.of(ConnectionFailed)
     assert refusals and refusals[0].status == 503, refusals
     assert server.connections[0].bytes_sent < 16 << 20
+
+
+# -- 13. every stage of a connection: what the stack raises ends at one edge ---------------------
+# pulse_trio/_transport_errors.py lists what each stage raises; each becomes a ConnectionFailed
+# (and a retry) or a lost connection (and a replay), never an exception of the stack.
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        pytest.param(
+            Script(handshake=Handshake(greeting=b"HTTP/1.1 400 Bad Request\r\n\r\n")),
+            id="an-http-answer",
+        ),
+        pytest.param(Script(handshake=Handshake(hang_up_at_once=True)), id="hang-up-at-once"),
+        pytest.param(Script(), id="waiting-for-a-request"),
+    ],
+)
+async def test_wss_against_a_server_without_tls_fails_each_attempt(script: Script) -> None:
+    """Dialling wss:// at a plain-TCP server: the TLS handshake meets an HTTP
+    answer (ssl's wrong version number), an EOF, or silence (then
+    connect_timeout). Each attempt is a ConnectionFailed, then
+    ConnectionGaveUpError; never an SSL error or an ExceptionGroup."""
+    events: list[Event] = []
+    error: BaseException | None = None
+    async with serving(then=script) as server:
+        try:
+            async with open_session(
+                KEY,
+                base_url=server.url.replace("ws://", "wss://"),
+                **settings(attempts=2, connect_timeout=0.5),
+            ) as session:
+                session.event_handler("on_event")(events.append)
+                await speak(session, 0.2)
+        except Exception as exc:  # an ExceptionGroup too: that is what this looks for
+            error = exc
+    assert isinstance(error, ConnectionGaveUpError), repr(error)
+    failures = [e for e in events if isinstance(e, ConnectionFailed)]
+    assert [(f.status, f.permanent) for f in failures] == [(None, False), (None, True)]
+    assert server.accepted == 2
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["eof", "reset"])
+async def test_tcp_lost_mid_stream_is_a_lost_connection(reset: bool) -> None:
+    """Reading: the server drops TCP (FIN or RST) mid-stream. The socket is
+    lost (not a local close, an int code or none), the session reconnects and
+    every sample ends up in exactly one final."""
+    script = Script(faults=[Fault(AfterAudio(16000), Hangup(reset=reset))])
+    server, outcome = await against(script, body=say(1.0))
+    assert outcome.error is None, repr(outcome.error)
+    gone = outcome.of(Disconnected)[0]
+    assert gone.local is False and gone.will_reconnect, gone
+    assert gone.code is None or type(gone.code) is int
+    assert len(server.upgraded) == 2
+    assert_every_sample_once(outcome, 1.0)
+
+
+async def test_a_reset_while_pulse_writes_is_a_lost_connection() -> None:
+    """Writing: three seconds of audio go out at once and the server resets
+    the connection after the first frame, while pulse is still writing."""
+
+    async def body(session: Session, server: HostileServer) -> None:
+        await session.send_audio(speech(3.0))
+        await session.speech_stopped()
+
+    server, outcome = await against(
+        Script(faults=[Fault(AfterAudio(1), Hangup(reset=True))]), body=body
+    )
+    assert outcome.error is None, repr(outcome.error)
+    assert len(server.upgraded) == 2
+    assert_every_sample_once(outcome, 3.0)
+
+
+async def test_a_write_that_never_completes_is_noticed() -> None:
+    """Writing: the server stops reading (and answering) with ten seconds of
+    audio on their way, far more than the socket buffers hold, so a write
+    blocks for good. The liveness ping cannot go out either: the connection
+    is replaced within ping_interval + ping_timeout, and the audio replayed."""
+
+    async def body(session: Session, server: HostileServer) -> None:
+        await session.send_audio(speech(10.0))
+        await session.speech_stopped()
+
+    server, outcome = await against(
+        Script(faults=[Fault(AfterAudio(16000), HalfOpen())]),
+        body=body,
+        ping_interval=0.2,
+        ping_timeout=0.3,
+        close_timeout=4.0,
+    )
+    assert outcome.error is None, repr(outcome.error)
+    gone = outcome.of(Disconnected)[0]
+    assert (gone.code, gone.reason, gone.local) == (1011, "server stopped answering", True)
+    assert server.connections[0].audio_bytes < len(speech(10.0))  # the write was stuck
+    assert len(server.upgraded) == 2
+    assert_every_sample_once(outcome, 10.0)
+
+
+async def test_a_reset_answering_pulses_ping_is_a_lost_connection() -> None:
+    """Pinging: the server says nothing, so pulse pings it (ping_interval);
+    the server resets the connection instead of answering. The ping's wait
+    ends with the connection, which is replaced and replayed."""
+
+    async def body(session: Session, server: HostileServer) -> None:
+        await speak(session, 1.0, finalize=False)
+        assert await server.wait_for(lambda: len(server.upgraded) == 2)
+        await session.speech_stopped()
+
+    script = Script(faults=[Fault(OnPing(), Hangup(reset=True), replace=True)])
+    server, outcome = await against(script, body=body, ping_interval=0.2, ping_timeout=1.0)
+    assert outcome.error is None, repr(outcome.error)
+    assert server.connections[0].pings_received == 1
+    gone = outcome.of(Disconnected)[0]
+    assert gone.local is False and gone.will_reconnect, gone
+    assert_every_sample_once(outcome, 1.0)
+
+
+async def test_a_reset_answering_pulses_close_frame_ends_the_session_cleanly() -> None:
+    """Closing: after is_last pulse sends its close frame and the server
+    resets the connection instead of answering it."""
+    script = Script(close_after_is_last=False, faults=[Fault(OnClientClose(), Hangup(reset=True))])
+    server, outcome = await against(script, body=say(0.5))
+    assert outcome.error is None, repr(outcome.error)
+    assert outcome.closed is not None and outcome.closed.error is None
+    assert server.connections[0].client_close == (1000, "session closed")
+    assert_every_sample_once(outcome, 0.5)
 
 
 # -- found while building the server -------------------------------------------------------------
