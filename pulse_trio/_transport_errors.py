@@ -130,7 +130,7 @@ def engine_input(
             "permanent": True,
         }
     if isinstance(exc, UnicodeError):
-        # The host name (or a header) cannot be encoded: every attempt would fail alike.
+        # The host name cannot be encoded (IDNA): every attempt would fail alike.
         return "connection_failed", {
             "status": None,
             "reason": f"the server's address cannot be used: {text}",

@@ -24,11 +24,12 @@ both sides.
   §8.1). wsproto hands its complaint over as if it were the peer's close frame;
   trio-websocket then sends nothing and reports the peer's close, and for a
   message too big it sends 1009 but drops the messages still queued and reports
-  that close as the peer's too (its failing of the connection is not
-  deterministic: trio-websocket issue #147). :class:`_Connection` fails the
-  connection itself, delivers what arrived before, and keeps the close this
-  side sent in :func:`violation`, so that the caller can tell it from the
-  peer's.
+  that close as the peer's too (how the client fails a connection is among its
+  Autobahn failures, trio-websocket issue #147; wsproto's own change to raise
+  instead, wsproto pull request #100, is still open). :class:`_Connection`
+  fails the connection itself, delivers what arrived before, and keeps the
+  close this side sent in :func:`violation`, so that the caller can tell it
+  from the peer's.
 * **Closing while the peer's close frame is being answered.** Once the peer's
   close frame is read, ``aclose()`` returns at once, before the reader task has
   written the answer; a caller that then closes the stream or cancels the
@@ -36,8 +37,9 @@ both sides.
   trio-websocket issue #90, open). Here ``aclose()`` returns once the close
   handshake is over (its caller bounds the wait).
 
-This leans on trio-websocket internals (the reader task, the handshake event,
-the wsproto connection, two event handlers), the same ones its own
+This leans on trio-websocket internals (the reader task, the handshake
+events, the close reason, the message buffer, the wsproto connection, four
+event handlers), the same ones its own
 ``wrap_client_stream`` and ``wrap_server_stream`` use;
 ``tests/adapter/test_websocket.py`` fails if an upgrade changes them.
 """
