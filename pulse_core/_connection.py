@@ -456,6 +456,39 @@ class PulseConnection:
             )
         # Other states: a connection the engine already closed.
 
+    def protocol_violation(self, now: float, *, code: int, reason: str) -> None:
+        """The transport failed the WebSocket because the server broke the
+        protocol: it sent its own close frame with ``code`` (1007 for a text
+        frame that is not UTF-8, 1009 for a message over ``max_message_size``,
+        1002 for a malformed frame) and reads nothing more from that socket.
+
+        What the server sent is a ``MalformedMessage``; the socket is gone,
+        closed by this side, and is replaced like a lost one (PROTOCOL §4).
+        """
+        self._input(now)
+        code = int(code)  # a WebSocket library's enum: events carry plain ints
+        state = self._state
+        if state is State.CONNECTING:
+            self._connect_deadline = None
+            self._connect_failed(
+                now,
+                status=None,
+                reason=f"protocol error during handshake: {reason}".rstrip(": "),
+                retry_after=None,
+            )
+        elif state in SOCKET_STATES:
+            # RFC 6455 §7.1.7 and §8.1: such a connection is failed, not read
+            # on; the frame is reported and the audio replayed on a new one.
+            self._emit(MalformedMessage(error=reason, data=""))
+            self._connection_lost(
+                now,
+                code=code,
+                reason=reason,
+                local=True,
+                summary=f"closed with code {code}: the server broke the protocol ({reason})",
+            )
+        # Other states: a connection the engine already closed.
+
     def receive_message(self, now: float, data: str | bytes | bytearray | memoryview) -> None:
         """A frame arrived from the server."""
         self._input(now)

@@ -39,17 +39,12 @@ import random
 import ssl
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeAlias
 
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    ConnectionRejected,
-    HandshakeError,
-    WebSocketConnection,
-)
+from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from pulse_core import (
     AudioDropped,
@@ -84,6 +79,8 @@ from pulse_core import (
 from ._connector import Connector, close_transport, default_connector
 from ._errors import SessionFailedError, error_for
 from ._log_redaction import hide_key_in_logs, stop_hiding
+from ._transport_errors import EXPECTED, WRITE_ENDED, engine_input, first, is_transport_error
+from ._websocket import violation
 
 __all__ = ["HANDLER_EVENTS", "Session", "open_session"]
 
@@ -137,16 +134,6 @@ def _message_bytes(message: str | bytes) -> int:
     return sys.getsizeof(message) + 64 * values + 256 * objects
 
 
-def _retry_after(headers: tuple[tuple[bytes, bytes], ...] | None) -> float | None:
-    for name, value in headers or ():
-        if name.lower() == b"retry-after":
-            try:
-                return max(0.0, float(value.decode("latin-1").strip()))
-            except ValueError:
-                return None  # an HTTP date: leave the delay to the policy
-    return None
-
-
 class _Link:
     """One connection attempt and, once open, its WebSocket and writer."""
 
@@ -156,6 +143,8 @@ class _Link:
         self.scope = trio.CancelScope()
         #: The engine is done with it: report nothing more, write nothing more.
         self.abandoned = False
+        #: The engine closed it: ``_close_link`` runs the close handshake and ends it.
+        self.closing = False
         self.outbox: collections.deque[SendBinary | SendText | SendPing] = collections.deque()
         self.wake = trio.Event()
 
@@ -459,6 +448,7 @@ class Session:
             closing, self._link = self._link, None
             if closing is not None:
                 closing.abandoned = True
+                closing.closing = True
                 self._release(closing)
                 self._closing_links += 1
                 self._nursery.start_soon(self._close_link, closing, command.code, command.reason)
@@ -493,12 +483,14 @@ class Session:
             self._link.scope.cancel()
 
     async def _close_link(self, link: _Link, code: int, reason: str) -> None:
+        """Run the close handshake on ``link`` (bounded), then end it: its
+        reader must keep reading until the server's close frame is in."""
         try:
             if link.ws is not None:
-                with trio.move_on_after(_DISCONNECT_TIMEOUT):
+                with trio.move_on_after(_DISCONNECT_TIMEOUT), self._edge(link):
                     await link.ws.aclose(code, reason)
-            link.scope.cancel()
         finally:
+            link.scope.cancel()
             self._closing_links -= 1
             self._links_closed.set()
             self._links_closed = trio.Event()
@@ -521,7 +513,7 @@ class Session:
                     else:
                         # A ping waits for its pong: never hold the audio up for it.
                         nursery.start_soon(self._ping, link, ws, command.payload)
-                except ConnectionClosed:
+                except WRITE_ENDED:
                     # The reader reports the close, once it has handed the engine
                     # every message that arrived before it.
                     return
@@ -530,7 +522,7 @@ class Session:
                 await link.wake.wait()
 
     async def _ping(self, link: _Link, ws: WebSocketConnection, payload: bytes) -> None:
-        with contextlib.suppress(ConnectionClosed, ValueError):  # ValueError: same ping in flight
+        with contextlib.suppress(*WRITE_ENDED, ValueError):  # ValueError: same ping in flight
             await ws.ping(payload or None)
             # The engine's liveness rule counts a pong as hearing from the server.
             self._report(link, "pong_received")
@@ -538,26 +530,36 @@ class Session:
     async def _run_link(self, link: _Link, command: Connect) -> None:
         if link.abandoned:
             return  # replaced before this task began: never dial it
-        with link.scope:
-            try:
-                async with trio.open_nursery() as nursery:
-                    try:
-                        await self._link_body(nursery, link, command)
-                    finally:
-                        await close_transport(link.ws)
-                    nursery.cancel_scope.cancel()
-            except BaseExceptionGroup as group:
-                # trio-websocket raises from its reader task too: the first
-                # network failure in the group is what happened. Anything else
-                # goes on up: this link's own cancellation (it was replaced at
-                # that very moment) ends here, in its scope.
-                matched, rest = group.split(_NETWORK_ERRORS)
-                if matched is not None:
-                    self._link_failed(link, _first(matched))
-                if rest is not None:
-                    raise rest from None
-            except _NETWORK_ERRORS as exc:
-                self._link_failed(link, exc)
+        with link.scope, self._edge(link):
+            async with trio.open_nursery() as nursery:
+                try:
+                    await self._link_body(nursery, link, command)
+                finally:
+                    await close_transport(link.ws)
+                nursery.cancel_scope.cancel()
+
+    @contextlib.contextmanager
+    def _edge(self, link: _Link) -> Iterator[None]:
+        """The one place where the WebSocket stack's exceptions end: each
+        becomes an engine input about ``link`` (``_transport_errors``).
+
+        trio-websocket raises from its reader task too, so errors come grouped:
+        the first in the group is what happened. Anything else goes on up (one
+        exception, never a group): this link's own cancellation (it was
+        replaced at that very moment) ends in its scope.
+        """
+        try:
+            yield
+        except BaseExceptionGroup as group:
+            matched, rest = group.split(is_transport_error)
+            if matched is not None:
+                self._link_failed(link, first(matched))
+            if rest is not None:
+                raise _sole(rest) from None
+        except Exception as exc:
+            if not is_transport_error(exc):
+                raise
+            self._link_failed(link, exc)
 
     async def _link_body(self, nursery: trio.Nursery, link: _Link, command: Connect) -> None:
         headers = [
@@ -576,40 +578,22 @@ class Session:
                 self._report(link, "receive_message", message)
                 await self._backpressure()
         except ConnectionClosed as exc:
+            if link.closing:
+                # Closing the transport now would cut the close frame being
+                # written (RFC 6455 §5.5.1): _close_link ends this link.
+                await trio.sleep_forever()
             self._link_closed(link, exc)
 
     def _link_failed(self, link: _Link, exc: BaseException) -> None:
-        if link.ws is not None and not isinstance(exc, ConnectionRejected):
-            self._report(
-                link,
-                "connection_closed",
-                code=None,
-                reason=self._redact(f"{type(exc).__name__}: {exc}"),
+        """``exc`` ended ``link``: tell the engine (if it still cares)."""
+        if not isinstance(exc, EXPECTED):
+            self._log.error(
+                "unexpected error on connection %d: %s",
+                link.number,
+                self._redact(f"{type(exc).__name__}: {exc}"),
             )
-        elif isinstance(exc, ConnectionRejected):
-            # Redacted before it is cut, so the cut leaves no prefix of the key.
-            body = self._redact((exc.body or b"").decode("utf-8", "replace").strip())[:200]
-            reason = f"HTTP {exc.status_code}" + (f": {body}" if body else "")
-            self._report(
-                link,
-                "connection_failed",
-                status=exc.status_code,
-                reason=self._redact(reason),
-                retry_after=_retry_after(exc.headers),
-            )
-        else:
-            certificate = _certificate_error(exc)
-            if certificate is not None:
-                self._report(
-                    link,
-                    "connection_failed",
-                    status=None,
-                    reason=f"the server's TLS certificate failed verification: {certificate}",
-                    permanent=True,
-                )
-            else:
-                text = f"{type(exc).__name__}: {exc}".rstrip(": ")
-                self._report(link, "connection_failed", status=None, reason=self._redact(text))
+        name, arguments = engine_input(exc, link.ws, self._redact)
+        self._report(link, name, **arguments)
         link.abandoned = True
         self._release(link)
 
@@ -619,6 +603,10 @@ class Session:
         return self._conn.redactor.text(text)
 
     def _link_closed(self, link: _Link, exc: ConnectionClosed) -> None:
+        if violation(link.ws) is not None:
+            # This side closed it, because the server broke the protocol.
+            self._link_failed(link, exc)
+            return
         reason = exc.reason
         code = reason.code if reason is not None else None
         text = (reason.reason or "") if reason is not None else ""
@@ -756,36 +744,17 @@ class Session:
             )
 
 
-_NETWORK_ERRORS = (
-    ConnectionRejected,
-    HandshakeError,
-    OSError,
-    trio.BrokenResourceError,
-    trio.TooSlowError,
-    ConnectionClosed,
-)
-
-
-def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    exc: BaseException = group
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
+def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The exception ``group`` holds, if it holds one (at any depth), else ``group``."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
 
 
 def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """Take off the one group level the session's own nursery added."""
     return group.exceptions[0] if len(group.exceptions) == 1 else group
-
-
-def _certificate_error(exc: BaseException) -> str | None:
-    """The verification error behind a failed TLS handshake, if that is what it was."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            return seen.verify_message or str(seen)
-        seen = seen.__cause__ or seen.__context__
-    return None
 
 
 @asynccontextmanager

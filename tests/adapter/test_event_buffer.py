@@ -316,7 +316,8 @@ SHAPES: dict[str, tuple[str, type, bool]] = {
     "a short interim": (_transcription(transcript="hi"), Transcript, True),
     "plain text": (_transcription(transcript="hello there " * 40_000), Transcript, True),
     "word timestamps": (
-        _transcription(transcript="hello " * 3_000, words=[_WORD] * 3_000, is_final=True),
+        # An interim: the same final five times would be a repeat (PROTOCOL §5).
+        _transcription(transcript="hello " * 3_000, words=[_WORD] * 3_000),
         Transcript,
         True,
     ),

@@ -167,6 +167,42 @@ def test_owed_finalizes_are_resent_at_their_place_in_the_audio() -> None:
     assert [(t.turn, t.finalized) for t in first + second] == [(1, True), (2, True)]
 
 
+def test_a_protocol_violation_is_a_local_close_with_an_int_code() -> None:
+    """PROTOCOL §4: the transport failed the socket for the server's protocol
+    violation. The code may come as a WebSocket library's enum; events carry
+    a plain int, and the close is this side's."""
+
+    class Code(enum.IntEnum):
+        INVALID_FRAME_PAYLOAD_DATA = 1007
+
+    h = Harness(max_chunk_delay=0)
+    h.open()
+    h.send(SECOND)
+    h.conn.protocol_violation(1.0, code=Code.INVALID_FRAME_PAYLOAD_DATA, reason="not UTF-8")
+    _, events = h.collect()
+    assert kinds(events) == ["MalformedMessage", "Disconnected", "Reconnecting"]
+    malformed, gone = events[0], events[1]
+    assert isinstance(malformed, MalformedMessage) and malformed.error == "not UTF-8"
+    assert isinstance(gone, Disconnected)
+    assert (gone.code, gone.local, gone.will_reconnect) == (1007, True, True)
+    assert type(gone.code) is int
+    assert h.conn.state is State.BACKOFF
+
+
+def test_a_protocol_violation_while_connecting_is_a_failed_attempt() -> None:
+    """Before the socket opened there is no message to call malformed: the
+    attempt failed, and the next one follows by policy."""
+    h = Harness()
+    h.conn.start(0.0)
+    h.collect()
+    h.conn.protocol_violation(0.1, code=1002, reason="bad frame")
+    _, events = h.collect()
+    assert kinds(events) == ["ConnectionFailed", "Reconnecting"]
+    (failure,) = h.of(ConnectionFailed)
+    assert "bad frame" in failure.reason and not failure.permanent
+    assert h.conn.state is State.BACKOFF
+
+
 def test_overflow_while_disconnected_is_reported_exactly() -> None:
     h = Harness(max_chunk_delay=0, replay_seconds=1.0)
     h.open()

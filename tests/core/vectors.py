@@ -174,6 +174,8 @@ def _apply(conn: PulseConnection, step: Mapping[str, Any]) -> Any:
         )
     if action == "connection_closed":
         return conn.connection_closed(now, code=step.get("code"), reason=step.get("reason", ""))
+    if action == "protocol_violation":
+        return conn.protocol_violation(now, code=step["code"], reason=step.get("reason", ""))
     if action == "update_settings":
         return conn.update_settings(now, **step["changes"])
     method = getattr(conn, action)
