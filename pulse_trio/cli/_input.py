@@ -145,8 +145,7 @@ class AudioSource:
         return self._stream.read(size)
 
     def close(self) -> None:
-        if self._stream is not getattr(sys.stdin, "buffer", None):
-            self._stream.close()
+        self._stream.close()  # stdin's descriptor stays open (closefd=False)
 
 
 class PcmSource(AudioSource):
@@ -259,11 +258,21 @@ def open_source(
     """
     if path == "-":
         label = "stdin"
-        stream: BinaryIO = sys.stdin.buffer
-        if sys.stdin.isatty():
+        try:
+            fd = sys.stdin.fileno()
+        except (AttributeError, OSError, ValueError):
+            raise InputError(
+                "stdin is closed: pipe audio into `pulse transcribe -`, or give a file"
+            ) from None
+        if os.isatty(fd):
             raise InputError(
                 "stdin is a terminal: pipe audio into `pulse transcribe -`, or give a file"
             )
+        # The descriptor itself, unbuffered: a worker thread waiting in a read of
+        # sys.stdin.buffer holds that reader's lock, and the interpreter aborts at
+        # exit when it cannot take the lock to close stdin (Ctrl-C while the
+        # producer is quiet). A raw read holds no lock.
+        stream: BinaryIO = open(fd, "rb", buffering=0, closefd=False)  # noqa: SIM115
         streaming = True
     else:
         label = path
@@ -283,8 +292,7 @@ def open_source(
             stream, label, streaming, encoding=encoding, sample_rate=sample_rate, channels=channels
         )
     except (InputError, OSError) as exc:
-        if path != "-":
-            stream.close()
+        stream.close()
         if isinstance(exc, OSError):
             raise InputError(f"{label}: {exc.strerror or exc}") from None
         raise
