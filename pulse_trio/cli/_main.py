@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
+import ipaddress
 import logging
 import math
 import os
 import signal
+import socket
 import ssl
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 import trio
 
@@ -358,58 +362,123 @@ def _add_emulator(commands: Any) -> None:
     )
     emulator.add_argument("--certfile", help="serve wss:// with this certificate (PEM)")
     emulator.add_argument("--keyfile", help="private key for --certfile (PEM)")
-    emulator.add_argument("-v", "--verbose", action="store_true", help="log every connection")
+    emulator.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log every connection (-vv: every message too)",
+    )
 
 
 # -- pulse emulator -----------------------------------------------------------------
 
 
-async def _serve(args: argparse.Namespace) -> None:
+async def _serve(args: argparse.Namespace) -> int:
     from pulse_trio.emulator import Emulator  # noqa: PLC0415 - imported when used: it loads slowly
 
     context = None
     if args.certfile:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(args.certfile, args.keyfile)
+        try:
+            context.load_cert_chain(args.certfile, args.keyfile)
+        except OSError as exc:  # ssl.SSLError too
+            print(
+                f"pulse emulator: cannot use --certfile/--keyfile: {exc.strerror or exc}",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
     emulator = Emulator(
         api_keys=set(args.api_keys) if args.api_keys else None,
         region=args.region,
         max_sessions=args.max_sessions,
     )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(
-            lambda task_status: emulator.serve(
-                args.host, args.port, ssl_context=context, task_status=task_status
+    # Ctrl-C is how it stops: taken as a signal here, so it ends the serving
+    # cleanly wherever it comes, instead of surfacing in an exception group.
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            try:
+                await nursery.start(
+                    lambda task_status: emulator.serve(
+                        args.host, args.port, ssl_context=context, task_status=task_status
+                    )
+                )
+            except OSError as exc:
+                nursery.cancel_scope.cancel()
+                print(f"pulse emulator: {_listen_error(args, exc)}", file=sys.stderr)
+                return EXIT_USAGE
+            scheme = "wss" if context else "ws"
+            url = f"{scheme}://{args.host}:{emulator.port}"
+            print(
+                f"pulse emulator listening on {url} "
+                f"(engine: {emulator.engine.name}; Ctrl-C to stop)\n" + _emulator_hint(args, url),
+                file=sys.stderr,
+                flush=True,
             )
+            async for _ in signals:
+                break
+            nursery.cancel_scope.cancel()
+    print("pulse emulator: stopped", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+def _emulator_hint(args: argparse.Namespace, url: str) -> str:
+    """How to point ``pulse transcribe`` at the emulator, and what key it needs."""
+    insecure = "" if url.startswith("wss") or _is_loopback(args.host) else " --allow-insecure"
+    command = f"pulse transcribe FILE --base-url {url}{insecure}"
+    if args.api_keys:
+        return (
+            "  it accepts only the keys given to --api-key: set SMALLEST_API_KEY to one, "
+            f"then: {command}"
         )
-        scheme = "wss" if context else "ws"
-        print(
-            f"pulse emulator listening on {scheme}://{args.host}:{emulator.port} "
-            f"(engine: {emulator.engine.name}; Ctrl-C to stop)",
-            file=sys.stderr,
-            flush=True,
+    if _is_loopback(args.host):
+        return f"  any API key is accepted, and none is needed: {command}"
+    return f"  any API key is accepted (set SMALLEST_API_KEY to anything): {command}"
+
+
+def _listen_error(args: argparse.Namespace, exc: OSError) -> str:
+    where = f"cannot listen on {args.host}:{args.port}"
+    if isinstance(exc, socket.gaierror):
+        return f"{where}: {args.host} is not a host name or address that resolves"
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"{where}: the port is in use (another emulator?); choose another with "
+            "--port, or --port 0 for any free one"
         )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return (
+            f"{where}: {args.host} is not an address of this machine (--host 127.0.0.1 "
+            "serves this machine only, --host 0.0.0.0 every network it is on)"
+        )
+    if exc.errno == errno.EACCES:
+        return f"{where}: permission denied (ports below 1024 need privileges; try --port 8765)"
+    return f"{where}: {exc.strerror or exc}"
 
 
 def _emulator_command(args: argparse.Namespace) -> int:
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        level=logging.WARNING,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
     )
-    try:
-        if not 0 <= args.port <= 65535:
-            print(f"pulse emulator: --port {args.port} is not a port (0 to 65535)", file=sys.stderr)
-            return EXIT_USAGE
-        if bool(args.certfile) != bool(args.keyfile):
-            print("pulse emulator: --certfile and --keyfile go together", file=sys.stderr)
-            return EXIT_USAGE
-        trio.run(_serve, args)
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    except OSError as exc:
-        print(f"pulse emulator: {exc}", file=sys.stderr)
+    logging.getLogger("pulse_trio").setLevel(
+        logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING
+    )
+    if not 0 <= args.port <= 65535:
+        print(f"pulse emulator: --port {args.port} is not a port (0 to 65535)", file=sys.stderr)
         return EXIT_USAGE
-    return EXIT_OK
+    if bool(args.certfile) != bool(args.keyfile):
+        print("pulse emulator: --certfile and --keyfile go together", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        code: int = trio.run(_serve, args)
+    except KeyboardInterrupt:  # before the signal was taken over, or after
+        code = EXIT_INTERRUPTED
+    except BaseExceptionGroup as group:
+        if group.subgroup(KeyboardInterrupt) is None or group.split(KeyboardInterrupt)[1]:
+            raise
+        code = EXIT_INTERRUPTED
+    return code
 
 
 # -- pulse transcribe: setup -----------------------------------------------------------
@@ -455,10 +524,21 @@ def _read_key(args: argparse.Namespace) -> str:
             raise _UsageError("--api-key-file: the key file is empty")
         return key
     key = os.environ.get("SMALLEST_API_KEY", "").strip()
+    if not key and args.base_url and _is_loopback(_hostname(args.base_url)):
+        # A server on this machine is a test server (pulse emulator takes any key).
+        if not args.quiet:
+            print(
+                f"pulse: no API key set: sending a placeholder key to {args.base_url}, a "
+                "server on this machine (pulse emulator needs no key unless started with "
+                "--api-key)",
+                file=sys.stderr,
+            )
+        return _LOCAL_KEY
     if not key:
         raise _UsageError(
             "no API key: set SMALLEST_API_KEY or pass --api-key-file FILE, or use --local "
-            "to transcribe with the built-in emulator (it recognises token audio only)"
+            "to transcribe with the built-in emulator (it recognises token audio only); "
+            "a --base-url on this machine (pulse emulator) needs none"
         )
     return key
 
@@ -620,8 +700,9 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
 
-def stats_lines(summary: SessionSummary, elapsed: float) -> list[str]:
-    """The --stats table."""
+def stats_lines(summary: SessionSummary, elapsed: float, *, finals: int | None = None) -> list[str]:
+    """The --stats table; ``finals`` counts the finals with text (the lines of
+    the transcript), when the caller knows it: an empty final is no line."""
     sent = summary.audio_seconds_sent
     speed = f" ({sent / elapsed:.1f}× real time)" if elapsed > 0 else ""
     latency = summary.latency
@@ -638,11 +719,13 @@ def stats_lines(summary: SessionSummary, elapsed: float) -> list[str]:
         if summary.dropped_bytes
         else "none"
     )
+    shown = summary.finals if finals is None else finals
+    empty = f" with text ({summary.finals} in all)" if shown != summary.finals else ""
     return [
         "pulse: stats",
         f"  audio        {sent:.1f} s sent in {elapsed:.1f} s{speed}",
-        f"  finals       {summary.finals} ({summary.finalized_turns} answering a finalize, "
-        f"{summary.timed_out_turns} timed out)",
+        f"  finals       {shown}{empty}; {_plural(summary.finalized_turns, 'finalize')} "
+        f"answered, {summary.timed_out_turns} timed out",
         f"  latency      time to final after finalize: {measured}",
         f"  connections  {summary.connections} ({_plural(summary.reconnects, 'reconnect')}, "
         f"{_plural(summary.keepalives, 'keepalive')})",
@@ -688,6 +771,8 @@ class _Transcriber:
         self.sent = 0.0
         self.fed_all = False
         self.words = 0
+        self.finals = 0  # finals with text
+        self.drops: list[float] = []  # seconds of each drop reported
         self.connect_failed = False
         self.started = time.monotonic()
         self.base_url: str | None = args.base_url
@@ -837,6 +922,7 @@ class _Transcriber:
                 if console.live is not None:
                     console.live.interim = ""
                 self.words += len(event.text.split())
+                self.finals += bool(event.text.strip())
                 console.write(self.formatter.final(event))
                 for warning in self.formatter.warnings:
                     console.notice(warning)
@@ -870,11 +956,13 @@ class _Transcriber:
         elif isinstance(event, MalformedMessage):
             console.notice(f"skipped a malformed message from the server: {event.error}")
         elif isinstance(event, AudioDropped):
-            if event.reason not in (DropReason.SESSION_FAILED, DropReason.NOT_STARTED):
-                console.notice(
-                    f"{event.end - event.start:.2f} s of audio ({event.start:.2f}-"
-                    f"{event.end:.2f} s) will not be transcribed: {event.reason.value}"
-                )
+            # Every drop is told, so that what the notices add up to is what
+            # --stats reports, however the session ended.
+            self.drops.append(event.end - event.start)
+            console.notice(
+                f"{event.end - event.start:.2f} s of audio ({event.start:.2f}-"
+                f"{event.end:.2f} s) will not be transcribed: {self._drop_reason(event.reason)}"
+            )
         elif isinstance(event, FinalizeTimedOut):
             if event.reason.startswith("no final"):
                 console.notice(
@@ -883,6 +971,19 @@ class _Transcriber:
                 )
         elif isinstance(event, Closed):
             self.summary = event.summary
+
+    def _drop_reason(self, reason: DropReason) -> str:
+        if reason is DropReason.REPLAY_OVERFLOW:
+            kept = self.session.engine.config.replay_seconds if self.session else None
+            bound = f" ({kept:g} s)" if kept is not None else ""
+            return f"more audio waited for the service than is kept for replay{bound}"
+        if reason is DropReason.SESSION_FAILED:
+            return "the session failed before the service had transcribed it"
+        if reason is DropReason.CLOSE_TIMEOUT:
+            return "the service had not transcribed it when the close timed out"
+        if reason is DropReason.PARTIAL_SAMPLE:
+            return "the input ended inside a sample"
+        return reason.value
 
     # -- the end ---------------------------------------------------------------------
 
@@ -908,8 +1009,10 @@ class _Transcriber:
         except OSError as exc:
             console.error(f"cannot write the output: {exc.strerror or exc}")
             return EXIT_USAGE
+        if len(self.drops) > 1:
+            console.notice(f"in all, {sum(self.drops):.2f} s of audio will not be transcribed")
         if self.args.stats and self.summary is not None:
-            console.plain(stats_lines(self.summary, elapsed))
+            console.plain(stats_lines(self.summary, elapsed, finals=self.finals))
         elif self.show_progress and self.failure is None and not self.aborted:
             speed = f" ({self.sent / elapsed:.1f}× real time)" if elapsed > 0 else ""
             console.notice(
@@ -942,7 +1045,9 @@ class _Transcriber:
             source = (
                 "the file given to --api-key-file"
                 if self.args.api_key_file
-                else ("SMALLEST_API_KEY")
+                else "SMALLEST_API_KEY (none was set, so a placeholder was sent)"
+                if self.key == _LOCAL_KEY and not self.args.local
+                else "SMALLEST_API_KEY"
             )
             self.console.error(f"{where}: the API key was refused{said}; check {source}")
             return EXIT_AUTH
@@ -951,6 +1056,26 @@ class _Transcriber:
             return EXIT_SERVICE
         self.console.error(message)
         return EXIT_SERVICE
+
+
+def _is_loopback(host: str | None) -> bool:
+    """Whether ``host`` is this machine only (a name or an address)."""
+    if not host:
+        return False
+    host = host.strip("[]")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _hostname(url: str) -> str | None:
+    try:
+        return urlsplit(url).hostname
+    except ValueError:  # the configuration check says what is wrong with it
+        return None
 
 
 def _host_of(region: str | None) -> str:

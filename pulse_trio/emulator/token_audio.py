@@ -284,4 +284,3 @@ class TokenDecoder:
         raw = bytes((nibbles[i] << 4) | nibbles[i + 1] for i in range(0, len(nibbles) - 1, 2))
         text = raw.decode("utf-8", errors="replace")
         return DecodedWord(text, self._word_start / self.rate, self._word_end / self.rate)
-

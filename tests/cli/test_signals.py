@@ -9,7 +9,9 @@ runs only, so each case runs several times, concurrently to keep it quick.
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -52,9 +54,7 @@ def test_ctrl_c_while_stdin_is_quiet_exits_130_after_the_transcript(tmp_path: Pa
     producer_command = ["sh", "-c", f"trap '' INT; cat '{audio}'; exec sleep 60"]
     runs = []
     for _ in range(RUNS):
-        producer = subprocess.Popen(
-            producer_command, stdout=subprocess.PIPE, process_group=0
-        )
+        producer = subprocess.Popen(producer_command, stdout=subprocess.PIPE, process_group=0)
         assert producer.stdout is not None
         pulse = subprocess.Popen(
             [*PULSE, "transcribe", "-", "--encoding", "linear16", "--local"],
@@ -81,3 +81,41 @@ def test_ctrl_c_while_stdin_is_quiet_exits_130_after_the_transcript(tmp_path: Pa
             assert out == b"still talking\n"  # the turn in progress was finished
             assert "Fatal Python error" not in text and "Traceback" not in text
             assert "interrupted: finishing the transcript" in text
+
+
+def test_ctrl_c_stops_pulse_emulator_with_one_line_and_130() -> None:
+    """Its banner says Ctrl-C stops it: idle or with a client half-way through a
+    handshake, run as `python -m pulse_trio` or as the `pulse` script."""
+    servers = [
+        subprocess.Popen(
+            [*command, "emulator", "--port", "0"],
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+            env=command_env(None),
+            process_group=0,
+        )
+        for command in (PULSE, SCRIPT) * (RUNS // 2)
+    ]
+    clients: list[socket.socket] = []
+    try:
+        with group_of(*servers):
+            for index, server in enumerate(servers):
+                assert server.stderr is not None
+                banner = server.stderr.readline().decode()
+                match = re.search(r"ws://127\.0\.0\.1:(\d+)", banner)
+                assert match, banner
+                if index % 2:
+                    client = socket.create_connection(("127.0.0.1", int(match[1])))
+                    client.sendall(b"GET /waves/v1/stt/live HTTP/1.1\r\nHost: x\r\n")
+                    clients.append(client)
+                time.sleep(0.1 * index)
+                os.killpg(server.pid, signal.SIGINT)
+            for server in servers:
+                _, err = server.communicate(timeout=20)
+                text = err.decode()
+                assert server.returncode == 130, text
+                assert text.strip().splitlines()[-1] == "pulse emulator: stopped", text
+                assert "Traceback" not in text and "Error" not in text
+    finally:
+        for client in clients:
+            client.close()
