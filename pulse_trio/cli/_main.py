@@ -11,6 +11,7 @@ import ipaddress
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import ssl
@@ -107,7 +108,12 @@ _OPTION_NAMES = {
     "max_attempts": "--reconnect-attempts",
 }
 _BOOLEAN_SETTINGS = (
-    ("word_timestamps", "--word-timestamps", "word timings (on by default for srt, vtt and json)"),
+    (
+        "word_timestamps",
+        "--word-timestamps",
+        "word timings: requested unless --no-word-timestamps (they let a reconnect "
+        "resume exactly where the last final ended; srt, vtt and json use them)",
+    ),
     ("sentence_timestamps", "--sentence-timestamps", "sentence timings"),
     ("diarize", "--diarize", "label speakers"),
     ("redact_pii", "--redact-pii", "redact personal information"),
@@ -503,6 +509,8 @@ def _config_message(exc: ConfigurationError) -> str:
     elif field == "base_url":
         message = f"invalid --base-url {exc.value}: {exc.allowed}"
     detail = str(exc).partition(f": {exc.allowed}")[2].strip()
+    # The engine's advice names its Python options; say it in the command's.
+    detail = re.sub(r"\bregion='(\w+)'", r"--region \1", detail)
     return message + (f" {detail}" if detail else "")
 
 

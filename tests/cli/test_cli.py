@@ -414,8 +414,8 @@ async def test_srt_and_vtt_cues_texts_and_times(tmp_path: Path, server: str) -> 
     assert [c[1:] for c in parse_srt(out.read_text(encoding="utf-8"))] == [
         cue("Hello", "there.", "Hello there."),
         cue("How", "you?", "How are you?"),
-        cue("one", "six", "one two three four five six"),
-        cue("seven", "ten", "seven eight nine ten"),
+        cue("one", "five", "one two three four five"),  # cut evenly, not 27 + 20
+        cue("six", "ten", "six seven eight nine ten"),
         cue("slow", "keep", "slow words keep"),
         cue("coming", "along", "coming along"),
     ]

@@ -244,3 +244,50 @@ async def test_dropped_audio_notices_add_up_to_what_stats_reports(tmp_path: Path
     assert float(stats[1]) == pytest.approx(40.1, abs=0.01)  # all of it
     assert "more audio waited for the service than is kept for replay (30 s)" in result.err
     assert "the session failed before the service had transcribed it" in result.err
+
+
+async def test_help_and_errors_say_what_the_command_does(tmp_path: Path) -> None:
+    path = tmp_path / "turns.wav"
+    # Two turns, each answered by a final with text; the close brings an empty one.
+    path.write_bytes(riff(encode("first turn", trail=1.0) + encode("second", trail=0.2)))
+    help_, stats, region = await concurrently(
+        call("transcribe", "--help"),
+        call("transcribe", path, "--local", "--stats"),
+        call(
+            "transcribe", path, "--region", "us", "--language", "ta", env={"SMALLEST_API_KEY": KEY}
+        ),
+    )
+    text = " ".join(help_.out.split())
+    assert "--word-timestamps, --no-word-timestamps word timings: requested unless" in text
+    assert "on by default for srt" not in text
+    assert stats.lines == ["first turn", "second"]
+    assert re.search(r"finals +2 with text \(3 in all\); 1 finalize answered", stats.err)
+    assert region.code == 2
+    assert "use --region india" in region.err and "region=" not in region.err
+
+
+async def test_default_subtitles_have_no_orphans_and_even_lines(tmp_path: Path) -> None:
+    long = (
+        "we walked along the quiet river for hours and talked about everything that had "
+        "happened since the summer ended."
+    )
+    path = tmp_path / "talk.wav"
+    path.write_bytes(
+        riff(encode(long, trail=1.0) + encode("That was the plan. Yes. We went anyway.", trail=1.0))
+    )
+    result = await pulse("transcribe", path, "--local", "-f", "srt")
+    assert result.code == 0, result.err
+    cues = [block.split("\n")[2:] for block in result.out.strip().split("\n\n")]
+    texts = [" ".join(lines) for lines in cues]
+    assert " ".join(texts) == long + " That was the plan. Yes. We went anyway."
+    assert all(len(text.split()) > 1 for text in texts), texts  # no cue of one word
+    # The long sentence: two cues as even as they can be (not 84 characters and 9).
+    first, second = texts[:2]
+    assert first + " " + second == long
+    assert abs(len(first) - len(second)) < 12, texts
+    # A one-word sentence too short to read shares a cue.
+    assert "Yes." not in texts
+    for lines in cues:  # each line fits, and two lines are near even
+        assert all(len(line) <= 42 for line in lines), lines
+        if len(lines) == 2:
+            assert abs(len(lines[0]) - len(lines[1])) < 12, lines
