@@ -22,6 +22,7 @@ import attrs
 
 from pulse_core import SAMPLE_RATES, OggPageSplitter
 
+from ._args import RAW_ENCODINGS
 from ._wav import (
     FORMAT_ALAW,
     FORMAT_MULAW,
@@ -34,7 +35,6 @@ from ._wav import (
 
 __all__ = ["AudioSource", "InputError", "SilenceDetector", "open_source"]
 
-RAW_ENCODINGS: Final = ("linear16", "linear32", "alaw", "mulaw", "ogg_opus")
 _RATES: Final = ", ".join(map(str, SAMPLE_RATES))
 _OPUS_RATE: Final = 48000
 _CONVERT_HINT: Final = "convert it first, e.g.: ffmpeg -i {name} -ar 16000 -ac 1 out.wav"

@@ -23,6 +23,8 @@ import attrs
 
 from pulse_core import Transcript
 
+from ._args import FORMATS
+
 __all__ = [
     "FORMATS",
     "Cue",
@@ -34,7 +36,6 @@ __all__ = [
     "tokens",
 ]
 
-FORMATS: Final = ("text", "jsonl", "json", "srt", "vtt")
 _SENTENCE_END: Final = re.compile(r"[.!?…。！？؟।]+[\"'”’»)\]]*$")
 _WORDISH: Final = re.compile(r"\S+\s*")
 LINE_CHARS: Final = 42

@@ -291,3 +291,38 @@ async def test_default_subtitles_have_no_orphans_and_even_lines(tmp_path: Path) 
         assert all(len(line) <= 42 for line in lines), lines
         if len(lines) == 2:
             assert abs(len(lines[0]) - len(lines[1])) < 12, lines
+
+
+async def test_help_and_argument_errors_load_no_session_code() -> None:
+    """What `pulse --help` imports (its speed is measured in bench/cli_startup.py)."""
+    probe = (
+        "import sys\n"
+        "from pulse_trio.cli import main\n"
+        "for argv in (['--help'], ['transcribe', '--help'], ['emulator', '--help'],\n"
+        "             ['transcribe', 'x.wav', '--format', 'docx'], ['bogus']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "heavy = ('trio', 'trio_websocket', 'pulse_core', 'attrs', 'pulse_trio._session')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m in heavy))\n"
+    )
+    with trio.fail_after(30):
+        process = await trio.run_process(
+            [sys.executable, "-c", probe],
+            capture_stdout=True,
+            capture_stderr=True,
+            cwd=ROOT,
+            env=command_env(None),
+        )
+    assert process.stdout.decode().strip().splitlines()[-1] == "[]"
+
+
+def test_the_package_says_its_license_and_where_to_read_more() -> None:
+    import tomllib  # noqa: PLC0415
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["license"] == {"text": "MIT"}
+    assert (ROOT / "LICENSE").read_text(encoding="utf-8").startswith("MIT License\n")
+    assert "License :: OSI Approved :: MIT License" in project["classifiers"]
+    assert project["urls"] and all(url.startswith("https://") for url in project["urls"].values())
