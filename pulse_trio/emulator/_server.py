@@ -326,12 +326,8 @@ class Emulator:
             await self._run(ws, session)
         finally:
             self.active -= 1
-            reason = ws.closed
-            how = (
-                f"closed {reason.code}" + (f" ({reason.reason})" if reason.reason else "")
-                if reason is not None
-                else "cut off"
-            )
+            # The code only: the reason is whichever side's close frame came first.
+            how = f"closed {ws.closed.code}" if ws.closed is not None else "cut off"
             logger.info(
                 "%s: ended, %s, after %.2f s of audio (%d bytes)",
                 session.session_id,
