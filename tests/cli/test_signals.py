@@ -68,11 +68,12 @@ def test_ctrl_c_while_stdin_is_quiet_exits_130_after_the_transcript(tmp_path: Pa
         producer.stdout.close()
         runs.append((producer, pulse))
     with group_of(*(producer for producer, _ in runs)):
-        for producer, pulse in runs:
+        for _, pulse in runs:
             assert pulse.stdout is not None
             first = pulse.stdout.readline()  # the first turn's final: the audio is in
             assert first == b"hello there\n"
-            time.sleep(0.2)  # the reader is waiting for more
+        time.sleep(0.5)  # the rest is sent, and each reader waits for more
+        for producer, _ in runs:
             os.killpg(producer.pid, signal.SIGINT)
         for _, pulse in runs:
             out, err = pulse.communicate(timeout=20)
