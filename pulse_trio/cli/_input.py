@@ -277,7 +277,8 @@ def open_source(
     else:
         label = path
         try:
-            stream = open(path, "rb")  # noqa: SIM115 - closed by AudioSource.close
+            # Unbuffered, like stdin: a named pipe can leave a read waiting too.
+            stream = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by AudioSource.close
         except OSError as exc:
             raise InputError(f"{path}: {exc.strerror or exc}") from None
         try:

@@ -47,18 +47,22 @@ def group_of(*processes: subprocess.Popen[bytes]) -> Iterator[None]:
 def test_ctrl_c_while_stdin_is_quiet_exits_130_after_the_transcript(tmp_path: Path) -> None:
     """A producer that has gone quiet (a microphone in a pause) leaves a read
     of stdin waiting when Ctrl-C comes: the command still finishes the
-    transcript and exits 130, and the interpreter does not abort at exit."""
+    transcript and exits 130, and the interpreter does not abort at exit. The
+    same from a named pipe, which once left the command hanging instead."""
     audio = tmp_path / "speech.raw"
     audio.write_bytes(encode("hello there", trail=1.0) + encode("still talking"))
-    # The producer ignores SIGINT and holds the pipe open, writing nothing more.
-    producer_command = ["sh", "-c", f"trap '' INT; cat '{audio}'; exec sleep 60"]
+    fifo = tmp_path / "microphone"
+    os.mkfifo(fifo)
+    # The producers ignore SIGINT and hold the pipe open, writing nothing more.
+    through_stdin = ["sh", "-c", f"trap '' INT; cat '{audio}'; exec sleep 60"]
+    through_fifo = ["sh", "-c", f"trap '' INT; exec 3>'{fifo}'; cat '{audio}' >&3; exec sleep 60"]
     runs = []
-    for _ in range(RUNS):
+    for path, producer_command in [("-", through_stdin)] * RUNS + [(str(fifo), through_fifo)]:
         producer = subprocess.Popen(producer_command, stdout=subprocess.PIPE, process_group=0)
         assert producer.stdout is not None
         pulse = subprocess.Popen(
-            [*PULSE, "transcribe", "-", "--encoding", "linear16", "--local"],
-            stdin=producer.stdout,
+            [*PULSE, "transcribe", path, "--encoding", "linear16", "--local"],
+            stdin=producer.stdout if path == "-" else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=ROOT,
