@@ -200,7 +200,11 @@ def _add_transcribe(commands: Any) -> None:
     )
     out.add_argument("-q", "--quiet", action="store_true", help="no progress or notices")
     out.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more detail on stderr (-vv: debug)"
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log connections and reconnects on stderr (-vv: every message too; never the key)",
     )
 
     settings = cmd.add_argument_group("transcription settings")
@@ -340,6 +344,7 @@ def _unrecognized(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``pulse`` with ``argv`` (default: the process's arguments); the exit status."""
     parser = _parser()
     args, extras = parser.parse_known_args(argv)
     if extras:
