@@ -260,9 +260,10 @@ async def test_help_and_errors_say_what_the_command_does(tmp_path: Path) -> None
     path = tmp_path / "turns.wav"
     # Two turns, each answered by a final with text; the close brings an empty one.
     path.write_bytes(riff(encode("first turn", trail=1.0) + encode("second", trail=0.2)))
-    help_, stats, region = await concurrently(
+    help_, stats, lines, region = await concurrently(
         call("transcribe", "--help"),
         call("transcribe", path, "--local", "--stats"),
+        call("transcribe", path, "--local", "-f", "jsonl"),
         call(
             "transcribe", path, "--region", "us", "--language", "ta", env={"SMALLEST_API_KEY": KEY}
         ),
@@ -272,6 +273,10 @@ async def test_help_and_errors_say_what_the_command_does(tmp_path: Path) -> None
     assert "on by default for srt" not in text
     assert stats.lines == ["first turn", "second"]
     assert re.search(r"finals +2 with text \(3 in all\); 1 finalize answered", stats.err)
+    # As the README says: turn and latency only on the final that answers a finalize.
+    automatic, answer = map(json.loads, lines.lines)
+    assert "turn" not in automatic and "latency" not in automatic
+    assert answer["turn"] == 1 and answer["latency"] >= 0
     assert region.code == 2
     assert "use --region india" in region.err and "region=" not in region.err
 
