@@ -21,6 +21,7 @@ from ._protocol import (
     Close,
     RecognitionEngine,
     Reject,
+    ServerParams,
     ServerSession,
     check_request,
     region_refusal,
@@ -191,7 +192,8 @@ class Emulator:
 
         Each connection is served on its own (:meth:`serve_stream`): whatever
         goes wrong on one is logged and never reaches the others or the
-        listener.
+        listener. An address that cannot be listened on raises its
+        ``OSError`` from here (from ``nursery.start``), as it is.
         """
 
         async def connection(stream: trio.SocketStream) -> None:
@@ -210,9 +212,10 @@ class Emulator:
             except Exception:
                 logger.exception("a connection failed; the emulator serves on")
 
+        # Bound before the nursery opens, so a refusal is not an exception group.
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        self._port = int(listeners[0].socket.getsockname()[1])
         async with trio.open_nursery() as nursery:
-            listeners = await trio.open_tcp_listeners(port, host=host)
-            self._port = int(listeners[0].socket.getsockname()[1])
             nursery.start_soon(trio.serve_listeners, connection, listeners)
             task_status.started(self)
 
@@ -260,9 +263,14 @@ class Emulator:
 
     async def handle(self, request: WebSocketRequest) -> None:
         self.handshakes += 1
+        # Logged: the path and the peer, never the headers (the key is one) nor
+        # the query as given (the parameters are logged as understood).
+        path = request.path.split("?")[0]
+        peer = _peer(request.remote)
         refusal = self.faults.next_refusal()
         if refusal is not None:
             status, retry_after = refusal
+            logger.info("refused %s from %s: %d (fault injection)", path, peer, status)
             headers = (
                 [(b"Retry-After", str(retry_after).encode())] if retry_after is not None else []
             )
@@ -273,9 +281,7 @@ class Emulator:
         ]
         decision = check_request(request.path, request_headers, api_keys=self.api_keys)
         if isinstance(decision, Reject):
-            logger.info(
-                "rejected %s: %d %s", request.path.split("?")[0], decision.status, decision.reason
-            )
+            logger.info("rejected %s from %s: %d %s", path, peer, decision.status, decision.reason)
             await request.reject(decision.status, body=decision.reason.encode())
             return
         assert isinstance(decision, Accept)
@@ -287,6 +293,13 @@ class Emulator:
             session_id=f"emulator-{self.connections}",
             send_from_finalize=self.send_from_finalize,
         )
+        logger.info(
+            "%s: accepted %s from %s (%s)",
+            session.session_id,
+            path,
+            peer,
+            _describe_params(decision.params),
+        )
         refused = region_refusal(decision.params.language, self.region)
         if decision.params.english_only_refusal:
             refused = [Close(1011, "this model serves English only")]
@@ -294,6 +307,11 @@ class Emulator:
             await self._send(ws, session, refused)
             return
         if self.active >= self.max_sessions:
+            logger.info(
+                "%s: over the limit of %d sessions: closing it",
+                session.session_id,
+                self.max_sessions,
+            )
             await self._send(
                 ws,
                 session,
@@ -308,6 +326,15 @@ class Emulator:
             await self._run(ws, session)
         finally:
             self.active -= 1
+            # The code only: the reason is whichever side's close frame came first.
+            how = f"closed {ws.closed.code}" if ws.closed is not None else "cut off"
+            logger.info(
+                "%s: ended, %s, after %.2f s of audio (%d bytes)",
+                session.session_id,
+                how,
+                session.seconds,
+                session.audio_bytes,
+            )
 
     async def _run(self, ws: WebSocketConnection, session: ServerSession) -> None:
         stalled = False
@@ -318,12 +345,30 @@ class Emulator:
                 return
             if stalled:
                 continue
+            if isinstance(message, bytes):
+                # About once a second of audio, not for every frame.
+                before = int(session.seconds)
+                outputs_ = session.audio(message)
+                if logger.isEnabledFor(logging.DEBUG) and int(session.seconds) > before:
+                    logger.debug(
+                        "%s: audio received up to %.2f s (%d bytes)",
+                        session.session_id,
+                        session.seconds,
+                        session.audio_bytes,
+                    )
+            else:
+                logger.debug("%s: received %s", session.session_id, _control_name(message))
+                outputs_ = session.control(message)
             outputs: list[dict[str, Any] | Close | str] = []
-            outputs.extend(
-                session.audio(message) if isinstance(message, bytes) else session.control(message)
-            )
+            outputs.extend(outputs_)
             injected: list[dict[str, Any] | Close | str] = []  # malformed text goes first
             for fault in self.faults.take_due(session):
+                logger.info(
+                    "%s: fault injection: %s at %.2f s of audio",
+                    session.session_id,
+                    fault.action,
+                    session.seconds,
+                )
                 if fault.action in ("drop", "close"):
                     if not await self._send(ws, session, injected):
                         return
@@ -354,15 +399,86 @@ class Emulator:
         try:
             for item in outputs:
                 if isinstance(item, Close):
+                    logger.debug(
+                        "%s: closing with %d %s", session.session_id, item.code, item.reason
+                    )
                     await ws.aclose(item.code, item.reason)
                     return False
                 text = item if isinstance(item, str) else json.dumps(item)
                 await ws.send_message(text)
+                if logger.isEnabledFor(logging.DEBUG):
+                    logger.debug("%s: sent %s", session.session_id, _describe_sent(item))
                 if self.on_send is not None:
                     self.on_send(session.session_id, text)
         except ConnectionClosed:
             return False
         return True
+
+
+def _peer(remote: object) -> str:
+    """``address:port`` of a TCP peer; other streams (in memory) have none."""
+    address = getattr(remote, "address", None)
+    port = getattr(remote, "port", None)
+    if address is None or port is None:
+        return "a stream in memory"
+    return f"[{address}]:{port}" if getattr(address, "version", 4) == 6 else f"{address}:{port}"
+
+
+def _describe_params(params: ServerParams) -> str:
+    """What a session was asked for, for the log."""
+    parts = [f"language {params.language}", f"{params.encoding.value} {params.sample_rate} Hz"]
+    flags = (
+        "word_timestamps",
+        "sentence_timestamps",
+        "diarize",
+        "full_transcript",
+        "redact_pii",
+        "redact_pci",
+        "vad_events",
+    )
+    parts += [name for name in flags if getattr(params, name)]
+    if not params.endpointing:
+        parts.append("no endpointing")
+    elif params.eou_timeout_ms != attrs.fields(ServerParams).eou_timeout_ms.default:
+        parts.append(f"eou_timeout_ms {params.eou_timeout_ms}")
+    if params.max_words is not None:
+        parts.append(f"max_words {params.max_words}")
+    return ", ".join(parts)
+
+
+def _control_name(text: str) -> str:
+    """A control message by its type (cut short: it is the client's text)."""
+    try:
+        kind = json.loads(text).get("type")
+    except (ValueError, AttributeError):
+        kind = None
+    return (
+        str(kind)[:40]
+        if isinstance(kind, str)
+        else f"a text frame that is no control message ({len(text)} characters)"
+    )
+
+
+def _describe_sent(item: dict[str, Any] | str) -> str:
+    if isinstance(item, str):
+        return f"a malformed frame ({len(item)} characters, fault injection)"
+    kind = item.get("type", "error")
+    if kind in ("speech_started", "speech_ended"):
+        return f"{kind} at {item['timestamp']:.2f} s"
+    if kind == "transcription":
+        flags = [
+            name
+            for name, on in (
+                ("final" if item["is_final"] else "interim", True),
+                ("from_finalize", item.get("from_finalize")),
+                ("is_last", item["is_last"]),
+            )
+            if on
+        ]
+        text = item["transcript"]
+        shown = repr(text if len(text) <= 60 else text[:57] + "...")
+        return f"transcription ({', '.join(flags)}) {shown}"
+    return f"{kind}: {item.get('message') or item.get('error')}"
 
 
 async def _abort(ws: WebSocketConnection) -> None:
