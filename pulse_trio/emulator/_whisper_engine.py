@@ -206,9 +206,10 @@ class WhisperEngine:
             word_timestamps=word_timestamps,
             fallback=fallback,
         )
-        # An abandoned decode still holds its token until it ends, so the
-        # limiter always counts the threads really running.
-        return await trio.to_thread.run_sync(job, limiter=self.limiter, abandon_on_cancel=True)
+        # Not abandoned when cancelled: a decode is short, the limiter then counts
+        # the threads really running, and none is left running at exit (the
+        # model's runtime aborts the process if one is).
+        return await trio.to_thread.run_sync(job, limiter=self.limiter)
 
 
 class SpeechStream:

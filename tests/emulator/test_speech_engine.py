@@ -1,0 +1,265 @@
+"""The speech engine (``WhisperEngine``, the ``local`` extra) as a client sees it.
+
+The shipped sample (examples/speech.wav, three sentences a second apart) goes
+through ``open_session()`` against the emulator over in-memory streams, and
+the tests check what PROTOCOL.md §6-§7 promise: the words (word error rate at
+most 10% against examples/speech.txt), interims before the final, one final
+per finalize (also mid-utterance), automatic finals at the pauses, voice
+events, word times in connection time, resampled encodings, two sessions at
+once and the concurrency limit's 1008. The model loads once per test run.
+
+Skipped when the extra is not installed; ``.ci/run`` installs it. What happens
+without the extra is tested by hiding its modules.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+
+from pulse_core import Event, SpeechEnded, SpeechStarted, Transcript
+from pulse_trio import Session, open_session
+from pulse_trio._g711 import linear16_to_mulaw
+from pulse_trio.emulator import (
+    Emulator,
+    EngineUnavailableError,
+    TokenEngine,
+    choose_engine,
+)
+from pulse_trio.emulator._engines import speech_engine_missing, speech_max_sessions
+from tests.emulator.test_emulator import FINALIZE, dial, serving, until_closed
+from tests.speech import REFERENCE, sample_pcm, word_error_rate
+
+pytestmark = pytest.mark.skipif(
+    speech_engine_missing() is not None, reason="the local extra is not installed"
+)
+
+KEY = "sk_speech_engine_test_key"
+URL = "ws://127.0.0.1:8765"  # reached in memory, never dialled
+RATE = 16000
+CHUNK = RATE // 10 * 2  # 100 ms of 16-bit audio
+SENTENCES = REFERENCE.splitlines()
+
+
+@pytest.fixture(scope="session")
+def model() -> Any:
+    """The model, loaded once for the whole run (every engine shares it)."""
+    from pulse_trio.emulator._whisper_engine import load_model  # noqa: PLC0415
+
+    return load_model()
+
+
+@pytest.fixture
+def engine(model: Any) -> Any:
+    from pulse_trio.emulator import WhisperEngine  # noqa: PLC0415
+
+    engine = WhisperEngine()
+    engine.load()
+    return engine
+
+
+@asynccontextmanager
+async def session_with(
+    emulator: Emulator, **settings: Any
+) -> AsyncIterator[tuple[Session, list[Event]]]:
+    events: list[Event] = []
+    # Sent faster than real time, the audio waits for the model: wait for it.
+    options: dict[str, Any] = {"close_timeout": 60.0, "finalize_timeout": 30.0}
+    options["encoding"] = settings.pop("encoding", "linear16")
+    options["sample_rate"] = settings.pop("sample_rate", RATE)
+    async with open_session(
+        KEY,
+        base_url=URL,
+        connector=emulator.memory_connector(),
+        settings={"language": "en", **settings},
+        **options,
+    ) as session:
+        session.event_handler("on_event")(events.append)
+        yield session, events
+
+
+def finals(events: list[Event]) -> list[Transcript]:
+    return [e for e in events if isinstance(e, Transcript) and e.is_final]
+
+
+def text_of(events: list[Event]) -> str:
+    return " ".join(e.text for e in finals(events) if e.text)
+
+
+async def send(session: Session, audio: bytes, chunk: int = CHUNK) -> None:
+    for offset in range(0, len(audio), chunk):
+        await session.send_audio(audio[offset : offset + chunk])
+
+
+async def until(events: list[Event], predicate: Any, timeout: float = 30) -> None:
+    with trio.fail_after(timeout):
+        while not any(predicate(event) for event in events):
+            await trio.sleep(0.02)
+
+
+# -- the shipped sample ------------------------------------------------------------
+
+
+async def test_the_sample_is_transcribed_with_pauses_as_finals(engine: Any) -> None:
+    pcm = sample_pcm()
+    with trio.fail_after(90):
+        async with session_with(
+            Emulator(engine=engine), word_timestamps=True, vad_events=True, full_transcript=True
+        ) as (session, events):
+            await send(session, pcm)
+    said = finals(events)
+    heard = text_of(events)
+    assert word_error_rate(REFERENCE, heard) <= 0.10, heard
+    # PROTOCOL.md §7: endpointing gives each sentence (a second of silence
+    # after each) its own final; the last one comes with is_last.
+    assert len([f for f in said if f.text]) == len(SENTENCES), [f.text for f in said]
+    assert said[-1].is_last
+    for final, sentence in zip([f for f in said if f.text], SENTENCES, strict=True):
+        assert word_error_rate(sentence, final.text) <= 0.2, (sentence, final.text)
+    # Word times are in connection time: increasing, within the audio.
+    times = [(w.start, w.end) for f in said for w in f.words]
+    assert times and all(start <= end for start, end in times)
+    assert all(a[1] <= b[0] + 0.05 for a, b in itertools.pairwise(times))
+    assert 0 <= times[0][0] < 0.6 and times[-1][1] <= len(pcm) / 2 / RATE + 0.05
+    # vad_events: one start and one end around each sentence, in order.
+    kinds = [type(e) for e in events if isinstance(e, SpeechStarted | SpeechEnded)]
+    assert kinds == [SpeechStarted, SpeechEnded] * len(SENTENCES)
+    assert said[-1].full_transcript is not None
+    assert word_error_rate(REFERENCE, said[-1].full_transcript) <= 0.10
+
+
+async def test_interims_come_before_the_final_and_a_finalize_mid_utterance_answers_once(
+    engine: Any,
+) -> None:
+    pcm = sample_pcm()
+    half = 2 * round(RATE * 2.4)  # "This recording was made by a ..." and no further
+    with trio.fail_after(90):
+        async with session_with(Emulator(engine=engine), endpointing=False) as (session, events):
+            # Real-time pace, so the engine has time for interims.
+            for offset in range(0, half, CHUNK):
+                await session.send_audio(pcm[offset : offset + CHUNK])
+                await trio.sleep(0.1)
+            await until(events, lambda e: isinstance(e, Transcript) and not e.is_final and e.text)
+            assert not finals(events)
+            await session.finalize()
+            await until(events, lambda e: isinstance(e, Transcript) and e.finalized)
+            first = finals(events)
+            # The rest of the sample, then another finalize.
+            await send(session, pcm[half:])
+            await session.finalize()
+            await until(events, lambda e: len(finals(events)) >= 2)
+    answered = [f for f in finals(events) if f.finalized]
+    # PROTOCOL.md §6: one final per finalize, whatever the audio was doing.
+    assert len(answered) == 2
+    assert len(first) == 1 and first[0].from_finalize is True
+    interims = [e for e in events[: events.index(first[0])] if isinstance(e, Transcript) and e.text]
+    assert interims and not any(i.is_final for i in interims)
+    assert "recording" in first[0].text.lower()
+    assert "aloud" not in first[0].text.lower()  # only what was said before the finalize
+    assert word_error_rate(REFERENCE, text_of(events)) <= 0.2, text_of(events)
+
+
+async def test_a_finalize_before_any_speech_gets_an_empty_final(engine: Any) -> None:
+    with trio.fail_after(30):
+        async with session_with(Emulator(engine=engine)) as (session, events):
+            await send(session, bytes(RATE))  # half a second of silence
+            await session.finalize()
+            await until(events, lambda e: isinstance(e, Transcript) and e.finalized)
+    assert [f.text for f in finals(events)] == ["", ""]  # the finalize's, then close's
+
+
+async def test_telephone_audio_is_resampled_for_the_model(engine: Any) -> None:
+    import av  # noqa: PLC0415 - the extra's
+    import numpy as np  # noqa: PLC0415
+
+    # The first sentence down to 8 kHz (PyAV's resampler), as mu-law.
+    pcm = sample_pcm()[: 2 * RATE * 5]
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=8000)
+    frame = av.AudioFrame.from_ndarray(
+        np.frombuffer(pcm, "<i2").reshape(1, -1), format="s16", layout="mono"
+    )
+    frame.sample_rate = RATE
+    narrow = b"".join(
+        out.to_ndarray().tobytes()
+        for out in [*resampler.resample(frame), *resampler.resample(None)]
+    )
+    with trio.fail_after(60):
+        async with session_with(Emulator(engine=engine), encoding="mulaw", sample_rate=8000) as (
+            session,
+            events,
+        ):
+            await send(session, linear16_to_mulaw(narrow), chunk=800)
+    assert word_error_rate(SENTENCES[0], text_of(events)) <= 0.2, text_of(events)
+
+
+# -- capacity ------------------------------------------------------------------------
+
+
+async def test_two_sessions_at_once_each_get_their_own_words(engine: Any) -> None:
+    pcm = sample_pcm()
+    first_sentence = pcm[: 2 * RATE * 5]
+    emulator = Emulator(engine=engine)
+    results: dict[str, str] = {}
+
+    async def one(name: str, audio: bytes) -> None:
+        async with session_with(emulator) as (session, events):
+            await send(session, audio)
+        results[name] = text_of(events)
+
+    with trio.fail_after(90):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(one, "whole", pcm)
+            nursery.start_soon(one, "first", first_sentence)
+    assert word_error_rate(REFERENCE, results["whole"]) <= 0.10, results
+    assert word_error_rate(SENTENCES[0], results["first"]) <= 0.2, results
+    assert emulator.active == 0
+
+
+async def test_the_concurrency_limit_is_what_stays_real_time_and_closes_with_1008(
+    engine: Any,
+) -> None:
+    assert engine.max_sessions == speech_max_sessions()
+    assert Emulator(engine=engine).max_sessions == engine.max_sessions
+    assert Emulator().max_sessions == 100  # the token engine's default is unchanged
+    with trio.fail_after(30):
+        async with (
+            serving(Emulator(engine=engine, max_sessions=1)) as emulator,
+            dial(emulator) as first,
+        ):
+            await first.send_message(FINALIZE)
+            assert json.loads(await first.get_message())["from_finalize"] is True
+            async with dial(emulator) as second:
+                received, reason = await until_closed(second)
+            assert reason.code == 1008
+            assert [m["type"] for m in received] == ["error"]
+            assert "concurrency" in received[0]["message"]
+            # The first session goes on.
+            await first.send_message(FINALIZE)
+            assert json.loads(await first.get_message())["is_final"] is True
+
+
+# -- without the extra ---------------------------------------------------------------
+
+
+def test_without_the_extra_whisper_is_refused_with_the_install_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "faster_whisper", None)
+    missing = speech_engine_missing()
+    assert missing is not None
+    assert "python -m pip install 'pulse-stt[local]'" in missing
+    with pytest.raises(EngineUnavailableError, match=r"pip install 'pulse-stt\[local\]'"):
+        choose_engine("whisper")
+    assert isinstance(choose_engine(), TokenEngine)  # the default falls back
+
+
+def test_an_unknown_engine_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="token, whisper"):
+        choose_engine("vosk")
