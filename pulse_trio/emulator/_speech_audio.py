@@ -1,6 +1,6 @@
 """Any audio the service takes, as 16 kHz mono float samples for a speech model.
 
-Pulse takes six encodings at six sample rates (PROTOCOL.md §3); speech models
+Pulse takes six encodings at six sample rates (PROTOCOL.md §2); speech models
 want one rate. ``ModelAudio`` decodes each chunk as it arrives (G.711 through
 the project's own tables, Opus through libavcodec) and resamples it with
 libswresample, both from PyAV, which faster-whisper already depends on: a
@@ -36,7 +36,7 @@ class ModelAudio:
     """Turns one connection's audio, chunk by chunk, into 16 kHz float samples.
 
     ``seconds`` counts the audio received in the connection's own rate, so
-    times given back to the client are connection times (PROTOCOL.md §7).
+    times given back to the client are connection times (PROTOCOL.md §4).
     """
 
     def __init__(self, encoding: Encoding, sample_rate: int) -> None:

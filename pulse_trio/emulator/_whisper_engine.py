@@ -8,7 +8,7 @@ WebRTC voice-activity detector, all from the ``local`` extra
 Whisper does not stream: it transcribes a whole clip at once, at a cost that
 hardly depends on the clip's length (it pads to 30 s). So each connection's
 ``SpeechSession`` keeps the open utterance and behaves like the service on the
-wire by decoding it again and again (PROTOCOL.md §6, §7):
+wire by decoding it again and again (PROTOCOL.md §3, §4):
 
 * an interim about once a second while the speaker talks (the newest audio at
   the time; under load interims are fewer, never late audio);
@@ -157,7 +157,7 @@ class WhisperEngine:
         threads: int = 2,
         max_sessions: int | None = None,
         interim_interval: float = 1.0,
-        final_beam_size: int = 5,
+        final_beam_size: int = 1,
         interim_beam_size: int = 1,
         vad_mode: int = 2,
     ) -> None:
@@ -334,7 +334,7 @@ class SpeechSession(ServerSession):
             return []
         kind = _kind(text)
         if kind == "finalize":
-            # PROTOCOL.md §6: exactly one final per finalize, for the audio so far.
+            # PROTOCOL.md §3: exactly one final per finalize, for the audio so far.
             self._close_utterance(from_finalize=True)
         elif kind == "close_stream":
             self._take(self._audio.flush())
@@ -448,7 +448,7 @@ class SpeechSession(ServerSession):
         if words:
             out.append(self._transcription(words, is_final=False))
         if cap is not None and len(words) >= cap:
-            # PROTOCOL.md §7: max_words ends the segment after that many words;
+            # PROTOCOL.md §4: finals on word counts (max_words) end the segment;
             # the rest of the audio stays open for the next one.
             self._segment = list(words[:cap])
             out.append(self._final(from_finalize=False))
@@ -490,7 +490,7 @@ class SpeechSession(ServerSession):
         if self._in_speech and quiet >= _SPEECH_ENDED_AFTER:
             self._end_speech()
         if self.params.endpointing and quiet >= self.params.eou_timeout_ms / 1000:
-            # PROTOCOL.md §7: an automatic final after eou_timeout_ms of silence.
+            # PROTOCOL.md §4: the server's own final after eou_timeout_ms of silence.
             self._end_speech()
             self._close_utterance(from_finalize=False)
         elif self._open.seconds >= _MAX_UTTERANCE:

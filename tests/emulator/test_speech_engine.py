@@ -2,7 +2,7 @@
 
 The shipped sample (examples/speech.wav, three sentences a second apart) goes
 through ``open_session()`` against the emulator over in-memory streams, and
-the tests check what PROTOCOL.md §6-§7 promise: the words (word error rate at
+the tests check what PROTOCOL.md §3-§4 promise: the words (word error rate at
 most 10% against examples/speech.txt), interims before the final, one final
 per finalize (also mid-utterance), automatic finals at the pauses, voice
 events, word times in connection time, resampled encodings, two sessions at
@@ -117,7 +117,7 @@ async def test_the_sample_is_transcribed_with_pauses_as_finals(engine: Any) -> N
     said = finals(events)
     heard = text_of(events)
     assert word_error_rate(REFERENCE, heard) <= 0.10, heard
-    # PROTOCOL.md §7: endpointing gives each sentence (a second of silence
+    # PROTOCOL.md §4: endpointing gives each sentence (a second of silence
     # after each) its own final; the last one comes with is_last.
     assert len([f for f in said if f.text]) == len(SENTENCES), [f.text for f in said]
     assert said[-1].is_last
@@ -156,7 +156,7 @@ async def test_interims_come_before_the_final_and_a_finalize_mid_utterance_answe
             await session.finalize()
             await until(events, lambda e: len(finals(events)) >= 2)
     answered = [f for f in finals(events) if f.finalized]
-    # PROTOCOL.md §6: one final per finalize, whatever the audio was doing.
+    # PROTOCOL.md §3: one final per finalize, whatever the audio was doing.
     assert len(answered) == 2
     assert len(first) == 1 and first[0].from_finalize is True
     interims = [e for e in events[: events.index(first[0])] if isinstance(e, Transcript) and e.text]
