@@ -8,12 +8,21 @@ usually scored: substitutions, deletions and insertions over reference words.
 
 from __future__ import annotations
 
+import array
+import itertools
 import re
 import wave
 
 from tests.command import ROOT
 
-__all__ = ["REFERENCE", "SAMPLE", "normalise", "sample_pcm", "word_error_rate"]
+__all__ = [
+    "REFERENCE",
+    "SAMPLE",
+    "normalise",
+    "sample_pcm",
+    "sample_sentences",
+    "word_error_rate",
+]
 
 SAMPLE = ROOT / "examples" / "speech.wav"
 REFERENCE = (ROOT / "examples" / "speech.txt").read_text(encoding="utf-8")
@@ -24,6 +33,23 @@ def sample_pcm() -> bytes:
     with wave.open(str(SAMPLE), "rb") as wav:
         assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (16000, 1, 2)
         return wav.readframes(wav.getnframes())
+
+
+def sample_sentences(pcm: bytes | None = None, *, gap: float = 0.8) -> list[bytes]:
+    """The sample cut in the middle of each pause of at least ``gap`` seconds: one
+    piece per sentence, each with some silence before and after."""
+    samples = array.array("h", pcm if pcm is not None else sample_pcm())
+    cuts: list[int] = []
+    quiet_from: int | None = None
+    for index, value in enumerate(samples):
+        if abs(value) < 50:
+            quiet_from = index if quiet_from is None else quiet_from
+            continue
+        if quiet_from is not None and index - quiet_from >= gap * 16000:
+            cuts.append((quiet_from + index) // 2)
+        quiet_from = None
+    edges = [0, *cuts, len(samples)]
+    return [samples[a:b].tobytes() for a, b in itertools.pairwise(edges)]
 
 
 def normalise(text: str) -> list[str]:
