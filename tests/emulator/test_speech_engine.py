@@ -35,7 +35,7 @@ from pulse_trio.emulator import (
 )
 from pulse_trio.emulator._engines import speech_engine_missing, speech_max_sessions
 from tests.emulator.test_emulator import FINALIZE, dial, serving, until_closed
-from tests.speech import REFERENCE, sample_pcm, word_error_rate
+from tests.speech import REFERENCE, sample_pcm, sample_sentences, word_error_rate
 
 pytestmark = pytest.mark.skipif(
     speech_engine_missing() is not None, reason="the local extra is not installed"
@@ -197,6 +197,63 @@ async def test_telephone_audio_is_resampled_for_the_model(engine: Any) -> None:
         ):
             await send(session, linear16_to_mulaw(narrow), chunk=800)
     assert word_error_rate(SENTENCES[0], text_of(events)) <= 0.2, text_of(events)
+
+
+def first_sentence_as_ogg_opus() -> bytes:
+    """The first sentence in an Ogg Opus stream, encoded by PyAV (libopus)."""
+    import io  # noqa: PLC0415
+
+    import av  # noqa: PLC0415 - the extra's
+    import numpy as np  # noqa: PLC0415
+
+    pcm = np.frombuffer(sample_sentences()[0], "<i2")
+    frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+    frame.sample_rate = RATE
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="ogg") as container:
+        stream = container.add_stream("libopus", rate=48000)
+        stream.layout = "mono"
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+async def test_ogg_opus_is_decoded_for_the_model(engine: Any) -> None:
+    ogg = first_sentence_as_ogg_opus()
+    with trio.fail_after(60):
+        async with session_with(
+            Emulator(engine=engine), encoding="ogg_opus", sample_rate=48000, word_timestamps=True
+        ) as (session, events):
+            await send(session, ogg, chunk=1000)
+    assert word_error_rate(SENTENCES[0], text_of(events)) <= 0.2, text_of(events)
+    (final,) = [f for f in finals(events) if f.text]
+    assert 4.5 < final.words[-1].end < 5.2  # connection time, Opus's 48 kHz ticks included
+
+
+def test_raw_opus_packets_become_model_samples() -> None:
+    import av  # noqa: PLC0415 - the extra's
+    import numpy as np  # noqa: PLC0415
+
+    from pulse_core import Encoding  # noqa: PLC0415
+    from pulse_trio.emulator._speech_audio import ModelAudio  # noqa: PLC0415
+
+    pcm = np.frombuffer(sample_sentences()[0], "<i2")
+    codec = av.CodecContext.create("libopus", "w")
+    codec.sample_rate, codec.layout, codec.format = 48000, "mono", "s16"
+    frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+    frame.sample_rate = RATE
+    up = av.AudioResampler(format="s16", layout="mono", rate=48000)
+    packets = [bytes(p) for f in up.resample(frame) for p in codec.encode(f)]
+    packets += [bytes(p) for p in codec.encode(None)]
+    audio = ModelAudio(Encoding.OPUS, 48000)
+    samples = np.concatenate([audio.feed(packet) for packet in packets] + [audio.flush()])
+    assert abs(audio.seconds - len(pcm) / RATE) < 0.03
+    assert abs(len(samples) - len(pcm)) < 0.03 * RATE
+    # The same sound: after Opus's pre-skip, the two line up closely.
+    reference = pcm.astype(np.float32) / 32768
+    lag = int(np.argmax([np.dot(samples[k : k + RATE], reference[:RATE]) for k in range(400)]))
+    length = len(reference) - 400
+    assert np.corrcoef(samples[lag : lag + length], reference[:length])[0, 1] > 0.95
 
 
 # -- capacity ------------------------------------------------------------------------
