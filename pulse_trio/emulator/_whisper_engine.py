@@ -138,11 +138,58 @@ def _decode(
     return words
 
 
+#: Quick interims: the window is padded to a multiple of this (at least two),
+#: so the model sees few distinct input shapes.
+_GLANCE_STEP: Final = 5.0
+#: Quick interims are for clips up to this long; longer ones get a full decode.
+_GLANCE_UP_TO: Final = 20.0
+#: A cap on the tokens of a quick interim (it may loop without one): a fast
+#: speaker says about three words a second, about four tokens.
+_GLANCE_TOKENS_PER_SECOND: Final = 6
+
+
+def _glance(model: Any, audio: Samples) -> list[SpokenWord]:
+    """A quick transcription for an interim (in a worker thread).
+
+    faster-whisper pads every clip to Whisper's 30 s window; here the model's
+    encoder sees the clip padded only to the next 5 s (10 s at least), several
+    times cheaper, and the text's length is capped. It is worse than a full
+    decode on some voices, so finals never come from it. The words' times are
+    estimates, spread evenly over the clip.
+    """
+    import ctranslate2  # noqa: PLC0415 - the extra's, with the model
+    from faster_whisper.tokenizer import Tokenizer  # noqa: PLC0415
+
+    seconds = len(audio) / MODEL_RATE
+    window = max(2, math.ceil((seconds + 0.5) / _GLANCE_STEP)) * _GLANCE_STEP
+    padded = np.pad(audio, (0, round(window * MODEL_RATE) - len(audio)))
+    features = model.feature_extractor(padded, padding=0)[:, : round(window * 100)]
+    tokenizer = Tokenizer(
+        model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language="en"
+    )
+    prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+    result = model.model.generate(
+        ctranslate2.StorageView.from_array(np.ascontiguousarray(features[np.newaxis])),
+        [prompt],
+        beam_size=1,
+        max_length=len(prompt) + 10 + math.ceil(seconds * _GLANCE_TOKENS_PER_SECOND),
+        return_scores=True,
+        suppress_blank=True,
+        suppress_tokens=[-1],
+    )[0]
+    tokens = result.sequences_ids[0]
+    texts = tokenizer.decode(tokens).split()
+    confidence = math.exp(min(0.0, result.scores[0] / (len(tokens) + 1)))
+    span = seconds / max(1, len(texts))
+    return [SpokenWord(text, i * span, (i + 1) * span, confidence) for i, text in enumerate(texts)]
+
+
 class WhisperEngine:
     """Recognises English speech with Whisper tiny.en; a ``RecognitionEngine``.
 
     ``workers`` decodes run at once, each on ``threads`` CPU threads (default:
-    one decode per two cores). ``max_sessions`` is how many real-time streams
+    one decode per two cores). ``quick_interims`` decodes interims in a short
+    window (see ``_glance``); finals always get a full decode. ``max_sessions`` is how many real-time streams
     stay real time on this machine (default one per core, as measured in
     bench/README.md); the emulator closes more with 1008, as the service does.
     """
@@ -159,6 +206,7 @@ class WhisperEngine:
         interim_interval: float = 1.0,
         final_beam_size: int = 1,
         interim_beam_size: int = 1,
+        quick_interims: bool = True,
         vad_mode: int = 2,
     ) -> None:
         cores = os.cpu_count() or 1
@@ -169,6 +217,7 @@ class WhisperEngine:
         self.interim_interval = interim_interval
         self.final_beam_size = final_beam_size
         self.interim_beam_size = interim_beam_size
+        self.quick_interims = quick_interims
         self.vad_mode = vad_mode
         self.limiter = trio.CapacityLimiter(self.workers)
         self._model: Any = None
@@ -206,6 +255,14 @@ class WhisperEngine:
             word_timestamps=word_timestamps,
             fallback=fallback,
         )
+        return await self._in_worker(job)
+
+    async def glance(self, audio: Samples) -> list[SpokenWord]:
+        """A quick interim transcription of ``audio`` (see ``_glance``), in a worker thread."""
+        await self.prepare()
+        return await self._in_worker(functools.partial(_glance, self._model, audio))
+
+    async def _in_worker(self, job: Callable[[], list[SpokenWord]]) -> list[SpokenWord]:
         # Not abandoned when cancelled: a decode is short, the limiter then counts
         # the threads really running, and none is left running at exit (the
         # model's runtime aborts the process if one is).
@@ -434,12 +491,15 @@ class SpeechSession(ServerSession):
         if not utterance.voiced or not utterance.samples:
             return []
         cap = self.params.max_words
-        found = await self.engine.decode(
-            utterance.audio(),
-            beam_size=self.engine.interim_beam_size,
-            word_timestamps=self.params.word_timestamps or cap is not None,
-            fallback=False,
-        )
+        if self.engine.quick_interims and cap is None and utterance.seconds <= _GLANCE_UP_TO:
+            found = await self.engine.glance(utterance.audio())
+        else:  # max_words cuts at a word's end: that needs the model's word times
+            found = await self.engine.decode(
+                utterance.audio(),
+                beam_size=self.engine.interim_beam_size,
+                word_timestamps=self.params.word_timestamps or cap is not None,
+                fallback=False,
+            )
         words: list[DecodedWord] = [_shift(word, utterance.start) for word in found]
         if utterance is not self._open:
             # Its final was queued while this decode ran; the final says it all.
