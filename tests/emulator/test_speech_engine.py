@@ -166,6 +166,22 @@ async def test_interims_come_before_the_final_and_a_finalize_mid_utterance_answe
     assert word_error_rate(REFERENCE, text_of(events)) <= 0.2, text_of(events)
 
 
+async def test_max_words_ends_a_segment_at_that_many_words(engine: Any) -> None:
+    sentence = sample_sentences()[0]
+    with trio.fail_after(60):
+        async with session_with(Emulator(engine=engine), max_words=4) as (session, events):
+            for offset in range(0, len(sentence), CHUNK):  # twice real time
+                await session.send_audio(sentence[offset : offset + CHUNK])
+                await trio.sleep(0.05)
+    said = [f for f in finals(events) if f.text]
+    # PROTOCOL.md §4: the server's own final once a segment has max_words words;
+    # the audio after the fourth word opens the next segment.
+    assert len(said) >= 2, [f.text for f in said]
+    assert len(said[0].text.split()) == 4 and said[0].from_finalize is False
+    assert said[0].words[-1].end <= said[1].words[0].start + 0.05
+    assert word_error_rate(SENTENCES[0], text_of(events)) <= 0.3, text_of(events)
+
+
 async def test_a_finalize_before_any_speech_gets_an_empty_final(engine: Any) -> None:
     with trio.fail_after(30):
         async with session_with(Emulator(engine=engine)) as (session, events):
