@@ -12,16 +12,25 @@ off). Printed per stream count:
 * real-time factor: wall time from the first chunk to the last final, over
   the audio's length (1.00 is keeping up; more is falling behind);
 * finalize-to-final latency (p50, p95, max), as the client measured it;
-* interim latency (p50, p95): an interim's arrival minus the moment the audio
-  of its last word was sent (how far the text on screen trails the speaker);
+* interim latency (p50, p95): an interim's arrival minus the moment its last
+  word was spoken (how far the text on screen trails the speaker; a quick
+  interim's word times are estimates that end where its audio ended);
 * interims per stream per audio second;
+* the model's work: mean seconds per full decode (finals) and per quick
+  interim decode, and how many of each;
 * memory: resident set after loading the model, and the peak.
+
+Chunks go out as a live source sends them: each when its 100 ms have been
+spoken. The machine's load average is printed too: other work on the machine
+slows every number here.
 """
 
 from __future__ import annotations
 
 import argparse
 import array
+import functools
+import os
 import resource
 import statistics
 import sys
@@ -34,13 +43,30 @@ import trio
 
 from pulse_core import Transcript
 from pulse_trio import open_session
-from pulse_trio.emulator import Emulator, WhisperEngine
+from pulse_trio.emulator import Emulator
+from pulse_trio.emulator._whisper_engine import WhisperEngine
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = 16000
 CHUNK_SECONDS = 0.1
 QUIET_LEVEL = 300  # 16-bit amplitude below which a chunk counts as quiet
 QUIET_SECONDS = 0.3
+
+
+class TimedEngine(WhisperEngine):
+    """The speech engine, timing each job its worker threads run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.jobs: dict[str, list[float]] = {"_decode": [], "_glance": []}
+
+    async def _in_worker(self, job: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await super()._in_worker(job)
+        finally:
+            name = job.func.__name__ if isinstance(job, functools.partial) else "other"
+            self.jobs.setdefault(name, []).append(time.perf_counter() - started)
 
 
 def rss_mb() -> float:
@@ -68,7 +94,7 @@ def percentile(values: list[float], share: float) -> float:
 
 async def one_stream(url: str, pcm: bytes, results: dict[str, list[float]]) -> None:
     step = int(RATE * CHUNK_SECONDS) * 2
-    sent_at: list[float] = []  # wall time each chunk was sent
+    spoken: list[float] = []  # wall time at audio time 0 (one chunk before the first send)
     done = trio.Event()
     async with open_session(
         "sk_local_bench",
@@ -86,21 +112,20 @@ async def one_stream(url: str, pcm: bytes, results: dict[str, list[float]]) -> N
                 if event.latency is not None:
                     results["finalize"].append(event.latency)
                 if event.is_last:
-                    results["rtf"].append((now - sent_at[0]) / (len(pcm) / 2 / RATE))
+                    results["rtf"].append((now - spoken[0]) / (len(pcm) / 2 / RATE))
                     done.set()
-            elif event.words and sent_at:
-                chunk = min(len(sent_at) - 1, int(event.words[-1].end / CHUNK_SECONDS))
-                results["interim"].append(now - sent_at[chunk] - CHUNK_SECONDS)
+            elif event.words and spoken and event.words[-1].end is not None:
+                results["interim"].append(now - spoken[0] - event.words[-1].end)
                 results["interims"].append(1.0)
 
         session.event_handler("on_event")(seen)
         start = trio.current_time()
         quiet = 0.0
         speaking = False
+        spoken.append(time.monotonic())
         for index, offset in enumerate(range(0, len(pcm), step)):
-            await trio.sleep_until(start + index * CHUNK_SECONDS)
+            await trio.sleep_until(start + (index + 1) * CHUNK_SECONDS)
             chunk = pcm[offset : offset + step]
-            sent_at.append(time.monotonic())
             await session.send_audio(chunk)
             samples = array.array("h", chunk)
             loud = max(map(abs, samples), default=0) >= QUIET_LEVEL
@@ -112,7 +137,7 @@ async def one_stream(url: str, pcm: bytes, results: dict[str, list[float]]) -> N
     await done.wait()
 
 
-async def run(streams: int, pcm: bytes, engine: WhisperEngine) -> dict[str, list[float]]:
+async def run(streams: int, pcm: bytes, engine: TimedEngine) -> dict[str, list[float]]:
     results: dict[str, list[float]] = {"finalize": [], "interim": [], "rtf": [], "interims": []}
     emulator = Emulator(engine=engine, max_sessions=streams)
     async with trio.open_nursery() as nursery:
@@ -129,7 +154,7 @@ async def main_async(args: argparse.Namespace) -> None:
     seconds = len(pcm) / 2 / RATE
     before = rss_mb()
     loaded = time.monotonic()
-    engine = WhisperEngine()
+    engine = TimedEngine()
     await engine.prepare()
     print(
         f"model loaded in {time.monotonic() - loaded:.2f} s; resident {rss_mb():.0f} MB "
@@ -139,9 +164,13 @@ async def main_async(args: argparse.Namespace) -> None:
     print(f"sample: {args.wav.name}, {seconds:.1f} s per stream")
     print(
         "streams  RTF(max)  finalize p50/p95/max (s)  interim p50/p95 (s)  interims/s  peak MB"
+        "  decode s (n)  quick s (n)  load"
     )
     for streams in args.streams:
+        for jobs in engine.jobs.values():
+            jobs.clear()
         results = await run(streams, pcm, engine)
+        full, quick = engine.jobs["_decode"], engine.jobs["_glance"]
         fin = results["finalize"]
         inter = results["interim"]
         rate = len(results["interims"]) / (seconds * streams)
@@ -149,7 +178,10 @@ async def main_async(args: argparse.Namespace) -> None:
             f"{streams:>7}  {max(results['rtf']):8.2f}  "
             f"{percentile(fin, 0.5):5.2f} / {percentile(fin, 0.95):4.2f} / {max(fin):4.2f}"
             f"{'':7}{percentile(inter, 0.5):5.2f} / {percentile(inter, 0.95):4.2f}"
-            f"{'':8}{rate:5.2f}  {peak_mb():7.0f}",
+            f"{'':8}{rate:5.2f}  {peak_mb():7.0f}"
+            f"  {statistics.mean(full or [0]):5.2f} ({len(full):3})"
+            f"  {statistics.mean(quick or [0]):5.2f} ({len(quick):3})"
+            f"  {os.getloadavg()[0]:4.1f}",
             flush=True,
         )
         if len(fin) < 2:
