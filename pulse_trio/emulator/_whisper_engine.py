@@ -77,6 +77,8 @@ _SPEECH_ENDED_AFTER: Final = 0.3
 _MAX_UTTERANCE: Final = 28.0
 #: Audio waiting for a final decode before the session stops reading the socket.
 _MAX_BACKLOG: Final = 30.0
+#: Messages waiting to be sent (or decoded) before it stops reading, whatever they are.
+_MAX_JOBS: Final = 256
 
 
 @attrs.frozen
@@ -448,7 +450,7 @@ class SpeechSession(ServerSession):
                 self._wake()
                 # Bounded memory: a client sending faster than the model decodes
                 # waits on the socket instead of filling a queue.
-                while self.backlog > _MAX_BACKLOG:
+                while self.backlog > _MAX_BACKLOG or len(self._jobs) > _MAX_JOBS:
                     self._drained = trio.Event()
                     await self._drained.wait()
 

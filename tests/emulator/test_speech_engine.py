@@ -24,13 +24,15 @@ from typing import Any
 import pytest
 import trio
 
-from pulse_core import Event, SpeechEnded, SpeechStarted, Transcript
+from pulse_core import Encoding, Event, SpeechEnded, SpeechStarted, Transcript
 from pulse_trio import Session, open_session
 from pulse_trio._g711 import linear16_to_mulaw
 from pulse_trio.emulator import (
+    Accept,
     Emulator,
     EngineUnavailableError,
     TokenEngine,
+    check_request,
     choose_engine,
 )
 from pulse_trio.emulator._engines import speech_engine_missing, speech_max_sessions
@@ -316,6 +318,48 @@ async def test_the_concurrency_limit_is_what_stays_real_time_and_closes_with_100
             # The first session goes on.
             await first.send_message(FINALIZE)
             assert json.loads(await first.get_message())["is_final"] is True
+
+
+async def test_a_client_flooding_control_messages_waits_on_the_socket(engine: Any) -> None:
+    """Bounded memory: the queue of answers stops growing; the reader waits instead."""
+    from pulse_trio.emulator._whisper_engine import _MAX_JOBS, SpeechSession  # noqa: PLC0415
+
+    decision = check_request(
+        "/waves/v1/stt/live?model=pulse&language=en", [("Authorization", "Bearer k")], api_keys=None
+    )
+    assert isinstance(decision, Accept)
+    session = SpeechSession(
+        decision.params, engine.stream(Encoding.LINEAR16, RATE), session_id="flood"
+    )
+    flood = 5 * _MAX_JOBS
+    sent: list[Any] = []
+    longest = 0
+
+    class Socket:
+        def __init__(self) -> None:
+            self.messages = [json.dumps({"type": "bogus"})] * flood
+
+        async def get_message(self) -> str:
+            nonlocal longest
+            longest = max(longest, len(session._jobs))
+            if not self.messages:
+                await trio.sleep_forever()
+            await trio.lowlevel.checkpoint()
+            return self.messages.pop()
+
+    async def send(outputs: Any) -> bool:
+        await trio.sleep(0.001)  # a slow network
+        sent.extend(outputs)
+        return True
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(session.converse, Socket(), send)
+            while len(sent) < flood:
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    assert longest <= _MAX_JOBS + 1
+    assert all(message["type"] == "error" for message in sent)
 
 
 # -- without the extra ---------------------------------------------------------------
