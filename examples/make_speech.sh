@@ -7,7 +7,8 @@
 # by one second of silence (longer than the default end-of-utterance timeout,
 # so each sentence gets its own final); sox joins them and converts to 16 kHz
 # mono 16-bit. "-D" turns dither off (for the silence too): with dither the file
-# differs on every run.
+# differs on every run. The shipped file was made on Debian 12 with festival
+# 1:2.5.0-9, festvox-us-slt-hts 0.2010.10.25-4 and sox 14.4.2+git20190427-3.5.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 tmp=$(mktemp -d)
