@@ -172,9 +172,9 @@ async def test_max_words_ends_a_segment_at_that_many_words(engine: Any) -> None:
     sentence = sample_sentences()[0]
     with trio.fail_after(60):
         async with session_with(Emulator(engine=engine), max_words=4) as (session, events):
-            for offset in range(0, len(sentence), CHUNK):  # twice real time
+            for offset in range(0, len(sentence), CHUNK):  # real time: interims come
                 await session.send_audio(sentence[offset : offset + CHUNK])
-                await trio.sleep(0.05)
+                await trio.sleep(0.1)
     said = [f for f in finals(events) if f.text]
     # PROTOCOL.md §4: the server's own final once a segment has max_words words;
     # the audio after the fourth word opens the next segment.
