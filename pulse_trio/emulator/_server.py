@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import ssl
@@ -33,6 +34,8 @@ __all__ = ["Emulator", "Fault", "Faults"]
 logger = logging.getLogger("pulse_trio.emulator")
 #: Seconds a client has to send its upgrade request (a silent one is let go).
 _HANDSHAKE_TIMEOUT: Final = 60.0
+#: The concurrency limit when the engine does not set one.
+_MAX_SESSIONS: Final = 100
 
 _ERROR_SHAPES: dict[int, Callable[[str, str], dict[str, Any]]] = {
     1: lambda code, message: {"type": "error", "status": "error", "message": message},
@@ -144,7 +147,8 @@ class Emulator:
 
     ``api_keys=None`` accepts any bearer key. ``region`` makes it behave like
     that region's host for region-restricted languages. ``max_sessions`` is
-    the account's concurrency limit (more are closed with 1008).
+    the account's concurrency limit (more are closed with 1008); by default
+    the engine's own ``max_sessions`` if it has one (what stays real time), else 100.
     """
 
     def __init__(
@@ -153,14 +157,18 @@ class Emulator:
         engine: RecognitionEngine | None = None,
         api_keys: frozenset[str] | set[str] | None = None,
         region: Region | str | None = None,
-        max_sessions: int = 100,
+        max_sessions: int | None = None,
         send_from_finalize: bool = True,
         on_send: Callable[[str, str], None] | None = None,
     ) -> None:
         self.engine: RecognitionEngine = engine or TokenEngine()
         self.api_keys = frozenset(api_keys) if api_keys is not None else None
         self.region = Region(region) if region is not None else None
-        self.max_sessions = max_sessions
+        self.max_sessions: int = (
+            max_sessions
+            if max_sessions is not None
+            else getattr(self.engine, "max_sessions", _MAX_SESSIONS)
+        )
         self.send_from_finalize = send_from_finalize
         #: Called with (session id, text) for every text frame once it is sent.
         self.on_send = on_send
@@ -287,7 +295,9 @@ class Emulator:
         assert isinstance(decision, Accept)
         ws = await request.accept()
         self.connections += 1
-        session = ServerSession(
+        # An engine that answers in its own time brings its own session (converse()).
+        session_type = getattr(self.engine, "session_type", ServerSession)
+        session = session_type(
             decision.params,
             self.engine.stream(decision.params.encoding, decision.params.sample_rate),
             session_id=f"emulator-{self.connections}",
@@ -323,7 +333,11 @@ class Emulator:
             return
         self.active += 1
         try:
-            await self._run(ws, session)
+            converse = getattr(session, "converse", None)
+            if converse is not None:
+                await converse(ws, functools.partial(self._send, ws, session))
+            else:
+                await self._run(ws, session)
         finally:
             self.active -= 1
             # The code only: the reason is whichever side's close frame came first.

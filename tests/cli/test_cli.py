@@ -63,7 +63,10 @@ def call(*args: str | Path, **kwargs: object) -> Callable[[], Awaitable[Result]]
 def server() -> Iterator[str]:
     """`pulse emulator` in a subprocess, accepting only GOOD_KEY: its URL."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "pulse_trio", "emulator", "--port", "0", "--api-key", GOOD_KEY],
+        [
+            *(sys.executable, "-m", "pulse_trio", "emulator", "--engine", "token"),
+            *("--port", "0", "--api-key", GOOD_KEY),
+        ],
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
@@ -203,7 +206,7 @@ def hello(tmp_path: Path) -> Path:
 
 
 async def test_local_transcribes_a_wav_and_says_which_engine(hello: Path) -> None:
-    result = await pulse("transcribe", hello, "--local")
+    result = await pulse("transcribe", hello, "--local", "--engine", "token")
     assert result.code == 0, result.err
     assert result.lines == ["hello world.", "second line"]
     assert "\r" not in result.out  # piped: finals only, no in-place rewriting
@@ -833,7 +836,10 @@ def test_first_ctrl_c_finishes_the_transcript_and_exits_130(tmp_path: Path) -> N
     path = tmp_path / "long.wav"
     path.write_bytes(riff(audio))
     process = subprocess.Popen(
-        [sys.executable, "-m", "pulse_trio", "transcribe", path, "--local", "--realtime"],
+        [
+            *(sys.executable, "-m", "pulse_trio", "transcribe", path),
+            *("--local", "--engine", "token", "--realtime"),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

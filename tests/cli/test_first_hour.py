@@ -68,7 +68,17 @@ def emulators() -> Iterator[dict[str, tuple[str, subprocess.Popen[str]]]]:
     """`pulse emulator` at -v and at -vv: its URL and process, by option."""
     started = {
         option: subprocess.Popen(
-            [sys.executable, "-m", "pulse_trio", "emulator", "--port", "0", option],
+            [
+                sys.executable,
+                "-m",
+                "pulse_trio",
+                "emulator",
+                "--port",
+                "0",
+                "--engine",
+                "token",
+                option,
+            ],
             stderr=subprocess.PIPE,
             text=True,
             cwd=ROOT,
@@ -202,7 +212,17 @@ async def test_voice_activity_is_the_same_sent_fast_or_in_real_time(tmp_path: Pa
     path.write_bytes(riff(audio))
     runs = await concurrently(
         *(
-            call("transcribe", path, "--local", "-f", "jsonl", "--vad-events", *pace)
+            call(
+                "transcribe",
+                path,
+                "--local",
+                "--engine",
+                "token",
+                "-f",
+                "jsonl",
+                "--vad-events",
+                *pace,
+            )
             for pace in ([], ["--realtime"], ["--speed", "3"])
         )
     )
@@ -262,8 +282,8 @@ async def test_help_and_errors_say_what_the_command_does(tmp_path: Path) -> None
     path.write_bytes(riff(encode("first turn", trail=1.0) + encode("second", trail=0.2)))
     help_, stats, lines, region = await concurrently(
         call("transcribe", "--help"),
-        call("transcribe", path, "--local", "--stats"),
-        call("transcribe", path, "--local", "-f", "jsonl"),
+        call("transcribe", path, "--local", "--engine", "token", "--stats"),
+        call("transcribe", path, "--local", "--engine", "token", "-f", "jsonl"),
         call(
             "transcribe", path, "--region", "us", "--language", "ta", env={"SMALLEST_API_KEY": KEY}
         ),
@@ -290,7 +310,7 @@ async def test_default_subtitles_have_no_orphans_and_even_lines(tmp_path: Path) 
     path.write_bytes(
         riff(encode(long, trail=1.0) + encode("That was the plan. Yes. We went anyway.", trail=1.0))
     )
-    result = await pulse("transcribe", path, "--local", "-f", "srt")
+    result = await pulse("transcribe", path, "--local", "--engine", "token", "-f", "srt")
     assert result.code == 0, result.err
     cues = [block.split("\n")[2:] for block in result.out.strip().split("\n\n")]
     texts = [" ".join(lines) for lines in cues]

@@ -61,7 +61,7 @@ def test_ctrl_c_while_stdin_is_quiet_exits_130_after_the_transcript(tmp_path: Pa
         producer = subprocess.Popen(producer_command, stdout=subprocess.PIPE, process_group=0)
         assert producer.stdout is not None
         pulse = subprocess.Popen(
-            [*PULSE, "transcribe", path, "--encoding", "linear16", "--local"],
+            [*PULSE, "transcribe", path, "--encoding", "linear16", "--local", "--engine", "token"],
             stdin=producer.stdout if path == "-" else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
