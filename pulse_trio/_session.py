@@ -433,7 +433,12 @@ class Session:
                             self._last_failure,
                             reached=event.summary.connections > 0,
                         )
-                        self.body_scope.cancel()
+                        # Cancelled from the run loop, not from here: a cancel
+                        # made while a task handles an exception (the reader's
+                        # ConnectionClosed, say) delivers a Cancelled chained to
+                        # it, and with it the server's close reason or refusal
+                        # (PROTOCOL §6 rule 12) into the application's traceback.
+                        trio.lowlevel.current_trio_token().run_sync_soon(self.body_scope.cancel)
             self._events.extend(events)
             self._wake_forwarder.set()
         self._wake_timer.set()
@@ -788,6 +793,18 @@ def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return error
 
 
+def _bare(failure: SessionFailedError) -> SessionFailedError:
+    """``failure`` without the exceptions it was raised over. Its own text and
+    ``failure`` event are redacted (PROTOCOL §6 rule 12), but where it is raised
+    it may be chained to what the WebSocket stack raised (a close with its
+    reason, a refusal with its headers and body): a logged traceback would show
+    those, the key with them."""
+    failure.__context__ = None
+    failure.__cause__ = None
+    failure.__suppress_context__ = True
+    return failure
+
+
 def _describe_frame(message: str | bytes, redact: Callable[[str], str]) -> str:
     """A server frame for the debug log: its type and flags, never its text."""
     if isinstance(message, bytes):
@@ -910,9 +927,10 @@ async def open_session(
             await session.aclose()
             nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        raise _unwrap(group) from None
+        error = _unwrap(group)
+        raise (_bare(error) if error is session._failure else error) from None
     finally:
         session._events_in.close()  # any events() iterator ends, whatever happened
         stop_hiding(hiding)
     if session._failure is not None:
-        raise session._failure
+        raise _bare(session._failure) from None
