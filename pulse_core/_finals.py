@@ -151,7 +151,12 @@ class Transcribed:
         # begins by ``start`` can hold it.
         index = bisect.bisect_right(starts, start + ROUNDING) - 1
         if index >= 0 and end <= ends[index] + ROUNDING:
-            return span
+            # Within rounding of that span, and in it, not just touching it: a
+            # short final of new audio right after the words already
+            # transcribed lies within the rounding too, and is no repeat.
+            inside = min(end, ends[index]) - max(start, starts[index])
+            if inside > 0 or (start == end and starts[index] < start < ends[index]):
+                return span
         # Record it: merge every span it overlaps or touches.
         first = bisect.bisect_left(ends, start - ROUNDING)
         last = bisect.bisect_right(starts, end + ROUNDING)

@@ -345,6 +345,17 @@ def test_rounding_is_not_new_audio() -> None:
     assert said.spans == 1
 
 
+def test_a_short_final_right_after_the_transcribed_words_is_new_audio() -> None:
+    """Within rounding of the last span's end, but outside it: 5 ms of new
+    speech, not a repeat; the same 5 ms again is one."""
+    said = Transcribed()
+    assert said.repeats(spoken(0.0, 0.5), 1) is None
+    assert said.repeats(spoken(0.5, 0.505, words=1), 1) is None
+    assert said.repeats(spoken(0.5, 0.505, words=1), 1) == (0.5, 0.505)
+    assert said.repeats(spoken(0.2, 0.2, words=1), 1) == (0.2, 0.2)  # an instant, inside
+    assert said.repeats(spoken(0.0, 0.0, words=1), 1) is None  # at its edge: not inside
+
+
 def test_finals_without_times_are_never_repeats() -> None:
     said = Transcribed()
     empty = TranscriptionMessage(text="", is_final=True, from_finalize=True)
