@@ -732,8 +732,8 @@ class PulseConnection:
             self._finish(now, Trigger.CLOSE_DONE, error=None, is_last_missing=True)
             return
         verdict = self._retry.lost(now, code=code, reason=summary)
-        self._socket_gone(code=code, reason=reason, local=local, will_reconnect=not verdict.give_up)
-        if verdict.give_up:
+        self._socket_gone(code=code, reason=reason, local=local, will_reconnect=not verdict.final)
+        if verdict.final:
             self._emit(self._failure(verdict, status=None, retry_after=None))
             self._fail(now, verdict.reason)
             return
@@ -754,7 +754,7 @@ class PulseConnection:
             status=status, reason=reason, retry_after=retry_after, final=final
         )
         self._emit(self._failure(verdict, status=status, retry_after=retry_after))
-        if verdict.give_up:
+        if verdict.final:
             self._fail(now, verdict.reason)
             return
         self._was_lost = True
@@ -768,7 +768,7 @@ class PulseConnection:
         return ConnectionFailed(
             reason=verdict.reason,
             status=status,
-            permanent=verdict.give_up,
+            permanent=verdict.final,
             retry_after=retry_after,
             attempt=verdict.attempt,
             gave_up=verdict.gave_up,

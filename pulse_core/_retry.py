@@ -51,9 +51,10 @@ class JitterSource(Protocol):
 class Verdict:
     """What to do after a failure."""
 
-    #: Stop: the session fails.
-    give_up: bool
-    #: The policy ran out of attempts (as opposed to a refusal that is final).
+    #: No further attempt: the session fails.
+    final: bool
+    #: Final because the policy ran out of attempts (not because the failure
+    #: itself is final, like a refusal that retrying cannot change).
     gave_up: bool
     #: Why, for the events: the failure's own reason, qualified when it is final.
     reason: str

@@ -170,11 +170,6 @@ class Turns:
         """Requests wait for a socket to be sent on."""
         return bool(self._owed)
 
-    @property
-    def any_sent(self) -> bool:
-        """Anything is in flight, orphans included (a final may answer it)."""
-        return bool(self._inflight)
-
     def next(self) -> Finalize | None:
         """The unanswered request that times out first."""
         if len(self._inflight) > self._orphans:

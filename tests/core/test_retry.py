@@ -93,11 +93,11 @@ def test_a_reason_given_is_kept() -> None:
 def test_the_transport_can_call_a_refusal_final() -> None:
     retry, draws = make()
     verdict = refuse(retry, None, final=True)
-    assert (verdict.give_up, verdict.gave_up, verdict.delay) == (True, False, 0.0)
+    assert (verdict.final, verdict.gave_up, verdict.delay) == (True, False, 0.0)
     assert draws.calls == 0
     other, other_draws = make()
     verdict = refuse(other, 503, final=True)
-    assert (verdict.give_up, verdict.gave_up, verdict.delay) == (True, False, 0.0)
+    assert (verdict.final, verdict.gave_up, verdict.delay) == (True, False, 0.0)
     assert other_draws.calls == 0
 
 
@@ -120,7 +120,7 @@ def test_a_429_asking_too_long_a_wait_is_final() -> None:
 def test_redirects_are_final(status: int) -> None:
     retry, draws = make()
     verdict = refuse(retry, status)
-    assert verdict.give_up and not verdict.gave_up
+    assert verdict.final and not verdict.gave_up
     assert "redirects are not followed" in verdict.reason
     assert draws.calls == 0
 
@@ -129,7 +129,7 @@ def test_redirects_are_final(status: int) -> None:
 def test_every_retry_after_is_bounded(status: int) -> None:
     retry, draws = make()
     verdict = refuse(retry, status, retry_after=86400.0)
-    assert verdict.give_up and "asked to retry after 86400 s" in verdict.reason
+    assert verdict.final and "asked to retry after 86400 s" in verdict.reason
     assert draws.calls == 0
 
 
@@ -149,7 +149,7 @@ def test_without_a_jitter_source_the_delay_is_the_raw_one() -> None:
 
 def test_max_attempts_gives_up_without_drawing() -> None:
     retry, draws = make(max_attempts=3)
-    assert [refuse(retry, 503).give_up for _ in range(2)] == [False, False]
+    assert [refuse(retry, 503).final for _ in range(2)] == [False, False]
     verdict = refuse(retry, 503)
     assert verdict == Verdict(True, True, "gave up after 3 attempts: HTTP 503", 0.0, 3)
     assert draws.calls == 2
@@ -166,12 +166,12 @@ def test_a_final_refusal_on_the_last_attempt_is_not_giving_up() -> None:
     retry, _ = make(max_attempts=2)
     refuse(retry, 503)
     verdict = refuse(retry, 401)
-    assert (verdict.give_up, verdict.gave_up, verdict.reason) == (True, False, "HTTP 401")
+    assert (verdict.final, verdict.gave_up, verdict.reason) == (True, False, "HTTP 401")
 
 
 def test_never_giving_up() -> None:
     retry, draws = make(max_attempts=None)
-    assert not any(refuse(retry, 503).give_up for _ in range(200))
+    assert not any(refuse(retry, 503).final for _ in range(200))
     assert draws.calls == 200
     assert retry.attempt == 200
 
@@ -222,7 +222,7 @@ def test_the_concurrency_close_waits_at_least_concurrency_delay() -> None:
     retry, draws = make()
     retry.opened(0.0)
     verdict = retry.lost(1.0, code=CONCURRENCY_LIMIT_CLOSE, reason="too many")
-    assert (verdict.give_up, verdict.delay) == (False, 2.0)
+    assert (verdict.final, verdict.delay) == (False, 2.0)
     # Another close code has no floor.
     assert retry.lost(1.0, code=1011, reason="error").delay == 1.5
     # A backoff already longer than the floor stands.
@@ -233,7 +233,7 @@ def test_the_concurrency_close_waits_at_least_concurrency_delay() -> None:
 def test_losing_the_last_attempt_gives_up_without_drawing() -> None:
     retry, draws = make(max_attempts=2)
     retry.opened(0.0)
-    assert not retry.lost(1.0, code=None, reason="dropped").give_up
+    assert not retry.lost(1.0, code=None, reason="dropped").final
     retry.opened(2.0)
     verdict = retry.lost(3.0, code=CONCURRENCY_LIMIT_CLOSE, reason="too many")
     assert verdict == Verdict(True, True, "gave up after 2 attempts: too many", 0.0, 2)
@@ -302,9 +302,9 @@ def test_one_draw_per_retry_and_delays_within_the_policy(
         expected_attempt += 1
         assert verdict.attempt == expected_attempt == retry.attempt
         exhausted = max_attempts is not None and expected_attempt >= max_attempts
-        assert verdict.give_up == (permanent or exhausted)
+        assert verdict.final == (permanent or exhausted)
         assert verdict.gave_up == (exhausted and not permanent)
-        if verdict.give_up:
+        if verdict.final:
             assert verdict.delay == 0.0
             break
         scheduled += 1

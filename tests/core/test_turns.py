@@ -81,7 +81,7 @@ def test_next_and_due_follow_the_oldest_unanswered_request() -> None:
     assert turns.next() is sent  # in flight comes before owed (it is older)
     assert turns.due(TIMEOUT - 0.001) is None
     assert turns.due(TIMEOUT) is sent
-    assert (turns.pending, turns.awaiting, turns.owed, turns.any_sent) == (2, True, True, True)
+    assert (turns.pending, turns.awaiting, turns.owed) == (2, True, True)
     turns.time_out(TIMEOUT, sent, "test")
     assert turns.next() is owed and turns.due(1.0 + TIMEOUT) is owed
 
@@ -134,7 +134,7 @@ def test_a_timed_out_request_in_flight_is_an_orphan_answered_late() -> None:
     timed_out = turns.time_out(5.5, a, "no final")
     assert timed_out == FinalizeTimedOut(turn=a.turn, waited=5.5, reason="no final")
     assert a.timed_out
-    assert (turns.pending, turns.timed_out, turns.awaiting, turns.any_sent) == (1, 1, True, True)
+    assert (turns.pending, turns.timed_out, turns.awaiting) == (1, 1, True)
     # The orphan stays at the head: the next unanswered request is b.
     assert turns.next() is b
     late = turns.answer(6.0, True)
@@ -148,9 +148,10 @@ def test_with_only_orphans_in_flight_nothing_awaits_but_a_final_is_still_paired(
     turns = make()
     a = send(turns, 0.0, 10)
     turns.time_out(5.0, a, "no final")
-    assert not turns.awaiting and turns.any_sent and turns.next() is None
+    assert not turns.awaiting and turns.next() is None
+    # A final without from_finalize is paired only while something is in flight.
     assert turns.answer(6.0, None) == Answer(a.turn, 10, late=True, latency=None)
-    assert not turns.any_sent
+    assert turns.answer(6.5, None) is None
 
 
 def test_an_owed_request_that_times_out_is_forgotten() -> None:
@@ -176,7 +177,7 @@ def test_a_socket_ending_owes_its_requests_again_ahead_of_newer_ones() -> None:
     c = request(turns, 3.0, 40)
     turns.owe(c)
     turns.socket_ended()
-    assert (turns.any_sent, turns.awaiting, turns.pending) == (False, False, 3)
+    assert (turns.awaiting, turns.pending) == (False, 3)
     assert a.sent_at is None and b.sent_at is None
     assert [r.turn for r in turns.take_owed()] == [a.turn, b.turn, c.turn]
     # The orphan's answer can no longer come.
@@ -267,7 +268,8 @@ def test_end_times_out_what_is_in_flight_and_owed_when_told() -> None:
     turns.owe(b)
     ended = turns.end(6.0, "closed", owed=False)
     assert ended == [FinalizeTimedOut(turn=a.turn, waited=5.0, reason="closed")]
-    assert (turns.timed_out, turns.pending, turns.any_sent, turns.owed) == (2, 1, False, True)
+    assert (turns.timed_out, turns.pending, turns.owed) == (2, 1, True)
+    assert turns.answer(6.5, None) is None  # nothing in flight, not even the orphan
     ended = turns.end(7.0, "failed", owed=True)
     assert ended == [FinalizeTimedOut(turn=b.turn, waited=5.0, reason="failed")]
     assert (turns.timed_out, turns.pending, turns.owed) == (3, 0, False)
