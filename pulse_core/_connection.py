@@ -121,8 +121,6 @@ class PulseConnection:
         # -- the live connection --------------------------------------------
         self._streaming = False  # OPEN: frames go out as soon as they are made
         self._connections = 0
-        self._connect_deadline: float | None = None
-        self._retry_at: float | None = None
         self._was_lost = False  # the next Connected is a reconnect
 
         # -- settings --------------------------------------------------------
@@ -222,7 +220,7 @@ class PulseConnection:
             candidates.append(finalize.deadline)
         candidates.extend(
             deadline
-            for deadline in (self._connect_deadline, self._retry_at, self._close_deadline)
+            for deadline in (self._retry.deadline(), self._close_deadline)
             if deadline is not None
         )
         return min(candidates) if candidates else None
@@ -302,7 +300,6 @@ class PulseConnection:
         if state is State.CONNECTING:
             # The attempt in flight carries the old parameters: start over.
             self._commands.append(CloseConnection(code=1000, reason="settings changed"))
-            self._connect_deadline = None
             self._transition(Trigger.SWITCH)
             self._connect(now)
         elif state is State.OPEN:
@@ -372,7 +369,6 @@ class PulseConnection:
                 f"connection_opened() in state {self._state.value}: no connection attempt"
             )
         self._transition(Trigger.OPENED)
-        self._connect_deadline = None
         self._connections += 1
         reconnect = self._was_lost
         if reconnect:
@@ -424,7 +420,6 @@ class PulseConnection:
             if self._state in SOCKET_STATES:
                 raise LocalProtocolError("connection_failed() for a connection that is open")
             return  # about an attempt the engine already abandoned
-        self._connect_deadline = None
         self._connect_failed(
             now, status=status, reason=reason, retry_after=retry_after, final=permanent
         )
@@ -439,7 +434,6 @@ class PulseConnection:
         reason = self._redactor.text(reason)  # a close reason may echo the key (§6 rule 12)
         state = self._state
         if state is State.CONNECTING:
-            self._connect_deadline = None
             self._connect_failed(
                 now,
                 status=None,
@@ -469,7 +463,6 @@ class PulseConnection:
         code = int(code)  # a WebSocket library's enum: events carry plain ints
         state = self._state
         if state is State.CONNECTING:
-            self._connect_deadline = None
             self._connect_failed(
                 now,
                 status=None,
@@ -567,12 +560,10 @@ class PulseConnection:
         if self._close_deadline is not None and now >= self._close_deadline:
             self._close_timed_out(now)
             return
-        if self._connect_deadline is not None and now >= self._connect_deadline:
-            self._connect_deadline = None
+        if self._retry.timed_out(now):
             self._commands.append(CloseConnection(code=1000, reason="connect timed out"))
             self._connect_failed(now, status=None, reason="connect timed out", retry_after=None)
-        if self._retry_at is not None and now >= self._retry_at:
-            self._retry_at = None
+        if self._retry.due(now):
             self._transition(Trigger.RETRY_DUE)
             self._connect(now)
         if self._state in SOCKET_STATES:
@@ -681,11 +672,10 @@ class PulseConnection:
             Connect(
                 url=config.url(),
                 headers=config.headers(),
-                attempt=self._retry.dial(),
+                attempt=self._retry.dial(now, config.connect_timeout),
                 timeout=config.connect_timeout,
             )
         )
-        self._connect_deadline = now + config.connect_timeout
 
     def _switch(self, now: float) -> None:
         """Close the live socket on purpose and connect with the new settings."""
@@ -751,7 +741,7 @@ class PulseConnection:
         final: bool = False,
     ) -> None:
         verdict = self._retry.refused(
-            status=status, reason=reason, retry_after=retry_after, final=final
+            now, status=status, reason=reason, retry_after=retry_after, final=final
         )
         self._emit(self._failure(verdict, status=status, retry_after=retry_after))
         if verdict.final:
@@ -775,12 +765,10 @@ class PulseConnection:
         )
 
     def _schedule_retry(self, now: float, verdict: Verdict) -> None:
-        self._retry_at = now + verdict.delay
         self._emit(
             Reconnecting(attempt=verdict.attempt + 1, delay=verdict.delay, reason=verdict.reason)
         )
         if self._close_requested and not self._owes_anything():
-            self._retry_at = None
             self._finish(now, Trigger.CLOSE_DONE, error=None)
 
     # ------------------------------------------------------------------
@@ -973,8 +961,7 @@ class PulseConnection:
     ) -> None:
         self._ledger.report_drop()
         self._transition(trigger)
-        self._connect_deadline = None
-        self._retry_at = None
+        self._retry.stop()
         self._close_deadline = None
         self._ledger.pending_since = None
         self._emit(Closed(summary=self.summary(), error=error, is_last_missing=is_last_missing))

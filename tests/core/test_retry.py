@@ -12,7 +12,11 @@ Invariants checked (pulse_core/_retry.py):
   (``gave_up``), a final refusal does not count as giving up; a connection
   that stayed open ``stable_after`` seconds resets the count when it ends;
 * the jitter source is drawn from exactly once per scheduled retry and never
-  for a verdict that gives up, and the delay is the policy's for that draw.
+  for a verdict that gives up, and the delay is the policy's for that draw;
+* the clocks: an attempt times out ``timeout`` after it is dialled unless it
+  opens or fails; a verdict that is not final schedules the next attempt
+  ``delay`` after the failure, a final one schedules nothing; ``stop`` clears
+  both.
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ def make(draw: float = 0.5, **overrides: object) -> tuple[Retry, Draws]:
 def refuse(
     retry: Retry, status: int | None, *, retry_after: float | None = None, final: bool = False
 ) -> Verdict:
-    return retry.refused(status=status, reason="", retry_after=retry_after, final=final)
+    return retry.refused(0.0, status=status, reason="", retry_after=retry_after, final=final)
 
 
 # -- refusals -----------------------------------------------------------------
@@ -86,7 +90,7 @@ def test_other_refusals_are_retried(status: int | None) -> None:
 
 def test_a_reason_given_is_kept() -> None:
     retry, _ = make()
-    verdict = retry.refused(status=401, reason="bad key", retry_after=None, final=False)
+    verdict = retry.refused(0.0, status=401, reason="bad key", retry_after=None, final=False)
     assert verdict.reason == "bad key"
 
 
@@ -178,13 +182,69 @@ def test_never_giving_up() -> None:
 
 def test_dial_numbers_the_attempt() -> None:
     retry, _ = make()
-    assert (retry.dial(), retry.dialled) == (1, 1)
+    assert (retry.dial(0.0, 1.0), retry.dialled) == (1, 1)
     refuse(retry, 503)
     refuse(retry, 503)
-    assert retry.dial() == 3
+    assert retry.dial(0.0, 1.0) == 3
     retry.opened(0.0)
     retry.settle(10.0)
-    assert (retry.dialled, retry.dial()) == (3, 1)
+    assert (retry.dialled, retry.dial(10.0, 1.0)) == (3, 1)
+
+
+# -- the clocks: the attempt in flight, the next attempt --------------------------
+
+
+def test_an_attempt_times_out_unless_it_opens() -> None:
+    retry, _ = make()
+    assert (retry.deadline(), retry.timed_out(1e9), retry.due(1e9)) == (None, False, False)
+    retry.dial(10.0, 3.0)
+    assert (retry.connect_deadline, retry.deadline()) == (13.0, 13.0)
+    assert not retry.timed_out(12.999) and retry.timed_out(13.0)
+    retry.opened(12.0)
+    assert (retry.deadline(), retry.timed_out(20.0)) == (None, False)
+
+
+def test_a_refusal_stops_the_attempt_clock_and_schedules_the_next() -> None:
+    retry, _ = make()
+    retry.dial(10.0, 3.0)
+    verdict = retry.refused(11.0, status=503, reason="", retry_after=None, final=False)
+    assert (retry.connect_deadline, retry.retry_at) == (None, 11.0 + verdict.delay)
+    assert retry.deadline() == 11.75  # 1 s, shortened by jitter 0.5 at draw 0.5
+    assert not retry.due(11.749) and retry.due(11.75)
+    assert not retry.timed_out(100.0)
+    retry.dial(11.75, 3.0)  # the next attempt: only its own clock runs
+    assert (retry.retry_at, retry.deadline(), retry.due(100.0)) == (None, 14.75, False)
+
+
+def test_a_lost_connection_schedules_the_next_attempt() -> None:
+    retry, _ = make()
+    retry.dial(0.0, 3.0)
+    retry.opened(1.0)
+    verdict = retry.lost(2.0, code=None, reason="dropped")
+    assert (retry.retry_at, retry.deadline()) == (2.0 + verdict.delay, 2.0 + verdict.delay)
+
+
+@pytest.mark.parametrize("status", [401, 503])
+def test_a_final_verdict_schedules_nothing(status: int) -> None:
+    retry, _ = make(max_attempts=1)
+    retry.dial(0.0, 3.0)
+    assert refuse(retry, status).final
+    assert (retry.retry_at, retry.connect_deadline, retry.deadline()) == (None, None, None)
+    lost, _ = make(max_attempts=1)
+    lost.dial(0.0, 3.0)
+    lost.opened(0.5)
+    assert lost.lost(1.0, code=None, reason="dropped").final
+    assert lost.deadline() is None
+
+
+def test_stop_clears_both_clocks() -> None:
+    retry, _ = make()
+    retry.dial(0.0, 3.0)
+    retry.stop()
+    assert (retry.deadline(), retry.timed_out(10.0)) == (None, False)
+    refuse(retry, 503)
+    retry.stop()
+    assert (retry.deadline(), retry.due(10.0)) == (None, False)
 
 
 # -- lost connections ---------------------------------------------------------------------
@@ -282,7 +342,7 @@ def test_one_draw_per_retry_and_delays_within_the_policy(
     for kind, code, extra, final in failures:
         permanent = False
         if kind == "refused":
-            verdict = retry.refused(status=code, reason="", retry_after=extra, final=final)
+            verdict = retry.refused(now, status=code, reason="", retry_after=extra, final=final)
             floor = extra or 0.0
             permanent = (
                 final
