@@ -26,8 +26,6 @@ from __future__ import annotations
 import math
 from typing import Any, Final
 
-import attrs
-
 from ._commands import (
     CLOSE_STREAM,
     FINALIZE,
@@ -39,7 +37,7 @@ from ._commands import (
     SendText,
 )
 from ._config import ConnectionConfig
-from ._errors import LocalProtocolError, RemoteProtocolError
+from ._errors import LocalProtocolError
 from ._events import (
     Closed,
     Connected,
@@ -52,24 +50,15 @@ from ._events import (
     ServerError,
     SessionSummary,
     SettingsApplied,
-    SpeechEnded,
-    SpeechStarted,
-    UnhandledMessage,
 )
-from ._finals import Transcribed, confirmed_upto, transcript, within_connection
+from ._finals import Transcribed, confirmed_upto, transcript
+from ._inbound import malformed, read
 from ._ledger import AudioLedger
 from ._liveness import KEEPALIVE_PING, LIVENESS_PING, Check, Liveness
-from ._messages import (
-    ErrorMessage,
-    SpeechEndedMessage,
-    SpeechStartedMessage,
-    TranscriptionMessage,
-    UnknownMessage,
-    parse_server_message,
-)
+from ._messages import ErrorMessage, TranscriptionMessage
 from ._replay import replay, send_held
 from ._retry import PERMANENT_ERROR_CODES, JitterSource, Retry, Verdict
-from ._secrets import Redactor, hide_in_message
+from ._secrets import Redactor
 from ._settings import Settings
 from ._state import SOCKET_STATES, TERMINAL_STATES, TRANSITIONS, State, Trigger
 from ._timeline import Timeline
@@ -80,10 +69,6 @@ __all__ = ["JitterSource", "PulseConnection"]
 
 _NO_INPUT_STATES: Final = frozenset({State.CLOSING, State.CLOSED, State.FAILED})
 _WIRE_STATES: Final = frozenset({State.OPEN, State.DRAINING})  # keepalive runs
-# How much of a malformed frame an event shows: the first _SHOWN_CHARS, taken
-# after redacting a longer window, so a piece of the key across the cut is hidden.
-_SHOWN_CHARS: Final = 200
-_SHOWN_BYTES: Final = 4096
 
 
 class PulseConnection:
@@ -488,51 +473,19 @@ class PulseConnection:
         if self._state not in SOCKET_STATES:
             return  # from a connection the engine already closed
         self._liveness.received(now)
-        hide = self._redactor
-        if not isinstance(data, str):
-            # The service only sends JSON text; a binary frame is a protocol
-            # error. Shown redacted, then cut (PROTOCOL §6 rule 12).
-            shown = hide.text(repr(bytes(data[:_SHOWN_BYTES])))[:_SHOWN_CHARS]
-            self._emit(MalformedMessage(error="unexpected binary frame", data=shown))
-            return
-        timeline = self._timeline
-        try:
-            message = parse_server_message(data, max_size=self._config.max_message_size)
-            # Every string redacted before anything sees it (PROTOCOL §6 rule 12).
-            message = hide_in_message(hide, message, data)
-            # Times are checked before they steer anything (PROTOCOL §5).
-            if isinstance(message, TranscriptionMessage):
-                message = within_connection(message, timeline)
-            elif isinstance(message, SpeechStartedMessage | SpeechEndedMessage):
-                message = attrs.evolve(
-                    message, timestamp=timeline.fit(message.timestamp, "timestamp")
-                )
-        except RemoteProtocolError as exc:
-            self._emit(
-                MalformedMessage(error=hide.text(str(exc)), data=self._shown(data))
-            )
-            return
+        message = read(
+            data,
+            max_size=self._config.max_message_size,
+            redactor=self._redactor,
+            timeline=self._timeline,
+        )
         if isinstance(message, TranscriptionMessage):
+            assert isinstance(data, str)  # only text is parsed
             self._on_transcription(now, message, data)
-        elif isinstance(message, SpeechStartedMessage):
-            self._emit(
-                SpeechStarted(
-                    timestamp=timeline.session_time(message.timestamp),
-                    session_id=message.session_id,
-                )
-            )
-        elif isinstance(message, SpeechEndedMessage):
-            self._emit(
-                SpeechEnded(
-                    timestamp=timeline.session_time(message.timestamp, end=True),
-                    session_id=message.session_id,
-                )
-            )
         elif isinstance(message, ErrorMessage):
             self._on_error(now, message)
         else:
-            assert isinstance(message, UnknownMessage)
-            self._emit(UnhandledMessage(message_type=message.message_type, raw=message.raw))
+            self._emit(message)  # it only reports something
 
     def pong_received(self, now: float) -> None:
         """The server answered a ping: the connection is alive.
@@ -851,17 +804,9 @@ class PulseConnection:
         if span is None:
             return False
         start, end = self._timeline.session_span(*span)
-        self._emit(
-            MalformedMessage(
-                error=f"a final repeating words already transcribed ({start:.2f}-{end:.2f} s)",
-                data=self._shown(data),
-            )
-        )
+        error = f"a final repeating words already transcribed ({start:.2f}-{end:.2f} s)"
+        self._emit(malformed(self._redactor, error, data))
         return True
-
-    def _shown(self, data: str) -> str:
-        """A frame as an event shows it: redacted, then cut (PROTOCOL §6 rule 12)."""
-        return self._redactor.text(data[:_SHOWN_BYTES])[:_SHOWN_CHARS]
 
     def _on_error(self, now: float, message: ErrorMessage) -> None:
         permanent = message.code in PERMANENT_ERROR_CODES
