@@ -57,7 +57,7 @@ from ._ledger import AudioLedger
 from ._liveness import KEEPALIVE_PING, LIVENESS_PING, Check, Liveness
 from ._messages import ErrorMessage, TranscriptionMessage
 from ._replay import replay, send_held
-from ._retry import PERMANENT_ERROR_CODES, JitterSource, Retry, Verdict
+from ._retry import JitterSource, Retry, Verdict
 from ._secrets import Redactor
 from ._settings import Settings
 from ._state import SOCKET_STATES, TERMINAL_STATES, TRANSITIONS, State, Trigger
@@ -809,28 +809,20 @@ class PulseConnection:
         return True
 
     def _on_error(self, now: float, message: ErrorMessage) -> None:
-        permanent = message.code in PERMANENT_ERROR_CODES
+        verdict = self._retry.server_error(message.code, message.message)
         self._emit(
             ServerError(
-                message=message.message, code=message.code, permanent=permanent, raw=message.raw
+                message=message.message,
+                code=message.code,
+                permanent=verdict is not None,
+                raw=message.raw,
             )
         )
-        if permanent:
-            # e.g. LANGUAGE_NOT_ENABLED_IN_REGION: every reconnect would get the
-            # same answer.
-            reason = f"{message.code}: {message.message}"
+        if verdict is not None:
             self._commands.append(CloseConnection(code=1000, reason="permanent server error"))
-            self._socket_gone(code=1000, reason=reason, local=True, will_reconnect=False)
-            self._emit(
-                ConnectionFailed(
-                    reason=reason,
-                    status=None,
-                    permanent=True,
-                    retry_after=None,
-                    attempt=self._retry.dialled,
-                )
-            )
-            self._fail(now, reason)
+            self._socket_gone(code=1000, reason=verdict.reason, local=True, will_reconnect=False)
+            self._emit(self._failure(verdict, status=None, retry_after=None))
+            self._fail(now, verdict.reason)
 
     # ------------------------------------------------------------------
     # Internals: the end

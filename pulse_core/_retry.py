@@ -211,6 +211,15 @@ class Retry:
         self.retry_at = now + delay
         return Verdict(False, False, reason, delay, self._attempt)
 
+    def server_error(self, code: str | None, message: str) -> Verdict | None:
+        """The server reported an error on the open connection: a final verdict
+        when no reconnect can cure it (every new connection would get the same
+        answer), else ``None`` and the connection carries on (if the server
+        then closes it, :meth:`lost` judges that)."""
+        if code not in PERMANENT_ERROR_CODES:
+            return None
+        return Verdict(True, False, f"{code}: {message}", 0.0, self._dialled)
+
     def _out_of_attempts(self) -> bool:
         limit = self._policy.max_attempts
         return limit is not None and self._attempt >= limit

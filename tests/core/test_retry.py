@@ -6,6 +6,8 @@ Invariants checked (pulse_core/_retry.py):
   followed), anything the transport calls final and any refusal asking to
   wait longer than ``max_retry_after``; 408, 429, 5xx and no answer at all
   are retried;
+* a server error is final only for the codes no reconnect can cure
+  (``PERMANENT_ERROR_CODES``), and then names the attempt that connected;
 * a ``Retry-After`` is a floor under the backoff, and close code 1008 (the
   concurrency limit) puts ``concurrency_delay`` under it;
 * ``attempt`` counts consecutive failures; ``max_attempts`` of them give up
@@ -26,7 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pulse_core import ReconnectPolicy
-from pulse_core._retry import CONCURRENCY_LIMIT_CLOSE, Retry, Verdict
+from pulse_core._retry import CONCURRENCY_LIMIT_CLOSE, PERMANENT_ERROR_CODES, Retry, Verdict
 
 
 class Draws:
@@ -189,6 +191,27 @@ def test_dial_numbers_the_attempt() -> None:
     retry.opened(0.0)
     retry.settle(10.0)
     assert (retry.dialled, retry.dial(10.0, 1.0)) == (3, 1)
+
+
+# -- server errors --------------------------------------------------------------------
+
+
+def test_a_server_error_no_reconnect_can_cure_is_final() -> None:
+    retry, draws = make()
+    refuse(retry, 503)
+    retry.dial(0.0, 1.0)
+    retry.opened(1.0)
+    verdict = retry.server_error("LANGUAGE_NOT_ENABLED_IN_REGION", "not here")
+    assert verdict == Verdict(True, False, "LANGUAGE_NOT_ENABLED_IN_REGION: not here", 0.0, 2)
+    assert PERMANENT_ERROR_CODES == {"LANGUAGE_NOT_ENABLED_IN_REGION"}
+    assert (draws.calls, retry.attempt, retry.deadline()) == (1, 1, None)
+
+
+@pytest.mark.parametrize("code", [None, "", "RATE_LIMITED", "language_not_enabled_in_region"])
+def test_other_server_errors_leave_the_connection_be(code: str | None) -> None:
+    retry, draws = make()
+    assert retry.server_error(code, "oops") is None
+    assert (draws.calls, retry.attempt, retry.reason) == (0, 0, "")
 
 
 # -- the clocks: the attempt in flight, the next attempt --------------------------
