@@ -61,6 +61,7 @@ from ._retry import JitterSource, Retry, Verdict
 from ._secrets import Redactor
 from ._settings import Settings
 from ._state import SOCKET_STATES, TERMINAL_STATES, TRANSITIONS, State, Trigger
+from ._tally import Tally
 from ._timeline import Timeline
 from ._turns import Finalize, Latency, Turns
 
@@ -102,11 +103,10 @@ class PulseConnection:
         )
         self._retry = Retry(config.reconnect, jitter)
         self._liveness = Liveness(config)
+        self._tally = Tally(config.ticks_per_second)
 
         # -- the live connection --------------------------------------------
         self._streaming = False  # OPEN: frames go out as soon as they are made
-        self._connections = 0
-        self._was_lost = False  # the next Connected is a reconnect
 
         # -- settings --------------------------------------------------------
         self._previous_settings = config.settings  # those of the last socket (or the start)
@@ -115,10 +115,6 @@ class PulseConnection:
         # -- closing ---------------------------------------------------------
         self._close_requested = False
         self._close_deadline: float | None = None
-
-        # -- statistics (the parts keep their own) ----------------------------
-        self._finals = 0
-        self._reconnects = 0
 
     # ------------------------------------------------------------------
     # Introspection
@@ -156,22 +152,7 @@ class PulseConnection:
 
     def summary(self) -> SessionSummary:
         """What has happened so far (also delivered in ``Closed``)."""
-        ledger = self._ledger
-        turns = self._turns
-        tps = self._config.ticks_per_second
-        return SessionSummary(
-            audio_seconds_received=ledger.received / tps,
-            audio_seconds_sent=ledger.max_sent / tps,
-            finals=self._finals,
-            finalized_turns=turns.finalized,
-            timed_out_turns=turns.timed_out,
-            connections=self._connections,
-            reconnects=self._reconnects,
-            dropped_bytes=ledger.dropped_bytes,
-            dropped_seconds=ledger.dropped_ticks / tps,
-            keepalives=self._liveness.count,
-            latency=turns.latency.summary(),
-        )
+        return self._tally.summary(self._ledger, self._turns, self._liveness)
 
     # ------------------------------------------------------------------
     # Outputs
@@ -354,17 +335,13 @@ class PulseConnection:
                 f"connection_opened() in state {self._state.value}: no connection attempt"
             )
         self._transition(Trigger.OPENED)
-        self._connections += 1
-        reconnect = self._was_lost
-        if reconnect:
-            self._reconnects += 1
-            self._was_lost = False
+        reconnect = self._tally.opened()
         self._retry.opened(now)
         self._liveness.opened(now)
         settings = self._config.settings
         self._emit(
             Connected(
-                connection=self._connections,
+                connection=self._tally.connections,
                 url=self._config.url(),
                 reconnect=reconnect,
                 settings=settings,
@@ -645,7 +622,7 @@ class PulseConnection:
         self._streaming = False
         self._emit(
             Disconnected(
-                connection=self._connections,
+                connection=self._tally.connections,
                 code=code,
                 reason=reason,
                 local=local,
@@ -680,7 +657,7 @@ class PulseConnection:
             self._emit(self._failure(verdict, status=None, retry_after=None))
             self._fail(now, verdict.reason)
             return
-        self._was_lost = True
+        self._tally.failed()
         self._transition(Trigger.CONNECTION_LOST)
         self._schedule_retry(now, verdict)
 
@@ -700,7 +677,7 @@ class PulseConnection:
         if verdict.final:
             self._fail(now, verdict.reason)
             return
-        self._was_lost = True
+        self._tally.failed()
         self._transition(Trigger.CONNECT_FAILED)
         self._schedule_retry(now, verdict)
 
@@ -780,7 +757,7 @@ class PulseConnection:
             return
         answer = None
         if message.is_final:
-            self._finals += 1
+            self._tally.final()
             answer = self._turns.answer(now, message.from_finalize)
             upto = confirmed_upto(
                 message,
@@ -791,7 +768,7 @@ class PulseConnection:
             )
             if upto is not None:
                 self._ledger.confirm(upto)
-        self._emit(transcript(message, answer, self._timeline, self._connections))
+        self._emit(transcript(message, answer, self._timeline, self._tally.connections))
         if message.is_last and closing:
             self._close_complete(now)
         elif self._state is State.DRAINING and not self._turns.awaiting:
@@ -800,7 +777,7 @@ class PulseConnection:
     def _repeated(self, message: TranscriptionMessage, data: str) -> bool:
         """A final whose words this connection's finals already transcribed is
         reported, not delivered: its text would be transcribed twice (PROTOCOL §5)."""
-        span = self._transcribed.repeats(message, self._connections)
+        span = self._transcribed.repeats(message, self._tally.connections)
         if span is None:
             return False
         start, end = self._timeline.session_span(*span)
@@ -836,7 +813,7 @@ class PulseConnection:
         self._commands.append(CloseConnection(code=1000, reason="session closed"))
         self._emit(
             Disconnected(
-                connection=self._connections,
+                connection=self._tally.connections,
                 code=1000,
                 reason="session closed",
                 local=True,
@@ -860,7 +837,7 @@ class PulseConnection:
             self._socket_gone(code=1000, reason="close timed out", local=True, will_reconnect=False)
         elif state is State.CONNECTING:
             self._commands.append(CloseConnection(code=1000, reason="close timed out"))
-        if not self._connections:
+        if not self._tally.connections:
             self._fail(now, self._unreachable(), trigger=Trigger.UNREACHABLE)
             return
         self._abandon(now, DropReason.CLOSE_TIMEOUT, "close timed out")
