@@ -26,6 +26,15 @@ from __future__ import annotations
 import math
 from typing import Any, Final
 
+from ._closing import (
+    CLEAN,
+    CLEAN_WITHOUT_IS_LAST,
+    NOT_STARTED,
+    Closing,
+    Ending,
+    close_timed_out,
+    failed,
+)
 from ._commands import (
     CLOSE_STREAM,
     FINALIZE,
@@ -43,7 +52,6 @@ from ._events import (
     Connected,
     ConnectionFailed,
     Disconnected,
-    DropReason,
     Event,
     MalformedMessage,
     Reconnecting,
@@ -68,7 +76,6 @@ from ._turns import Finalize, Latency, Turns
 __all__ = ["JitterSource", "PulseConnection"]
 
 
-_NO_INPUT_STATES: Final = frozenset({State.CLOSING, State.CLOSED, State.FAILED})
 _WIRE_STATES: Final = frozenset({State.OPEN, State.DRAINING})  # keepalive runs
 
 
@@ -112,9 +119,7 @@ class PulseConnection:
         self._previous_settings = config.settings  # those of the last socket (or the start)
         self._settings_changed = False  # announce SettingsApplied on next open
 
-        # -- closing ---------------------------------------------------------
-        self._close_requested = False
-        self._close_deadline: float | None = None
+        self._closing = Closing(config.close_timeout)
 
     # ------------------------------------------------------------------
     # Introspection
@@ -186,7 +191,7 @@ class PulseConnection:
             candidates.append(finalize.deadline)
         candidates.extend(
             deadline
-            for deadline in (self._retry.deadline(), self._close_deadline)
+            for deadline in (self._retry.deadline(), self._closing.deadline)
             if deadline is not None
         )
         return min(candidates) if candidates else None
@@ -209,8 +214,7 @@ class PulseConnection:
         Empty chunks are ignored. A chunk that ends mid-sample is fine: the
         remainder waits for the next chunk.
         """
-        if self._close_requested or self._state in _NO_INPUT_STATES:
-            raise LocalProtocolError(self._after_close("send_audio()"))
+        self._closing.refuse_input("send_audio()", self._state)
         self._input(now)
         if not isinstance(data, bytes | bytearray | memoryview):
             raise TypeError(f"audio must be bytes-like, not {type(data).__name__}")
@@ -289,16 +293,13 @@ class PulseConnection:
         """
         self._input(now)
         state = self._state
-        if state in _NO_INPUT_STATES:
+        if self._closing.over(state):
             return
-        self._close_requested = True
+        self._closing.request(now)
         self._flush_audio(now, closing=True)
         if state is State.IDLE:
-            # Never started: whatever audio was given can no longer be sent.
-            self._abandon(now, DropReason.NOT_STARTED, "session closed before it started")
-            self._finish(now, Trigger.CLOSE_DONE, error=None)
+            self._end(now, NOT_STARTED)  # whatever audio was given can no longer be sent
             return
-        self._close_deadline = now + self._config.close_timeout
         if state in _WIRE_STATES:
             if state is State.DRAINING:
                 # The settings switch is abandoned: send what was held back on
@@ -318,7 +319,7 @@ class PulseConnection:
         elif not self._owes_anything():
             if state is State.CONNECTING:
                 self._commands.append(CloseConnection(code=1000, reason="session closed"))
-            self._finish(now, Trigger.CLOSE_DONE, error=None)
+            self._end(now, CLEAN)
         self._ledger.report_drop()
         # Otherwise CONNECTING or BACKOFF with audio still to deliver: the
         # engine carries on connecting and closes once it has replayed.
@@ -357,7 +358,7 @@ class PulseConnection:
         if self._timeline.ticks:
             self._liveness.wrote(now)
         self._streaming = True
-        if self._close_requested:
+        if self._closing.requested:
             self._transition(Trigger.CLOSE)
             self._send_text(CLOSE_STREAM)
 
@@ -487,7 +488,7 @@ class PulseConnection:
         self._expire_finalizes(now)
         if self._state in TERMINAL_STATES:
             return
-        if self._close_deadline is not None and now >= self._close_deadline:
+        if self._closing.due(now):
             self._close_timed_out(now)
             return
         if self._retry.timed_out(now):
@@ -512,14 +513,8 @@ class PulseConnection:
         if len(self._commands) + len(self._events) > self._output_limit:
             raise LocalProtocolError("the transport is not draining commands() and events()")
 
-    def _after_close(self, what: str) -> str:
-        if self._state is State.FAILED:
-            return f"{what} after the session failed"
-        return f"{what} after close()"
-
     def _require_open_session(self, what: str) -> None:
-        if self._close_requested or self._state in _NO_INPUT_STATES:
-            raise LocalProtocolError(self._after_close(what))
+        self._closing.refuse_input(what, self._state)
 
     def _transition(self, trigger: Trigger) -> None:
         try:
@@ -649,13 +644,13 @@ class PulseConnection:
         summary = summary or reason
         if self._state is State.CLOSING and not self._owes_anything():
             self._socket_gone(code=code, reason=reason, local=local, will_reconnect=False)
-            self._finish(now, Trigger.CLOSE_DONE, error=None, is_last_missing=True)
+            self._end(now, CLEAN_WITHOUT_IS_LAST)
             return
         verdict = self._retry.lost(now, code=code, reason=summary)
         self._socket_gone(code=code, reason=reason, local=local, will_reconnect=not verdict.final)
         if verdict.final:
             self._emit(self._failure(verdict, status=None, retry_after=None))
-            self._fail(now, verdict.reason)
+            self._end(now, failed(verdict.reason))
             return
         self._tally.failed()
         self._transition(Trigger.CONNECTION_LOST)
@@ -675,7 +670,7 @@ class PulseConnection:
         )
         self._emit(self._failure(verdict, status=status, retry_after=retry_after))
         if verdict.final:
-            self._fail(now, verdict.reason)
+            self._end(now, failed(verdict.reason))
             return
         self._tally.failed()
         self._transition(Trigger.CONNECT_FAILED)
@@ -698,8 +693,8 @@ class PulseConnection:
         self._emit(
             Reconnecting(attempt=verdict.attempt + 1, delay=verdict.delay, reason=verdict.reason)
         )
-        if self._close_requested and not self._owes_anything():
-            self._finish(now, Trigger.CLOSE_DONE, error=None)
+        if self._closing.requested and not self._owes_anything():
+            self._end(now, CLEAN)
 
     # ------------------------------------------------------------------
     # Internals: finalize (the turns keep the requests)
@@ -799,7 +794,7 @@ class PulseConnection:
             self._commands.append(CloseConnection(code=1000, reason="permanent server error"))
             self._socket_gone(code=1000, reason=verdict.reason, local=True, will_reconnect=False)
             self._emit(self._failure(verdict, status=None, retry_after=None))
-            self._fail(now, verdict.reason)
+            self._end(now, failed(verdict.reason))
 
     # ------------------------------------------------------------------
     # Internals: the end
@@ -820,62 +815,40 @@ class PulseConnection:
                 will_reconnect=False,
             )
         )
-        self._finish(now, Trigger.CLOSE_DONE, error=None)
+        self._end(now, CLEAN)
 
     def _close_timed_out(self, now: float) -> None:
-        """``close_timeout`` ran out before ``is_last`` (PROTOCOL §6 rule 8).
-
-        What that means depends on what the server had done: confirmed every
-        tick (a clean close that only lacks ``is_last``), left some audio
-        unconfirmed (dropped: the close failed), or never been reached (the
-        session failed to connect, whatever the close waited for).
-        """
+        """``close_timeout`` ran out before ``is_last`` (PROTOCOL §6 rule 8)."""
         state = self._state
-        lost = self._ledger.unconfirmed  # the live socket's evicted audio included
+        ending = close_timed_out(
+            state,
+            connected=self._tally.connections > 0,
+            unconfirmed=self._ledger.unconfirmed,  # the live socket's evicted audio included
+            failures=self._retry.attempt,
+            last_failure=self._retry.reason,
+        )
         if state in SOCKET_STATES:
             self._commands.append(CloseConnection(code=1000, reason="close timed out"))
             self._socket_gone(code=1000, reason="close timed out", local=True, will_reconnect=False)
         elif state is State.CONNECTING:
             self._commands.append(CloseConnection(code=1000, reason="close timed out"))
-        if not self._tally.connections:
-            self._fail(now, self._unreachable(), trigger=Trigger.UNREACHABLE)
-            return
-        self._abandon(now, DropReason.CLOSE_TIMEOUT, "close timed out")
-        error = None
-        if lost:
-            error = "close timed out before the server confirmed all audio"
-            if state not in SOCKET_STATES and self._retry.reason:
-                error += f" (while reconnecting after: {self._retry.reason})"
-        self._finish(
-            now, Trigger.CLOSE_TIMEOUT, error=error, is_last_missing=state is State.CLOSING
-        )
+        self._end(now, ending)
 
-    def _unreachable(self) -> str:
-        """Why a session that never connected ends: the last attempt's failure."""
-        failed = self._retry.attempt
-        if not failed:
-            return "could not reach the service: no connection opened within close_timeout"
-        attempts = "attempt" if failed == 1 else "attempts"
-        return f"could not reach the service after {failed} failed {attempts}: {self._retry.reason}"
-
-    def _fail(self, now: float, reason: str, *, trigger: Trigger = Trigger.GIVE_UP) -> None:
-        self._abandon(now, DropReason.SESSION_FAILED, "session failed")
-        self._finish(now, trigger, error=reason)
-
-    def _abandon(self, now: float, drop_reason: DropReason, finalize_reason: str) -> None:
-        """Report everything that will now never be transcribed."""
-        self._flush_audio(now, closing=True)
-        for event in self._turns.end(now, finalize_reason, owed=True):
-            self._emit(event)
-        self._ledger.abandon(drop_reason)
+    def _end(self, now: float, ending: Ending) -> None:
+        """The session is over: report what will never be transcribed, then ``Closed``."""
+        if ending.dropped is not None:
+            self._flush_audio(now, closing=True)
+            self._events += self._turns.end(now, ending.unanswered, owed=True)
+            self._ledger.abandon(ending.dropped)
         self._ledger.report_drop()
-
-    def _finish(
-        self, now: float, trigger: Trigger, *, error: str | None, is_last_missing: bool = False
-    ) -> None:
-        self._ledger.report_drop()
-        self._transition(trigger)
+        self._transition(ending.trigger)
         self._retry.stop()
-        self._close_deadline = None
+        self._closing.stop()
         self._ledger.pending_since = None
-        self._emit(Closed(summary=self.summary(), error=error, is_last_missing=is_last_missing))
+        self._emit(
+            Closed(
+                summary=self.summary(),
+                error=ending.error,
+                is_last_missing=ending.is_last_missing,
+            )
+        )
