@@ -177,24 +177,16 @@ class PulseConnection:
         """When :meth:`handle_timer` must next be called (``None``: no timer)."""
         if self._state in TERMINAL_STATES:
             return None
-        config = self._config
-        candidates: list[float] = []
-        coalescing = self._ledger.coalescing_deadline(config.max_chunk_delay)
-        if coalescing is not None:
-            candidates.append(coalescing)
-        if self._state in _WIRE_STATES:
-            candidates.append(self._liveness.deadline())
-        if self._state in SOCKET_STATES:
-            candidates.append(self._liveness.check_deadline())
-        finalize = self._turns.next()
-        if finalize is not None:
-            candidates.append(finalize.deadline)
-        candidates.extend(
-            deadline
-            for deadline in (self._retry.deadline(), self._closing.deadline)
-            if deadline is not None
+        state = self._state
+        deadlines = (
+            self._ledger.coalescing_deadline(self._config.max_chunk_delay),
+            self._liveness.deadline() if state in _WIRE_STATES else None,  # keepalive
+            self._liveness.check_deadline() if state in SOCKET_STATES else None,
+            self._turns.deadline(),
+            self._retry.deadline(),
+            self._closing.deadline,
         )
-        return min(candidates) if candidates else None
+        return min((deadline for deadline in deadlines if deadline is not None), default=None)
 
     # ------------------------------------------------------------------
     # Inputs from the application
@@ -720,14 +712,14 @@ class PulseConnection:
         self._turns.sent(now, request, heard=self._liveness.messages)
 
     def _expire_finalizes(self, now: float) -> None:
-        turns = self._turns
-        while (request := turns.due(now)) is not None:
-            stalled = (
-                request.sent_at is not None
-                and self._state in (State.OPEN, State.CLOSING)
-                and self._liveness.messages == request.heard
-            )  # (when DRAINING, the switch below replaces the socket anyway)
-            self._emit(turns.time_out(now, request, "no final within finalize_timeout"))
+        stalled = True
+        while stalled:
+            # When DRAINING, the switch below replaces the socket anyway.
+            judged = self._state in (State.OPEN, State.CLOSING)
+            expired, stalled = self._turns.expire(
+                now, heard=self._liveness.messages if judged else None
+            )
+            self._events += expired
             if stalled:
                 # Nothing at all came back since the finalize went out: the
                 # connection is wedged. Replace it (the audio is replayed).
@@ -735,7 +727,7 @@ class PulseConnection:
                 self._connection_lost(now, code=1011, reason="server stopped answering", local=True)
                 if self._state in TERMINAL_STATES:
                     return
-        if self._state is State.DRAINING and not turns.awaiting:
+        if self._state is State.DRAINING and not self._turns.awaiting:
             self._switch(now)
 
     # ------------------------------------------------------------------

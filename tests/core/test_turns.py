@@ -18,6 +18,8 @@ Invariants checked (pulse_core/_turns.py):
   owed request already covers it;
 * at most ``max_pending`` requests are unanswered (``make_room`` times out the
   oldest); ``end`` times out what is in flight, and what is owed when told to;
+* ``expire`` times out what is due, oldest first, and stops at a request sent
+  on the judged socket with nothing heard there since: the socket is stalled;
 * TTFS latency: nearest-rank percentiles over the latest samples, mean and
   maximum over all, and the count over budget.
 """
@@ -84,6 +86,72 @@ def test_next_and_due_follow_the_oldest_unanswered_request() -> None:
     assert (turns.pending, turns.awaiting, turns.owed) == (2, True, True)
     turns.time_out(TIMEOUT, sent, "test")
     assert turns.next() is owed and turns.due(1.0 + TIMEOUT) is owed
+
+
+def test_the_deadline_is_that_of_the_next_unanswered_request() -> None:
+    turns = make()
+    assert turns.deadline() is None
+    sent = send(turns, 1.0, 10)
+    owed = request(turns, 2.0, 20)
+    turns.owe(owed)
+    assert turns.deadline() == 1.0 + TIMEOUT
+    turns.time_out(1.0 + TIMEOUT, sent, "test")  # an orphan waits for nothing
+    assert turns.deadline() == 2.0 + TIMEOUT
+    turns.time_out(2.0 + TIMEOUT, owed, "test")
+    assert turns.deadline() is None
+
+
+# -- expiry and the stalled socket ---------------------------------------------------
+
+
+def test_expire_times_out_everything_due_oldest_first() -> None:
+    turns = make()
+    a = send(turns, 0.0, 10)
+    b = request(turns, 1.0, 20)
+    turns.owe(b)
+    expired, stalled = turns.expire(1.0 + TIMEOUT, heard=None)
+    reason = "no final within finalize_timeout"
+    assert expired == [
+        FinalizeTimedOut(turn=a.turn, waited=1.0 + TIMEOUT, reason=reason),
+        FinalizeTimedOut(turn=b.turn, waited=TIMEOUT, reason=reason),
+    ]
+    assert not stalled
+    c = send(turns, 3.0, 30)
+    assert turns.expire(3.0 + TIMEOUT - 0.001, heard=None) == ([], False)
+    assert [event.turn for event in turns.expire(3.0 + TIMEOUT, heard=None)[0]] == [c.turn]
+
+
+@pytest.mark.parametrize(
+    ("heard_when_sent", "heard_now", "stalled"), [(0, 0, True), (3, 3, True), (0, 1, False)]
+)
+def test_a_request_sent_with_nothing_heard_since_finds_the_socket_stalled(
+    heard_when_sent: int, heard_now: int, stalled: bool
+) -> None:
+    turns = make()
+    a = request(turns, 0.0, 10)
+    turns.sent(0.0, a, heard=heard_when_sent)
+    b = send(turns, 0.5, 20)
+    expired, found = turns.expire(TIMEOUT + 1.0, heard=heard_now)
+    assert found is stalled
+    # A stall stops the expiry there: the engine replaces the socket first.
+    assert [event.turn for event in expired] == ([a.turn] if stalled else [a.turn, b.turn])
+
+
+def test_only_a_request_sent_on_a_judged_socket_can_find_it_stalled() -> None:
+    turns = make()
+    owed = request(turns, 0.0, 10)
+    turns.owe(owed)  # never sent: says nothing about any socket
+    assert turns.expire(TIMEOUT, heard=0) == (
+        [
+            FinalizeTimedOut(
+                turn=owed.turn, waited=TIMEOUT, reason="no final within finalize_timeout"
+            )
+        ],
+        False,
+    )
+    sent = send(turns, 10.0, 20)
+    assert sent.heard == 0
+    assert turns.expire(10.0 + TIMEOUT, heard=None)[1] is False  # no socket is judged
 
 
 # -- answers --------------------------------------------------------------------
