@@ -50,11 +50,9 @@ from ._errors import LocalProtocolError
 from ._events import (
     Closed,
     Connected,
-    ConnectionFailed,
     Disconnected,
     Event,
     MalformedMessage,
-    Reconnecting,
     ServerError,
     SessionSummary,
     SettingsApplied,
@@ -641,7 +639,7 @@ class PulseConnection:
         verdict = self._retry.lost(now, code=code, reason=summary)
         self._socket_gone(code=code, reason=reason, local=local, will_reconnect=not verdict.final)
         if verdict.final:
-            self._emit(self._failure(verdict, status=None, retry_after=None))
+            self._emit(verdict.failure())
             self._end(now, failed(verdict.reason))
             return
         self._tally.failed()
@@ -660,7 +658,7 @@ class PulseConnection:
         verdict = self._retry.refused(
             now, status=status, reason=reason, retry_after=retry_after, final=final
         )
-        self._emit(self._failure(verdict, status=status, retry_after=retry_after))
+        self._emit(verdict.failure(status=status, retry_after=retry_after))
         if verdict.final:
             self._end(now, failed(verdict.reason))
             return
@@ -668,23 +666,8 @@ class PulseConnection:
         self._transition(Trigger.CONNECT_FAILED)
         self._schedule_retry(now, verdict)
 
-    @staticmethod
-    def _failure(
-        verdict: Verdict, *, status: int | None, retry_after: float | None
-    ) -> ConnectionFailed:
-        return ConnectionFailed(
-            reason=verdict.reason,
-            status=status,
-            permanent=verdict.final,
-            retry_after=retry_after,
-            attempt=verdict.attempt,
-            gave_up=verdict.gave_up,
-        )
-
     def _schedule_retry(self, now: float, verdict: Verdict) -> None:
-        self._emit(
-            Reconnecting(attempt=verdict.attempt + 1, delay=verdict.delay, reason=verdict.reason)
-        )
+        self._emit(verdict.reconnecting())
         if self._closing.requested and not self._owes_anything():
             self._end(now, CLEAN)
 
@@ -785,7 +768,7 @@ class PulseConnection:
         if verdict is not None:
             self._commands.append(CloseConnection(code=1000, reason="permanent server error"))
             self._socket_gone(code=1000, reason=verdict.reason, local=True, will_reconnect=False)
-            self._emit(self._failure(verdict, status=None, retry_after=None))
+            self._emit(verdict.failure())
             self._end(now, failed(verdict.reason))
 
     # ------------------------------------------------------------------

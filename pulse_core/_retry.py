@@ -29,6 +29,7 @@ from typing import Final, Protocol
 import attrs
 
 from ._config import ReconnectPolicy
+from ._events import ConnectionFailed, Reconnecting
 
 __all__ = [
     "CONCURRENCY_LIMIT_CLOSE",
@@ -68,6 +69,24 @@ class Verdict:
     delay: float
     #: Consecutive failures so far, this one included.
     attempt: int
+
+    def failure(
+        self, *, status: int | None = None, retry_after: float | None = None
+    ) -> ConnectionFailed:
+        """The event that reports the failure judged (``status`` and
+        ``retry_after``: the refusal's, if it was one)."""
+        return ConnectionFailed(
+            reason=self.reason,
+            status=status,
+            permanent=self.final,
+            retry_after=retry_after,
+            attempt=self.attempt,
+            gave_up=self.gave_up,
+        )
+
+    def reconnecting(self) -> Reconnecting:
+        """The event that announces the next attempt (the verdict is not final)."""
+        return Reconnecting(attempt=self.attempt + 1, delay=self.delay, reason=self.reason)
 
 
 class Retry:

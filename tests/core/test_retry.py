@@ -6,6 +6,8 @@ Invariants checked (pulse_core/_retry.py):
   followed), anything the transport calls final and any refusal asking to
   wait longer than ``max_retry_after``; 408, 429, 5xx and no answer at all
   are retried;
+* a verdict is reported as judged: ``ConnectionFailed`` is permanent exactly
+  when the verdict is final, ``Reconnecting`` numbers the next attempt;
 * a server error is final only for the codes no reconnect can cure
   (``PERMANENT_ERROR_CODES``), and then names the attempt that connected;
 * a ``Retry-After`` is a floor under the backoff, and close code 1008 (the
@@ -27,7 +29,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pulse_core import ReconnectPolicy
+from pulse_core import ConnectionFailed, Reconnecting, ReconnectPolicy
 from pulse_core._retry import CONCURRENCY_LIMIT_CLOSE, PERMANENT_ERROR_CODES, Retry, Verdict
 
 
@@ -191,6 +193,29 @@ def test_dial_numbers_the_attempt() -> None:
     retry.opened(0.0)
     retry.settle(10.0)
     assert (retry.dialled, retry.dial(10.0, 1.0)) == (3, 1)
+
+
+# -- the events that report a verdict ------------------------------------------------
+
+
+def test_a_verdict_is_reported_as_it_was_judged() -> None:
+    retry, _ = make(max_attempts=2)
+    verdict = refuse(retry, 429, retry_after=4.0)
+    assert verdict.failure(status=429, retry_after=4.0) == ConnectionFailed(
+        reason="HTTP 429", status=429, permanent=False, retry_after=4.0, attempt=1, gave_up=False
+    )
+    assert verdict.reconnecting() == Reconnecting(attempt=2, delay=4.0, reason="HTTP 429")
+    out = retry.lost(1.0, code=None, reason="dropped")  # before stable_after
+    assert out.failure() == ConnectionFailed(
+        reason="gave up after 2 attempts: dropped",
+        status=None,
+        permanent=True,
+        retry_after=None,
+        attempt=2,
+        gave_up=True,
+    )
+    final = make()[0].refused(0.0, status=401, reason="bad key", retry_after=None, final=False)
+    assert (final.failure(status=401).permanent, final.failure(status=401).gave_up) == (True, False)
 
 
 # -- server errors --------------------------------------------------------------------
