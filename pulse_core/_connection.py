@@ -37,11 +37,9 @@ from ._closing import (
 )
 from ._commands import (
     CLOSE_STREAM,
-    FINALIZE,
     CloseConnection,
     Command,
     Connect,
-    SendBinary,
     SendPing,
     SendText,
 )
@@ -60,16 +58,16 @@ from ._events import (
 from ._finals import Transcribed, confirmed_upto, transcript
 from ._inbound import malformed, read
 from ._ledger import AudioLedger
-from ._liveness import KEEPALIVE_PING, LIVENESS_PING, Check, Liveness
+from ._liveness import LIVENESS_PING, Check, Liveness
 from ._messages import ErrorMessage, TranscriptionMessage
-from ._replay import replay, send_held
+from ._outbound import Outbound
 from ._retry import JitterSource, Retry, Verdict
 from ._secrets import Redactor
 from ._settings import Settings
 from ._state import SOCKET_STATES, TERMINAL_STATES, TRANSITIONS, State, Trigger
 from ._tally import Tally
 from ._timeline import Timeline
-from ._turns import Finalize, Latency, Turns
+from ._turns import Latency, Turns
 
 __all__ = ["JitterSource", "PulseConnection"]
 
@@ -109,9 +107,7 @@ class PulseConnection:
         self._retry = Retry(config.reconnect, jitter)
         self._liveness = Liveness(config)
         self._tally = Tally(config.ticks_per_second)
-
-        # -- the live connection --------------------------------------------
-        self._streaming = False  # OPEN: frames go out as soon as they are made
+        self._outbound = Outbound(self._ledger, self._timeline, self._liveness, self._turns)
 
         # -- settings --------------------------------------------------------
         self._previous_settings = config.settings  # those of the last socket (or the start)
@@ -210,8 +206,7 @@ class PulseConnection:
             raise TypeError(f"audio must be bytes-like, not {type(data).__name__}")
         if not data:
             return
-        for frame, ticks in self._ledger.hold(now, data):
-            self._add_frame(now, frame, ticks)
+        self._add_frames(now, self._ledger.hold(now, data))
 
     def speech_started(self, now: float) -> None:
         """Local VAD heard speech begin. Checked, but nothing is sent: the
@@ -294,18 +289,9 @@ class PulseConnection:
             if state is State.DRAINING:
                 # The settings switch is abandoned: send what was held back on
                 # this connection rather than open another just to close it.
-                held = send_held(
-                    now,
-                    self._ledger,
-                    self._turns,
-                    self._timeline,
-                    heard=self._liveness.messages,
-                )
-                if any(isinstance(command, SendBinary) for command in held):
-                    self._liveness.wrote(now)
-                self._commands += held
+                self._commands += self._outbound.held(now)
             self._transition(Trigger.CLOSE)
-            self._send_text(CLOSE_STREAM)
+            self._commands.append(SendText(CLOSE_STREAM))
         elif not self._owes_anything():
             if state is State.CONNECTING:
                 self._commands.append(CloseConnection(code=1000, reason="session closed"))
@@ -344,13 +330,10 @@ class PulseConnection:
             self._settings_changed = False
         self._previous_settings = settings
         self._ledger.report_drop()
-        self._commands += replay(now, self._ledger, self._turns, self._timeline)
-        if self._timeline.ticks:
-            self._liveness.wrote(now)
-        self._streaming = True
+        self._commands += self._outbound.opened(now)
         if self._closing.requested:
             self._transition(Trigger.CLOSE)
-            self._send_text(CLOSE_STREAM)
+            self._commands.append(SendText(CLOSE_STREAM))
 
     def connection_failed(
         self,
@@ -473,8 +456,7 @@ class PulseConnection:
         config = self._config
         coalescing = self._ledger.coalescing_deadline(config.max_chunk_delay)
         if coalescing is not None and now >= coalescing:
-            for frame, ticks in self._ledger.cut(now, everything=True):
-                self._add_frame(now, frame, ticks)
+            self._add_frames(now, self._ledger.cut(now, everything=True))
         self._expire_finalizes(now)
         if self._state in TERMINAL_STATES:
             return
@@ -490,7 +472,7 @@ class PulseConnection:
         if self._state in SOCKET_STATES:
             self._check_liveness(now)
         if self._state in _WIRE_STATES and self._liveness.due(now):
-            self._keepalive(now)
+            self._commands.append(self._outbound.keepalive(now))
 
     # ------------------------------------------------------------------
     # Internals: state and outputs
@@ -512,13 +494,10 @@ class PulseConnection:
         except KeyError:  # pragma: no cover - the engine only fires valid triggers
             raise AssertionError(f"no transition from {self._state} on {trigger}") from None
         if self._state is not State.OPEN:
-            self._streaming = False
+            self._outbound.streaming = False
 
     def _emit(self, event: Event) -> None:
         self._events.append(event)
-
-    def _send_text(self, text: str) -> None:
-        self._commands.append(SendText(text))
 
     def _owes_anything(self) -> bool:
         """Audio or finalizes the server has not answered yet."""
@@ -528,24 +507,13 @@ class PulseConnection:
     # Internals: audio (the ledger keeps it; the timeline maps it)
     # ------------------------------------------------------------------
 
-    def _add_frame(self, now: float, data: bytes, ticks: int) -> None:
-        ledger = self._ledger
-        _, end, _ = ledger.append(data, ticks)
-        if self._streaming:
-            self._commands.append(SendBinary(data))
-            ledger.sent(end)
-            self._timeline.advance(ticks)
-            self._liveness.wrote(now)
-        if ledger.over_bound:
-            live = self._state in SOCKET_STATES
-            ledger.evict(live=live)
-            if live:
-                ledger.report_drop()
+    def _add_frames(self, now: float, frames: list[tuple[bytes, int]]) -> None:
+        live = self._state in SOCKET_STATES
+        self._commands += self._outbound.frames(now, frames, live=live)
 
     def _flush_audio(self, now: float, *, closing: bool = False) -> None:
         """Frame everything held (finalize and close must not wait for coalescing)."""
-        for frame, ticks in self._ledger.flush(now, closing=closing):
-            self._add_frame(now, frame, ticks)
+        self._add_frames(now, self._ledger.flush(now, closing=closing))
         if closing:
             self._ledger.drop_partial_sample()
 
@@ -565,17 +533,6 @@ class PulseConnection:
                 local=True,
                 summary=f"no answer from the server for {silent:.1f} s, not even to a ping",
             )
-
-    def _keepalive(self, now: float) -> None:
-        """No audio went out for a keepalive interval: send silence (or a ping)."""
-        silence = self._liveness.keepalive(now)
-        if silence is None:
-            # Opus has no byte-level silence; a ping keeps the socket alive.
-            self._commands.append(SendPing(KEEPALIVE_PING))
-            return
-        self._commands.append(SendBinary(silence))
-        # The silence shifts the server's clock but not the session's.
-        self._timeline.silence(self._liveness.silence_ticks)
 
     # ------------------------------------------------------------------
     # Internals: connections
@@ -604,7 +561,7 @@ class PulseConnection:
         self, *, code: int | None, reason: str, local: bool, will_reconnect: bool
     ) -> None:
         """Account for the end of an open socket."""
-        self._streaming = False
+        self._outbound.streaming = False
         self._emit(
             Disconnected(
                 connection=self._tally.connections,
@@ -684,15 +641,11 @@ class PulseConnection:
         timed_out = turns.make_room(now)
         if timed_out is not None:
             self._emit(timed_out)
-        if self._streaming:
-            self._send_finalize(now, request)
+        if self._outbound.streaming:
+            self._commands.append(self._outbound.finalize(now, request))
         else:
             turns.owe(request)
         return True
-
-    def _send_finalize(self, now: float, request: Finalize) -> None:
-        self._send_text(FINALIZE)
-        self._turns.sent(now, request, heard=self._liveness.messages)
 
     def _expire_finalizes(self, now: float) -> None:
         stalled = True
