@@ -59,6 +59,7 @@ from ._finals import Transcribed, confirmed_upto, transcript
 from ._inbound import malformed, read
 from ._ledger import AudioLedger
 from ._liveness import LIVENESS_PING, Check, Liveness
+from ._losses import STALLED, Loss, broke_protocol, closed_by_server, handshake, silent
 from ._messages import ErrorMessage, TranscriptionMessage
 from ._outbound import Outbound
 from ._retry import JitterSource, Retry, Verdict
@@ -368,22 +369,10 @@ class PulseConnection:
         # events carry plain ints, whatever the transport.
         code = None if code is None else int(code)
         reason = self._redactor.text(reason)  # a close reason may echo the key (§6 rule 12)
-        state = self._state
-        if state is State.CONNECTING:
-            self._connect_failed(
-                now,
-                status=None,
-                reason=f"closed during handshake: {reason}".rstrip(": "),
-                retry_after=None,
-            )
-        elif state in SOCKET_STATES:
-            text = "closed by the server" + (f" with code {code}" if code is not None else "")
-            self._connection_lost(
-                now,
-                code=code,
-                reason=reason or "closed by the server",
-                summary=f"{text}: {reason}" if reason else text,
-            )
+        if self._state is State.CONNECTING:
+            self._connect_failed(now, reason=handshake("closed", reason))
+        elif self._state in SOCKET_STATES:
+            self._connection_lost(now, closed_by_server(code, reason))
         # Other states: a connection the engine already closed.
 
     def protocol_violation(self, now: float, *, code: int, reason: str) -> None:
@@ -397,25 +386,12 @@ class PulseConnection:
         """
         self._input(now)
         code = int(code)  # a WebSocket library's enum: events carry plain ints
-        state = self._state
-        if state is State.CONNECTING:
-            self._connect_failed(
-                now,
-                status=None,
-                reason=f"protocol error during handshake: {reason}".rstrip(": "),
-                retry_after=None,
-            )
-        elif state in SOCKET_STATES:
-            # RFC 6455 §7.1.7 and §8.1: such a connection is failed, not read
-            # on; the frame is reported and the audio replayed on a new one.
+        if self._state is State.CONNECTING:
+            self._connect_failed(now, reason=handshake("protocol error", reason))
+        elif self._state in SOCKET_STATES:
+            # The frame is reported, and the audio replayed on a new socket.
             self._emit(MalformedMessage(error=reason, data=""))
-            self._connection_lost(
-                now,
-                code=code,
-                reason=reason,
-                local=True,
-                summary=f"closed with code {code}: the server broke the protocol ({reason})",
-            )
+            self._connection_lost(now, broke_protocol(code, reason))
         # Other states: a connection the engine already closed.
 
     def receive_message(self, now: float, data: str | bytes | bytearray | memoryview) -> None:
@@ -465,7 +441,7 @@ class PulseConnection:
             return
         if self._retry.timed_out(now):
             self._commands.append(CloseConnection(code=1000, reason="connect timed out"))
-            self._connect_failed(now, status=None, reason="connect timed out", retry_after=None)
+            self._connect_failed(now, reason="connect timed out")
         if self._retry.due(now):
             self._transition(Trigger.RETRY_DUE)
             self._connect(now)
@@ -523,16 +499,7 @@ class PulseConnection:
         if check is Check.PING:
             self._commands.append(SendPing(LIVENESS_PING))
         elif check is Check.DEAD:
-            silent = now - self._liveness.last_heard
-            reason = "server stopped answering"
-            self._commands.append(CloseConnection(code=1011, reason=reason))
-            self._connection_lost(
-                now,
-                code=1011,
-                reason=reason,
-                local=True,
-                summary=f"no answer from the server for {silent:.1f} s, not even to a ping",
-            )
+            self._connection_lost(now, silent(now - self._liveness.last_heard))
 
     # ------------------------------------------------------------------
     # Internals: connections
@@ -577,23 +544,16 @@ class PulseConnection:
         self._ledger.socket_ended()
         self._ledger.report_drop()
 
-    def _connection_lost(
-        self,
-        now: float,
-        *,
-        code: int | None,
-        reason: str,
-        local: bool = False,
-        summary: str | None = None,
-    ) -> None:
-        """A socket ended unexpectedly. ``reason`` is the close reason as given
-        (for ``Disconnected``); ``summary`` describes the loss (for ``Reconnecting``)."""
-        summary = summary or reason
+    def _connection_lost(self, now: float, loss: Loss) -> None:
+        """The live socket ended without the session asking."""
+        if loss.close is not None:
+            self._commands.append(loss.close)
+        code, reason, local = loss.code, loss.reason, loss.local
         if self._state is State.CLOSING and not self._owes_anything():
             self._socket_gone(code=code, reason=reason, local=local, will_reconnect=False)
             self._end(now, CLEAN_WITHOUT_IS_LAST)
             return
-        verdict = self._retry.lost(now, code=code, reason=summary)
+        verdict = self._retry.lost(now, code=code, reason=loss.summary)
         self._socket_gone(code=code, reason=reason, local=local, will_reconnect=not verdict.final)
         if verdict.final:
             self._emit(verdict.failure())
@@ -607,11 +567,12 @@ class PulseConnection:
         self,
         now: float,
         *,
-        status: int | None,
         reason: str,
-        retry_after: float | None,
+        status: int | None = None,
+        retry_after: float | None = None,
         final: bool = False,
     ) -> None:
+        """The attempt in flight failed."""
         verdict = self._retry.refused(
             now, status=status, reason=reason, retry_after=retry_after, final=final
         )
@@ -659,8 +620,7 @@ class PulseConnection:
             if stalled:
                 # Nothing at all came back since the finalize went out: the
                 # connection is wedged. Replace it (the audio is replayed).
-                self._commands.append(CloseConnection(code=1011, reason="server stopped answering"))
-                self._connection_lost(now, code=1011, reason="server stopped answering", local=True)
+                self._connection_lost(now, STALLED)
                 if self._state in TERMINAL_STATES:
                     return
         if self._state is State.DRAINING and not self._turns.awaiting:
