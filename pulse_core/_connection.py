@@ -53,7 +53,6 @@ from ._events import (
     MalformedMessage,
     ServerError,
     SessionSummary,
-    SettingsApplied,
 )
 from ._finals import Transcribed, confirmed_upto, transcript
 from ._inbound import malformed, read
@@ -66,6 +65,7 @@ from ._retry import JitterSource, Retry, Verdict
 from ._secrets import Redactor
 from ._settings import Settings
 from ._state import SOCKET_STATES, TERMINAL_STATES, TRANSITIONS, State, Trigger
+from ._switch import SettingsSwitch
 from ._tally import Tally
 from ._timeline import Timeline
 from ._turns import Latency, Turns
@@ -109,11 +109,7 @@ class PulseConnection:
         self._liveness = Liveness(config)
         self._tally = Tally(config.ticks_per_second)
         self._outbound = Outbound(self._ledger, self._timeline, self._liveness, self._turns)
-
-        # -- settings --------------------------------------------------------
-        self._previous_settings = config.settings  # those of the last socket (or the start)
-        self._settings_changed = False  # announce SettingsApplied on next open
-
+        self._settings_switch = SettingsSwitch(config.settings)
         self._closing = Closing(config.close_timeout)
 
     # ------------------------------------------------------------------
@@ -248,12 +244,10 @@ class PulseConnection:
             return
         self._config = config
         state = self._state
-        if state is State.IDLE:
-            self._previous_settings = target
-            self._emit(SettingsApplied(settings=target, changed=changed))
-            return
-        self._settings_changed = True
-        if state is State.CONNECTING:
+        applied = self._settings_switch.changed(target, changed, started=state is not State.IDLE)
+        if applied is not None:
+            self._emit(applied)
+        elif state is State.CONNECTING:
             # The attempt in flight carries the old parameters: start over.
             self._commands.append(CloseConnection(code=1000, reason="settings changed"))
             self._transition(Trigger.SWITCH)
@@ -325,11 +319,9 @@ class PulseConnection:
                 settings=settings,
             )
         )
-        if self._settings_changed:
-            changed = self._previous_settings.changed_fields(settings)
-            self._emit(SettingsApplied(settings=settings, changed=changed))
-            self._settings_changed = False
-        self._previous_settings = settings
+        applied = self._settings_switch.opened(settings)
+        if applied is not None:
+            self._emit(applied)
         self._ledger.report_drop()
         self._commands += self._outbound.opened(now)
         if self._closing.requested:
