@@ -32,7 +32,7 @@ from typing import Final
 import attrs
 
 from ._errors import LocalProtocolError
-from ._events import DropReason
+from ._events import Closed, DropReason, SessionSummary
 from ._state import SOCKET_STATES, State, Trigger
 
 __all__ = [
@@ -64,6 +64,10 @@ class Ending:
     dropped: DropReason | None = None
     #: The reason unanswered finalizes time out with.
     unanswered: str = ""
+
+    def closed(self, summary: SessionSummary) -> Closed:
+        """The last event of a session that ended this way."""
+        return Closed(summary=summary, error=self.error, is_last_missing=self.is_last_missing)
 
 
 #: ``is_last`` came, or nothing was left to deliver.

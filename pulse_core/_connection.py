@@ -35,25 +35,10 @@ from ._closing import (
     close_timed_out,
     failed,
 )
-from ._commands import (
-    CLOSE_STREAM,
-    CloseConnection,
-    Command,
-    Connect,
-    SendPing,
-    SendText,
-)
+from ._commands import CLOSE_STREAM, CloseConnection, Command, Connect, SendPing, SendText
 from ._config import ConnectionConfig
 from ._errors import LocalProtocolError
-from ._events import (
-    Closed,
-    Connected,
-    Disconnected,
-    Event,
-    MalformedMessage,
-    ServerError,
-    SessionSummary,
-)
+from ._events import Connected, Disconnected, Event, MalformedMessage, ServerError, SessionSummary
 from ._finals import Transcribed, confirmed_upto, transcript
 from ._inbound import malformed, read
 from ._ledger import AudioLedger
@@ -209,12 +194,12 @@ class PulseConnection:
         """Local VAD heard speech begin. Checked, but nothing is sent: the
         service needs no word of it (turns end with :meth:`speech_stopped`)."""
         self._input(now)
-        self._require_open_session("speech_started()")
+        self._closing.refuse_input("speech_started()", self._state)
 
     def speech_stopped(self, now: float) -> None:
         """Local VAD heard speech end: finalize the turn (TTFS is measured from here)."""
         self._input(now)
-        self._require_open_session("speech_stopped()")
+        self._closing.refuse_input("speech_stopped()", self._state)
         self._request_finalize(now, user=True)
 
     def finalize(self, now: float) -> bool:
@@ -224,7 +209,7 @@ class PulseConnection:
         finalize: the server would only answer with an empty final.
         """
         self._input(now)
-        self._require_open_session("finalize()")
+        self._closing.refuse_input("finalize()", self._state)
         return self._request_finalize(now, user=True)
 
     def update_settings(self, now: float, **changes: Any) -> None:
@@ -236,7 +221,7 @@ class PulseConnection:
         parameters. Audio that arrives meanwhile is kept and sent there.
         """
         self._input(now)
-        self._require_open_session("update_settings()")
+        self._closing.refuse_input("update_settings()", self._state)
         target = self._config.settings.evolve(**changes)
         config = self._config.with_settings(target)  # checks the region
         changed = self._config.settings.changed_fields(target)
@@ -453,9 +438,6 @@ class PulseConnection:
         if len(self._commands) + len(self._events) > self._output_limit:
             raise LocalProtocolError("the transport is not draining commands() and events()")
 
-    def _require_open_session(self, what: str) -> None:
-        self._closing.refuse_input(what, self._state)
-
     def _transition(self, trigger: Trigger) -> None:
         try:
             self._state = TRANSITIONS[(self._state, trigger)]
@@ -634,13 +616,7 @@ class PulseConnection:
         if message.is_final:
             self._tally.final()
             answer = self._turns.answer(now, message.from_finalize)
-            upto = confirmed_upto(
-                message,
-                answer,
-                self._timeline,
-                self._ledger,
-                closing=closing,
-            )
+            upto = confirmed_upto(message, answer, self._timeline, self._ledger, closing=closing)
             if upto is not None:
                 self._ledger.confirm(upto)
         self._emit(transcript(message, answer, self._timeline, self._tally.connections))
@@ -725,10 +701,4 @@ class PulseConnection:
         self._retry.stop()
         self._closing.stop()
         self._ledger.pending_since = None
-        self._emit(
-            Closed(
-                summary=self.summary(),
-                error=ending.error,
-                is_last_missing=ending.is_last_missing,
-            )
-        )
+        self._emit(ending.closed(self.summary()))

@@ -7,6 +7,7 @@ Invariants checked (pulse_core/_closing.py):
   (closing, closed, failed) whatever was asked; the error says whether the
   session failed;
 * the deadline runs ``close_timeout`` from the latest request until ``stop``;
+* ``Closed`` reports an ending's error and ``is_last_missing`` with the summary;
 * the clean endings abandon nothing; a failure abandons all with
   ``session_failed``; ``not_started`` with ``not_started``;
 * a close timeout: with no socket ever opened it is a failure to connect that
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import pytest
 
-from pulse_core import DropReason, LocalProtocolError
+from pulse_core import Closed, DropReason, LatencySummary, LocalProtocolError, SessionSummary
 from pulse_core._closing import (
     CLEAN,
     CLEAN_WITHOUT_IS_LAST,
@@ -144,6 +145,25 @@ def test_a_close_timeout_after_a_socket_opened(state: State, unconfirmed: bool) 
         )
     if (state, ending.trigger) in TRANSITIONS:
         assert TRANSITIONS[(state, ending.trigger)] is State.CLOSED
+
+
+def test_an_ending_is_reported_in_closed() -> None:
+    summary = SessionSummary(
+        audio_seconds_received=1.0,
+        audio_seconds_sent=1.0,
+        finals=1,
+        finalized_turns=1,
+        timed_out_turns=0,
+        connections=1,
+        reconnects=0,
+        dropped_bytes=0,
+        dropped_seconds=0.0,
+        keepalives=0,
+        latency=LatencySummary(budget=1.0),
+    )
+    assert CLEAN.closed(summary) == Closed(summary=summary)
+    assert CLEAN_WITHOUT_IS_LAST.closed(summary) == Closed(summary=summary, is_last_missing=True)
+    assert failed("HTTP 401").closed(summary) == Closed(summary=summary, error="HTTP 401")
 
 
 def test_a_close_timeout_while_reconnecting_without_a_failure_names_none() -> None:
