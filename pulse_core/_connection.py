@@ -98,7 +98,7 @@ class PulseConnection:
         self._closing = Closing(config.close_timeout)
 
     # ------------------------------------------------------------------
-    # Introspection
+    # Introspection and outputs
     # ------------------------------------------------------------------
 
     @property
@@ -134,10 +134,6 @@ class PulseConnection:
     def summary(self) -> SessionSummary:
         """What has happened so far (also delivered in ``Closed``)."""
         return self._tally.summary(self._ledger, self._turns, self._liveness)
-
-    # ------------------------------------------------------------------
-    # Outputs
-    # ------------------------------------------------------------------
 
     def commands(self) -> list[Command]:
         """Take the commands for the transport, oldest first."""
@@ -406,8 +402,7 @@ class PulseConnection:
         self._input(now)
         if self._state in TERMINAL_STATES:
             return
-        config = self._config
-        coalescing = self._ledger.coalescing_deadline(config.max_chunk_delay)
+        coalescing = self._ledger.coalescing_deadline(self._config.max_chunk_delay)
         if coalescing is not None and now >= coalescing:
             self._add_frames(now, self._ledger.cut(now, everything=True))
         self._expire_finalizes(now)
@@ -423,12 +418,17 @@ class PulseConnection:
             self._transition(Trigger.RETRY_DUE)
             self._connect(now)
         if self._state in SOCKET_STATES:
-            self._check_liveness(now)
+            # Probe a silent server; replace a socket that stays silent.
+            check = self._liveness.check(now)
+            if check is Check.PING:
+                self._commands.append(SendPing(LIVENESS_PING))
+            elif check is Check.DEAD:
+                self._connection_lost(now, silent(now - self._liveness.last_heard))
         if self._state in _WIRE_STATES and self._liveness.due(now):
             self._commands.append(self._outbound.keepalive(now))
 
     # ------------------------------------------------------------------
-    # Internals: state and outputs
+    # Internals: state, outputs and audio
     # ------------------------------------------------------------------
 
     def _input(self, now: float) -> None:
@@ -453,13 +453,8 @@ class PulseConnection:
         """Audio or finalizes the server has not answered yet."""
         return self._ledger.unconfirmed or self._turns.owed or self._turns.awaiting
 
-    # ------------------------------------------------------------------
-    # Internals: audio (the ledger keeps it; the timeline maps it)
-    # ------------------------------------------------------------------
-
     def _add_frames(self, now: float, frames: list[tuple[bytes, int]]) -> None:
-        live = self._state in SOCKET_STATES
-        self._commands += self._outbound.frames(now, frames, live=live)
+        self._commands += self._outbound.frames(now, frames, live=self._state in SOCKET_STATES)
 
     def _flush_audio(self, now: float, *, closing: bool = False) -> None:
         """Frame everything held (finalize and close must not wait for coalescing)."""
@@ -467,16 +462,8 @@ class PulseConnection:
         if closing:
             self._ledger.drop_partial_sample()
 
-    def _check_liveness(self, now: float) -> None:
-        """Probe a silent server; replace a connection that stays silent."""
-        check = self._liveness.check(now)
-        if check is Check.PING:
-            self._commands.append(SendPing(LIVENESS_PING))
-        elif check is Check.DEAD:
-            self._connection_lost(now, silent(now - self._liveness.last_heard))
-
     # ------------------------------------------------------------------
-    # Internals: connections
+    # Internals: connections and the end
     # ------------------------------------------------------------------
 
     def _connect(self, now: float) -> None:
@@ -502,21 +489,28 @@ class PulseConnection:
         self, *, code: int | None, reason: str, local: bool, will_reconnect: bool
     ) -> None:
         """Account for the end of an open socket."""
+        self._disconnected(code, reason, local=local, will_reconnect=will_reconnect)
+        # Finalizes sent on that socket are owed again (before newer ones).
+        self._turns.socket_ended()
+        # Audio the dead socket had but the replay buffer no longer holds is lost.
+        self._ledger.socket_ended()
+        self._ledger.report_drop()
+
+    def _disconnected(
+        self, code: int | None, reason: str, *, local: bool, will_reconnect: bool
+    ) -> None:
+        """The open socket is closed (PROTOCOL §6 rule 9: one ``Disconnected`` each)."""
         self._outbound.streaming = False
+        number = self._tally.connections
         self._emit(
             Disconnected(
-                connection=self._tally.connections,
+                connection=number,
                 code=code,
                 reason=reason,
                 local=local,
                 will_reconnect=will_reconnect,
             )
         )
-        # Finalizes sent on that socket are owed again (before newer ones).
-        self._turns.socket_ended()
-        # Audio the dead socket had but the replay buffer no longer holds is lost.
-        self._ledger.socket_ended()
-        self._ledger.report_drop()
 
     def _connection_lost(self, now: float, loss: Loss) -> None:
         """The live socket ended without the session asking."""
@@ -564,7 +558,7 @@ class PulseConnection:
             self._end(now, CLEAN)
 
     # ------------------------------------------------------------------
-    # Internals: finalize (the turns keep the requests)
+    # Internals: turns and server messages
     # ------------------------------------------------------------------
 
     def _request_finalize(self, now: float, *, user: bool) -> bool:
@@ -599,10 +593,6 @@ class PulseConnection:
                     return
         if self._state is State.DRAINING and not self._turns.awaiting:
             self._switch(now)
-
-    # ------------------------------------------------------------------
-    # Internals: server messages
-    # ------------------------------------------------------------------
 
     def _on_transcription(self, now: float, message: TranscriptionMessage, data: str) -> None:
         closing = self._state is State.CLOSING
@@ -652,25 +642,13 @@ class PulseConnection:
             self._emit(verdict.failure())
             self._end(now, failed(verdict.reason))
 
-    # ------------------------------------------------------------------
-    # Internals: the end
-    # ------------------------------------------------------------------
-
     def _close_complete(self, now: float) -> None:
         """``is_last`` arrived: every final is in."""
         for event in self._turns.end(now, "session ended before its final", owed=False):
             self._emit(event)
         self._ledger.confirm(self._ledger.received)
         self._commands.append(CloseConnection(code=1000, reason="session closed"))
-        self._emit(
-            Disconnected(
-                connection=self._tally.connections,
-                code=1000,
-                reason="session closed",
-                local=True,
-                will_reconnect=False,
-            )
-        )
+        self._disconnected(1000, "session closed", local=True, will_reconnect=False)
         self._end(now, CLEAN)
 
     def _close_timed_out(self, now: float) -> None:
