@@ -39,7 +39,7 @@ from ._commands import CLOSE_STREAM, CloseConnection, Command, Connect, SendPing
 from ._config import ConnectionConfig
 from ._errors import LocalProtocolError
 from ._events import Connected, Disconnected, Event, MalformedMessage, ServerError, SessionSummary
-from ._finals import Transcribed, confirmed_upto, transcript
+from ._finals import Transcribed, confirmed_upto, repeat, transcript
 from ._inbound import malformed, read
 from ._ledger import AudioLedger
 from ._liveness import LIVENESS_PING, Check, Liveness
@@ -596,9 +596,14 @@ class PulseConnection:
 
     def _on_transcription(self, now: float, message: TranscriptionMessage, data: str) -> None:
         closing = self._state is State.CLOSING
-        if message.is_final and self._repeated(message, data):
-            # A repeat answers nothing and confirms nothing, but is_last in it
+        connection = self._tally.connections
+        if message.is_final and (
+            error := repeat(self._transcribed, message, connection, self._timeline)
+        ):
+            # Reported, not delivered: its text would be transcribed twice
+            # (PROTOCOL §5). It answers and confirms nothing, but is_last in it
             # is still the server saying it is done.
+            self._emit(malformed(self._redactor, error, data))
             if message.is_last and closing:
                 self._close_complete(now)
             return
@@ -609,22 +614,11 @@ class PulseConnection:
             upto = confirmed_upto(message, answer, self._timeline, self._ledger, closing=closing)
             if upto is not None:
                 self._ledger.confirm(upto)
-        self._emit(transcript(message, answer, self._timeline, self._tally.connections))
+        self._emit(transcript(message, answer, self._timeline, connection))
         if message.is_last and closing:
             self._close_complete(now)
         elif self._state is State.DRAINING and not self._turns.awaiting:
             self._switch(now)
-
-    def _repeated(self, message: TranscriptionMessage, data: str) -> bool:
-        """A final whose words this connection's finals already transcribed is
-        reported, not delivered: its text would be transcribed twice (PROTOCOL §5)."""
-        span = self._transcribed.repeats(message, self._tally.connections)
-        if span is None:
-            return False
-        start, end = self._timeline.session_span(*span)
-        error = f"a final repeating words already transcribed ({start:.2f}-{end:.2f} s)"
-        self._emit(malformed(self._redactor, error, data))
-        return True
 
     def _on_error(self, now: float, message: ErrorMessage) -> None:
         verdict = self._retry.server_error(message.code, message.message)
@@ -644,8 +638,7 @@ class PulseConnection:
 
     def _close_complete(self, now: float) -> None:
         """``is_last`` arrived: every final is in."""
-        for event in self._turns.end(now, "session ended before its final", owed=False):
-            self._emit(event)
+        self._events += self._turns.end(now, "session ended before its final", owed=False)
         self._ledger.confirm(self._ledger.received)
         self._commands.append(CloseConnection(code=1000, reason="session closed"))
         self._disconnected(1000, "session closed", local=True, will_reconnect=False)
