@@ -18,9 +18,9 @@ Invariants:
 * the deadline runs from the latest :meth:`Closing.request` until the session
   ends (:meth:`Closing.stop`);
 * an ending that is not clean abandons everything still unconfirmed or
-  unanswered; a clean one (:data:`CLEAN`) abandons nothing, since the server
-  has answered or nothing was left to deliver;
-* a close timeout (:func:`close_timed_out`) is a failure to connect when no
+  unanswered; a clean one (:meth:`Ending.clean`) abandons nothing, since the
+  server has answered or nothing was left to deliver;
+* a close timeout (:meth:`Ending.close_timed_out`) is a failure to connect when no
   socket ever opened; otherwise ``Closed.error`` is set exactly when audio was
   left unconfirmed, which is what the close could not deliver.
 """
@@ -35,15 +35,7 @@ from ._errors import LocalProtocolError
 from ._events import Closed, DropReason, SessionSummary
 from ._state import SOCKET_STATES, State, Trigger
 
-__all__ = [
-    "CLEAN",
-    "CLEAN_WITHOUT_IS_LAST",
-    "NOT_STARTED",
-    "Closing",
-    "Ending",
-    "close_timed_out",
-    "failed",
-]
+__all__ = ["Closing", "Ending"]
 
 #: States in which the application may give no more audio, finalize or settings.
 _NO_INPUT_STATES: Final = frozenset({State.CLOSING, State.CLOSED, State.FAILED})
@@ -51,7 +43,7 @@ _NO_INPUT_STATES: Final = frozenset({State.CLOSING, State.CLOSED, State.FAILED})
 
 @attrs.frozen
 class Ending:
-    """What one way of ending the session means."""
+    """What one way of ending the session means (made by the class methods)."""
 
     #: The state table's trigger: where the session ends up.
     trigger: Trigger
@@ -69,59 +61,62 @@ class Ending:
         """The last event of a session that ended this way."""
         return Closed(summary=summary, error=self.error, is_last_missing=self.is_last_missing)
 
+    @classmethod
+    def clean(cls, *, is_last_missing: bool = False) -> Ending:
+        """``is_last`` came, or nothing was left to deliver (``is_last_missing``:
+        the socket closed while ``close_stream`` waited, so the server never
+        said it was done)."""
+        return cls(Trigger.CLOSE_DONE, is_last_missing=is_last_missing)
 
-#: ``is_last`` came, or nothing was left to deliver.
-CLEAN: Final = Ending(Trigger.CLOSE_DONE)
-#: The socket closed while ``close_stream`` waited, with nothing left to
-#: deliver: clean, though the server never said it was done.
-CLEAN_WITHOUT_IS_LAST: Final = Ending(Trigger.CLOSE_DONE, is_last_missing=True)
-#: ``close()`` before ``start()``: the audio given can no longer be sent.
-NOT_STARTED: Final = Ending(
-    Trigger.CLOSE_DONE,
-    dropped=DropReason.NOT_STARTED,
-    unanswered="session closed before it started",
-)
+    @classmethod
+    def not_started(cls) -> Ending:
+        """``close()`` before ``start()``: the audio given can no longer be sent."""
+        return cls(
+            Trigger.CLOSE_DONE,
+            dropped=DropReason.NOT_STARTED,
+            unanswered="session closed before it started",
+        )
 
+    @classmethod
+    def failed(cls, reason: str, trigger: Trigger = Trigger.GIVE_UP) -> Ending:
+        """The session cannot go on: a final refusal, attempts run out (§6 rule 5)."""
+        return cls(
+            trigger, error=reason, dropped=DropReason.SESSION_FAILED, unanswered="session failed"
+        )
 
-def failed(reason: str, trigger: Trigger = Trigger.GIVE_UP) -> Ending:
-    """The session cannot go on: a final refusal, attempts run out (§6 rule 5)."""
-    return Ending(
-        trigger, error=reason, dropped=DropReason.SESSION_FAILED, unanswered="session failed"
-    )
+    @classmethod
+    def close_timed_out(
+        cls, state: State, *, connected: bool, unconfirmed: bool, failures: int, last_failure: str
+    ) -> Ending:
+        """``close_timeout`` ran out in ``state`` before ``is_last`` (§6 rule 8).
 
-
-def close_timed_out(
-    state: State, *, connected: bool, unconfirmed: bool, failures: int, last_failure: str
-) -> Ending:
-    """``close_timeout`` ran out in ``state`` before ``is_last`` (§6 rule 8).
-
-    What that means depends on what the server had done: never been reached
-    (no socket opened: the session failed to connect, whatever the close
-    waited for), confirmed every tick (a clean close that only lacks
-    ``is_last``), or left audio ``unconfirmed`` (dropped: the close failed).
-    ``failures`` and ``last_failure``: the consecutive failed attempts and
-    lost sockets so far, and why the last one failed.
-    """
-    if not connected:
-        if not failures:
-            reason = "could not reach the service: no connection opened within close_timeout"
-        else:
-            attempts = "attempt" if failures == 1 else "attempts"
-            reason = f"could not reach the service after {failures} failed {attempts}: "
-            reason += last_failure
-        return failed(reason, Trigger.UNREACHABLE)
-    error = None
-    if unconfirmed:
-        error = "close timed out before the server confirmed all audio"
-        if state not in SOCKET_STATES and last_failure:
-            error += f" (while reconnecting after: {last_failure})"
-    return Ending(
-        Trigger.CLOSE_TIMEOUT,
-        error=error,
-        is_last_missing=state is State.CLOSING,
-        dropped=DropReason.CLOSE_TIMEOUT,
-        unanswered="close timed out",
-    )
+        What that means depends on what the server had done: never been
+        reached (no socket opened: the session failed to connect, whatever the
+        close waited for), confirmed every tick (a clean close that only lacks
+        ``is_last``), or left audio ``unconfirmed`` (dropped: the close
+        failed). ``failures`` and ``last_failure``: the consecutive failed
+        attempts and lost sockets so far, and why the last one failed.
+        """
+        if not connected:
+            if not failures:
+                reason = "could not reach the service: no connection opened within close_timeout"
+            else:
+                attempts = "attempt" if failures == 1 else "attempts"
+                reason = f"could not reach the service after {failures} failed {attempts}: "
+                reason += last_failure
+            return cls.failed(reason, Trigger.UNREACHABLE)
+        error = None
+        if unconfirmed:
+            error = "close timed out before the server confirmed all audio"
+            if state not in SOCKET_STATES and last_failure:
+                error += f" (while reconnecting after: {last_failure})"
+        return cls(
+            Trigger.CLOSE_TIMEOUT,
+            error=error,
+            is_last_missing=state is State.CLOSING,
+            dropped=DropReason.CLOSE_TIMEOUT,
+            unanswered="close timed out",
+        )
 
 
 class Closing:

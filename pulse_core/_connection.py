@@ -4,21 +4,21 @@ The engine never touches a socket, a clock or a random number generator. The
 transport feeds it inputs (each with ``now``, monotonic seconds) and drains two
 queues: ``commands()`` for the transport to carry out in order, and
 ``events()`` for the application. ``next_deadline()`` says when to call
-``handle_timer()``.
+``handle_timer()``. All times in events are session time: seconds of audio
+since the session began.
 
 One session spans as many WebSocket connections as it takes. This class is the
-conductor: it checks each input, moves the state table (``_state``), and asks
-its parts, each of which holds one kind of bookkeeping and its invariants:
-
-* ``_ledger.AudioLedger``: where every tick of audio is (held, sent,
-  confirmed, kept for replay, dropped);
-* ``_timeline.Timeline``: the live connection's clock against session time;
-* ``_turns.Turns``: finalize requests, their answers and TTFS latency;
-* ``_retry.Retry``: whether and when to connect again.
-
-It turns their answers into commands and events. All times in events are
-session time: seconds of audio since the session began. See spec/PROTOCOL.md
-for the rules and their reasons; docs/architecture.md for how data flows.
+conductor: it checks each input, moves the state table (``_state``), asks the
+parts and queues their answers. Each part keeps one kind of bookkeeping, states
+its invariants and emits nothing: the audio (``_ledger``), the connection's
+clock (``_timeline``), finalize requests (``_turns``), whether and when to
+connect again (``_retry``), keepalive and liveness (``_liveness``), what the
+live socket is sent (``_outbound``, ``_replay``), what a server frame says
+(``_inbound``) and what a final means (``_finals``), how a socket is lost
+(``_losses``), when new settings are in force (``_switch``), how the session
+ends (``_closing``), its counts (``_tally``) and the key (``_secrets``).
+docs/architecture.md says which rule lives where and how data flows;
+spec/PROTOCOL.md states the rules and their reasons.
 """
 
 from __future__ import annotations
@@ -26,15 +26,7 @@ from __future__ import annotations
 import math
 from typing import Any, Final
 
-from ._closing import (
-    CLEAN,
-    CLEAN_WITHOUT_IS_LAST,
-    NOT_STARTED,
-    Closing,
-    Ending,
-    close_timed_out,
-    failed,
-)
+from ._closing import Closing, Ending
 from ._commands import CLOSE_STREAM, CloseConnection, Command, Connect, SendPing, SendText
 from ._config import ConnectionConfig
 from ._errors import LocalProtocolError
@@ -259,7 +251,7 @@ class PulseConnection:
         self._closing.request(now)
         self._flush_audio(now, closing=True)
         if state is State.IDLE:
-            self._end(now, NOT_STARTED)  # whatever audio was given can no longer be sent
+            self._end(now, Ending.not_started())  # whatever audio was given can no longer be sent
             return
         if state in _WIRE_STATES:
             if state is State.DRAINING:
@@ -271,7 +263,7 @@ class PulseConnection:
         elif not self._owes_anything():
             if state is State.CONNECTING:
                 self._commands.append(CloseConnection(code=1000, reason="session closed"))
-            self._end(now, CLEAN)
+            self._end(now, Ending.clean())
         self._ledger.report_drop()
         # Otherwise CONNECTING or BACKOFF with audio still to deliver: the
         # engine carries on connecting and closes once it has replayed.
@@ -291,15 +283,8 @@ class PulseConnection:
         reconnect = self._tally.opened()
         self._retry.opened(now)
         self._liveness.opened(now)
-        settings = self._config.settings
-        self._emit(
-            Connected(
-                connection=self._tally.connections,
-                url=self._config.url(),
-                reconnect=reconnect,
-                settings=settings,
-            )
-        )
+        number, url, settings = self._tally.connections, self._config.url(), self._config.settings
+        self._emit(Connected(connection=number, url=url, reconnect=reconnect, settings=settings))
         applied = self._settings_switch.opened(settings)
         if applied is not None:
             self._emit(applied)
@@ -467,15 +452,10 @@ class PulseConnection:
     # ------------------------------------------------------------------
 
     def _connect(self, now: float) -> None:
-        config = self._config
-        self._commands.append(
-            Connect(
-                url=config.url(),
-                headers=config.headers(),
-                attempt=self._retry.dial(now, config.connect_timeout),
-                timeout=config.connect_timeout,
-            )
-        )
+        config, timeout = self._config, self._config.connect_timeout
+        attempt = self._retry.dial(now, timeout)
+        url, headers = config.url(), config.headers()
+        self._commands.append(Connect(url=url, headers=headers, attempt=attempt, timeout=timeout))
 
     def _switch(self, now: float) -> None:
         """Close the live socket on purpose and connect with the new settings."""
@@ -519,17 +499,15 @@ class PulseConnection:
         code, reason, local = loss.code, loss.reason, loss.local
         if self._state is State.CLOSING and not self._owes_anything():
             self._socket_gone(code=code, reason=reason, local=local, will_reconnect=False)
-            self._end(now, CLEAN_WITHOUT_IS_LAST)
+            self._end(now, Ending.clean(is_last_missing=True))
             return
         verdict = self._retry.lost(now, code=code, reason=loss.summary)
         self._socket_gone(code=code, reason=reason, local=local, will_reconnect=not verdict.final)
         if verdict.final:
             self._emit(verdict.failure())
-            self._end(now, failed(verdict.reason))
-            return
-        self._tally.failed()
-        self._transition(Trigger.CONNECTION_LOST)
-        self._schedule_retry(now, verdict)
+            self._end(now, Ending.failed(verdict.reason))
+        else:
+            self._retry_later(now, verdict, Trigger.CONNECTION_LOST)
 
     def _connect_failed(
         self,
@@ -546,16 +524,17 @@ class PulseConnection:
         )
         self._emit(verdict.failure(status=status, retry_after=retry_after))
         if verdict.final:
-            self._end(now, failed(verdict.reason))
-            return
-        self._tally.failed()
-        self._transition(Trigger.CONNECT_FAILED)
-        self._schedule_retry(now, verdict)
+            self._end(now, Ending.failed(verdict.reason))
+        else:
+            self._retry_later(now, verdict, Trigger.CONNECT_FAILED)
 
-    def _schedule_retry(self, now: float, verdict: Verdict) -> None:
+    def _retry_later(self, now: float, verdict: Verdict, trigger: Trigger) -> None:
+        """Wait in backoff for the next attempt, unless a close has nothing to wait for."""
+        self._tally.failed()
+        self._transition(trigger)
         self._emit(verdict.reconnecting())
         if self._closing.requested and not self._owes_anything():
-            self._end(now, CLEAN)
+            self._end(now, Ending.clean())
 
     # ------------------------------------------------------------------
     # Internals: turns and server messages
@@ -634,7 +613,7 @@ class PulseConnection:
             self._commands.append(CloseConnection(code=1000, reason="permanent server error"))
             self._socket_gone(code=1000, reason=verdict.reason, local=True, will_reconnect=False)
             self._emit(verdict.failure())
-            self._end(now, failed(verdict.reason))
+            self._end(now, Ending.failed(verdict.reason))
 
     def _close_complete(self, now: float) -> None:
         """``is_last`` arrived: every final is in."""
@@ -642,12 +621,12 @@ class PulseConnection:
         self._ledger.confirm(self._ledger.received)
         self._commands.append(CloseConnection(code=1000, reason="session closed"))
         self._disconnected(1000, "session closed", local=True, will_reconnect=False)
-        self._end(now, CLEAN)
+        self._end(now, Ending.clean())
 
     def _close_timed_out(self, now: float) -> None:
         """``close_timeout`` ran out before ``is_last`` (PROTOCOL §6 rule 8)."""
         state = self._state
-        ending = close_timed_out(
+        ending = Ending.close_timed_out(
             state,
             connected=self._tally.connections > 0,
             unconfirmed=self._ledger.unconfirmed,  # the live socket's evicted audio included

@@ -22,15 +22,7 @@ from __future__ import annotations
 import pytest
 
 from pulse_core import Closed, DropReason, LatencySummary, LocalProtocolError, SessionSummary
-from pulse_core._closing import (
-    CLEAN,
-    CLEAN_WITHOUT_IS_LAST,
-    NOT_STARTED,
-    Closing,
-    Ending,
-    close_timed_out,
-    failed,
-)
+from pulse_core._closing import Closing, Ending
 from pulse_core._state import SOCKET_STATES, TRANSITIONS, State, Trigger
 
 OPEN_STATES = [State.IDLE, State.CONNECTING, State.OPEN, State.DRAINING, State.BACKOFF]
@@ -75,28 +67,29 @@ def test_a_session_closing_or_over_takes_no_input(state: State, when: str) -> No
 
 
 def test_clean_endings_abandon_nothing() -> None:
-    clean = [CLEAN, CLEAN_WITHOUT_IS_LAST]
+    clean = [Ending.clean(), Ending.clean(is_last_missing=True)]
     assert clean == [Ending(Trigger.CLOSE_DONE), Ending(Trigger.CLOSE_DONE, is_last_missing=True)]
 
 
 def test_a_close_before_start_abandons_its_audio_as_not_started() -> None:
-    assert (NOT_STARTED.trigger, NOT_STARTED.error, NOT_STARTED.dropped) == (
+    not_started = Ending.not_started()
+    assert (not_started.trigger, not_started.error, not_started.dropped) == (
         Trigger.CLOSE_DONE,
         None,
         DropReason.NOT_STARTED,
     )
-    assert NOT_STARTED.unanswered == "session closed before it started"
-    assert TRANSITIONS[(State.IDLE, NOT_STARTED.trigger)] is State.CLOSED
+    assert not_started.unanswered == "session closed before it started"
+    assert TRANSITIONS[(State.IDLE, not_started.trigger)] is State.CLOSED
 
 
 def test_a_failure_abandons_everything() -> None:
-    assert failed("HTTP 401") == Ending(
+    assert Ending.failed("HTTP 401") == Ending(
         Trigger.GIVE_UP,
         error="HTTP 401",
         dropped=DropReason.SESSION_FAILED,
         unanswered="session failed",
     )
-    assert failed("x", Trigger.UNREACHABLE).trigger is Trigger.UNREACHABLE
+    assert Ending.failed("x", Trigger.UNREACHABLE).trigger is Trigger.UNREACHABLE
 
 
 @pytest.mark.parametrize(
@@ -115,17 +108,17 @@ def test_a_failure_abandons_everything() -> None:
 def test_a_close_timeout_before_any_socket_is_a_failure_to_connect(
     state: State, failures: int, last: str, error: str
 ) -> None:
-    ending = close_timed_out(
+    ending = Ending.close_timed_out(
         state, connected=False, unconfirmed=True, failures=failures, last_failure=last
     )
-    assert ending == failed(error, Trigger.UNREACHABLE)
+    assert ending == Ending.failed(error, Trigger.UNREACHABLE)
     assert TRANSITIONS[(state, ending.trigger)] is State.FAILED
 
 
 @pytest.mark.parametrize("state", [State.CONNECTING, State.BACKOFF, State.OPEN, State.CLOSING])
 @pytest.mark.parametrize("unconfirmed", [False, True])
 def test_a_close_timeout_after_a_socket_opened(state: State, unconfirmed: bool) -> None:
-    ending = close_timed_out(
+    ending = Ending.close_timed_out(
         state, connected=True, unconfirmed=unconfirmed, failures=2, last_failure="dropped"
     )
     assert (ending.trigger, ending.dropped, ending.unanswered) == (
@@ -161,13 +154,15 @@ def test_an_ending_is_reported_in_closed() -> None:
         keepalives=0,
         latency=LatencySummary(budget=1.0),
     )
-    assert CLEAN.closed(summary) == Closed(summary=summary)
-    assert CLEAN_WITHOUT_IS_LAST.closed(summary) == Closed(summary=summary, is_last_missing=True)
-    assert failed("HTTP 401").closed(summary) == Closed(summary=summary, error="HTTP 401")
+    assert Ending.clean().closed(summary) == Closed(summary=summary)
+    assert Ending.clean(is_last_missing=True).closed(summary) == Closed(
+        summary=summary, is_last_missing=True
+    )
+    assert Ending.failed("HTTP 401").closed(summary) == Closed(summary=summary, error="HTTP 401")
 
 
 def test_a_close_timeout_while_reconnecting_without_a_failure_names_none() -> None:
-    ending = close_timed_out(
+    ending = Ending.close_timed_out(
         State.CONNECTING, connected=True, unconfirmed=True, failures=0, last_failure=""
     )
     assert ending.error == "close timed out before the server confirmed all audio"
