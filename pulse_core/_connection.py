@@ -347,7 +347,7 @@ class PulseConnection:
         if self._state is State.CONNECTING:
             self._connect_failed(now, reason=handshake("protocol error", reason))
         elif self._state in SOCKET_STATES:
-            # The frame is reported, and the audio replayed on a new socket.
+            # The frame is reported, and the audio replayed on a new socket (PROTOCOL §4).
             self._emit(MalformedMessage(error=reason, data=""))
             self._connection_lost(now, broke_protocol(code, reason))
         # Other states: a connection the engine already closed.
