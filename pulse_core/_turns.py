@@ -288,7 +288,7 @@ class Turns:
         """
         expired: list[FinalizeTimedOut] = []
         while (request := self.due(now)) is not None:
-            stalled = request.sent_at is not None and heard is not None and heard == request.heard
+            stalled = request.sent_at is not None and heard == request.heard
             expired.append(self.time_out(now, request, "no final within finalize_timeout"))
             if stalled:
                 return expired, True

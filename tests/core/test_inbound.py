@@ -19,10 +19,12 @@ from typing import Any
 
 import pytest
 
+import pulse_core._inbound
 from pulse_core import (
     ErrorMessage,
     MalformedMessage,
     Redactor,
+    RemoteProtocolError,
     SpeechEnded,
     SpeechStarted,
     TranscriptionMessage,
@@ -135,6 +137,17 @@ def test_the_key_in_a_parse_error_is_redacted() -> None:
     event = of(frame(type="transcription", is_final=KEY))  # the error names the bad value
     assert isinstance(event, MalformedMessage)
     assert KEY[:8] not in event.error and KEY[:8] not in event.data
+
+
+def test_the_key_in_any_parse_error_is_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Whatever the parser's words, an error quoting the frame hides the key.
+    def echo(data: str, *, max_size: int) -> Any:
+        raise RemoteProtocolError(f"cannot read {data}")
+
+    monkeypatch.setattr(pulse_core._inbound, "parse_server_message", echo)
+    event = of(f'{{"token": "{KEY}"}}')
+    assert isinstance(event, MalformedMessage)
+    assert event.error == f'cannot read {{"token": "{MARK}"}}'
 
 
 def test_shown_reads_a_bounded_window() -> None:

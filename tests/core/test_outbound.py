@@ -12,7 +12,8 @@ Invariants checked (pulse_core/_outbound.py):
   keepalive's;
 * a finalize goes out counted in flight with the messages heard so far;
 * a socket that opens is sent the replay and then streams; held audio sent
-  to a drained socket pushes the keepalive back only when there was audio.
+  to a drained socket pushes the keepalive back only when there was audio,
+  and its finalizes count the messages that socket brought.
 """
 
 from __future__ import annotations
@@ -89,8 +90,9 @@ def test_held_with_no_audio_does_not_push_the_keepalive_back() -> None:
     request = parts.turns.open(3.0, parts.ledger.received, user=False)
     assert request is not None
     parts.turns.owe(request)  # held back too: only a finalize is to be sent
+    parts.liveness.received(3.5)
     assert parts.out.held(4.0) == [SendText(FINALIZE)]
-    assert (parts.liveness.last_wire, request.sent_at) == (1.0, 4.0)
+    assert (parts.liveness.last_wire, request.sent_at, request.heard) == (1.0, 4.0, 1)
 
 
 def test_evicted_audio_the_live_socket_has_is_only_a_gap() -> None:

@@ -46,3 +46,17 @@ def test_changes_that_cancel_out_are_announced_with_no_field() -> None:
     switch.changed(BASE.evolve(language="de"), ("language",), started=True)
     switch.changed(BASE, ("language",), started=True)
     assert switch.opened(BASE) == SettingsApplied(settings=BASE, changed=())
+
+
+def test_each_socket_is_compared_with_the_one_before() -> None:
+    switch = SettingsSwitch(BASE)
+    first = BASE.evolve(language="de")
+    switch.changed(first, ("language",), started=False)  # before start
+    second = first.evolve(word_timestamps=not BASE.word_timestamps)
+    switch.changed(second, ("word_timestamps",), started=True)  # while connecting
+    applied = switch.opened(second)
+    assert applied is not None and applied.changed == ("word_timestamps",)
+    third = second.evolve(language="fr")
+    switch.changed(third, ("language",), started=True)
+    applied = switch.opened(third)
+    assert applied is not None and applied.changed == ("language",)

@@ -50,10 +50,11 @@ def test_the_summary_gathers_every_parts_counts() -> None:
     tally.opened()
     tally.final()
     tally.final()
+    ledger.socket_ended()  # nothing confirmed: the next socket starts from 0 again
     summary = tally.summary(ledger, turns, liveness)
     assert summary == SessionSummary(
         audio_seconds_received=1.5,
-        audio_seconds_sent=1.0,
+        audio_seconds_sent=1.0,  # the furthest any socket got
         finals=2,
         finalized_turns=1,
         timed_out_turns=0,
