@@ -42,6 +42,7 @@ __all__ = [
     "ROUNDING",
     "Transcribed",
     "confirmed_upto",
+    "repeat",
     "transcript",
     "within_connection",
 ]
@@ -168,6 +169,19 @@ class Transcribed:
         if len(starts) > MAX_SPANS:
             del starts[0], ends[0]
         return None
+
+
+def repeat(
+    transcribed: Transcribed, message: TranscriptionMessage, connection: int, timeline: Timeline
+) -> str | None:
+    """Take final ``message`` of connection ``connection`` (see
+    :meth:`Transcribed.repeats`): why it is reported rather than delivered
+    when it repeats transcribed words, in session time (``None``: it does not)."""
+    span = transcribed.repeats(message, connection)
+    if span is None:
+        return None
+    start, end = timeline.session_span(*span)
+    return f"a final repeating words already transcribed ({start:.2f}-{end:.2f} s)"
 
 
 def _connection_span(items: tuple[Word, ...] | tuple[Utterance, ...]) -> tuple[float, float] | None:

@@ -19,7 +19,8 @@ Invariants checked (pulse_core/_finals.py):
   connection transcribed is a repeat (within the service's 10 ms rounding);
   pieces of one stretch in any order, finals that only overlap it, finals
   without times, and finals of a new connection are not; at most
-  ``MAX_SPANS`` spans are kept, the earliest forgotten first.
+  ``MAX_SPANS`` spans are kept, the earliest forgotten first; a repeat is
+  worded with its span in session time.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pulse_core._finals import (
     MAX_SPANS,
     Transcribed,
     confirmed_upto,
+    repeat,
     transcript,
     within_connection,
 )
@@ -307,6 +309,17 @@ def test_a_final_seen_again_is_a_repeat() -> None:
     assert said.repeats(spoken(0.0, 1.0), 1) == (0.0, 1.0)
     assert said.repeats(spoken(0.2, 0.6, words=1), 1) == (0.2, 0.6)  # a piece of it
     assert said.spans == 1
+
+
+def test_a_repeat_is_worded_in_session_time() -> None:
+    said = Transcribed()
+    timeline = Timeline(TPS)
+    timeline.restart(16000, 8000)  # the connection began 2 s into the session
+    assert repeat(said, spoken(0.25, 0.75), 1, timeline) is None
+    assert repeat(said, spoken(0.25, 0.75), 1, timeline) == (
+        "a final repeating words already transcribed (2.25-2.75 s)"
+    )
+    assert repeat(said, spoken(0.25, 0.75), 2, timeline) is None  # a new connection
 
 
 def test_pieces_of_one_stretch_in_any_order_are_not_repeats() -> None:
