@@ -15,8 +15,8 @@ Invariants:
 
 * a close, once asked for, is never withdrawn, and audio, finalize and
   settings are refused from then on;
-* the deadline runs from the latest :meth:`Closing.request` until the session
-  ends (:meth:`Closing.stop`);
+* the deadline runs from the first :meth:`Closing.request` until the session
+  ends (:meth:`Closing.stop`); asking again changes nothing;
 * an ending that is not clean abandons everything still unconfirmed or
   unanswered; a clean one (:meth:`Ending.clean`) abandons nothing, since the
   server has answered or nothing was left to deliver;
@@ -132,8 +132,10 @@ class Closing:
         self.deadline: float | None = None
 
     def over(self, state: State) -> bool:
-        """``close()`` has nothing left to do: the session is closing or over."""
-        return state in _NO_INPUT_STATES
+        """``close()`` has nothing left to do: it was asked for already (a
+        second call keeps the first deadline: close is idempotent), or the
+        session is closing or over."""
+        return self.requested or state in _NO_INPUT_STATES
 
     def request(self, now: float) -> None:
         """``close()`` was called at ``now``: the close must be done within ``close_timeout``."""

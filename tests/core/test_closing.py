@@ -42,6 +42,15 @@ def test_the_deadline_runs_from_the_request_until_stopped() -> None:
 
 
 @pytest.mark.parametrize("state", OPEN_STATES)
+def test_a_close_asked_for_is_over_for_close(state: State) -> None:
+    """A second close() has nothing to do: the first one's deadline stands."""
+    closing = Closing(10.0)
+    assert not closing.over(state)
+    closing.request(0.0)
+    assert closing.over(state)
+
+
+@pytest.mark.parametrize("state", OPEN_STATES)
 def test_input_is_taken_until_close(state: State) -> None:
     closing = Closing(10.0)
     closing.refuse_input("finalize()", state)  # nothing raised
