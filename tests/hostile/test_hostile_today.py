@@ -19,17 +19,15 @@ from __future__ import annotations
 
 import logging
 import wave
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import attrs
 import pytest
 import trio
 
 from pulse_core import (
     AudioDropped,
-    Closed,
     ConnectionFailed,
     Disconnected,
     Event,
@@ -49,6 +47,7 @@ from pulse_trio import (
 )
 from tests.command import closed_port, pulse
 from tests.hostile import KEY, speech
+from tests.hostile.checks import Outcome, assert_every_sample_once, everything_said, key_pieces
 from tests.hostile.script import (
     AfterAudio,
     Close,
@@ -100,24 +99,6 @@ def bug(reason: str) -> pytest.MarkDecorator:
     """Mark a test that fails on today's code for ``reason`` (strict: once the
     bug is fixed the test passes, and the mark must come off)."""
     return pytest.mark.xfail(strict=True, reason="BUG: " + reason)
-
-
-@attrs.define
-class Outcome:
-    events: list[Event]
-    error: BaseException | None
-
-    def of(self, kind: type[Any]) -> list[Any]:
-        return [e for e in self.events if isinstance(e, kind)]
-
-    @property
-    def finals(self) -> list[Transcript]:
-        return [e for e in self.of(Transcript) if e.is_final]
-
-    @property
-    def closed(self) -> Closed | None:
-        closed = self.of(Closed)
-        return closed[-1] if closed else None
 
 
 #: What the application does in the session; it may look at the server too.
@@ -194,62 +175,6 @@ def say(seconds: float) -> Body:
         await speak(session, seconds)
 
     return body
-
-
-def spans(outcome: Outcome) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
-    """(word spans of every final, ranges reported dropped), in session seconds."""
-    words = [
-        (w.start, w.end)
-        for t in outcome.finals
-        for w in t.words
-        if w.start is not None and w.end is not None
-    ]
-    dropped = [(d.start, d.end) for d in outcome.of(AudioDropped)]
-    return words, dropped
-
-
-def assert_every_sample_once(outcome: Outcome, seconds: float) -> None:
-    """Each instant of the session's audio is in exactly one final's words, or
-    reported in an AudioDropped (the server's words tile the audio it got)."""
-    words, dropped = spans(outcome)
-    covered = sorted(words + dropped)
-    edge = 0.0
-    for start, end in covered:
-        assert start <= edge + 1e-3, (
-            f"audio {edge:.3f}-{start:.3f} s was never transcribed nor reported dropped"
-        )
-        edge = max(edge, end)
-    assert edge >= seconds - 1e-3, (
-        f"audio {edge:.3f}-{seconds:.3f} s was never transcribed nor reported dropped"
-    )
-    reach = 0.0
-    for start, end in sorted(words):
-        assert start >= reach - 1e-3, f"audio at {start:.3f}-{reach:.3f} s transcribed twice"
-        reach = max(reach, end)
-
-
-def key_pieces(text: str) -> list[str]:
-    """Every 8-character piece of the key found in ``text``."""
-    return sorted({KEY[i : i + 8] for i in range(len(KEY) - 7) if KEY[i : i + 8] in text})
-
-
-def everything_said(outcome: Outcome, records: Iterable[logging.LogRecord]) -> str:
-    """All text pulse showed: exception, events (fields, repr, raw), log records."""
-    parts: list[str] = []
-    error = outcome.error
-    while error is not None:
-        parts += [str(error), repr(error), repr(getattr(error, "failure", None))]
-        if isinstance(error, BaseExceptionGroup):
-            parts += [repr(e) for e in error.exceptions]
-        error = error.__cause__ or error.__context__
-    for event in outcome.events:
-        parts.append(repr(event))
-        parts += [repr(value) for value in attrs.asdict(event, recurse=False).values()]
-        parts.append(repr(getattr(event, "raw", None)))
-    for record in records:
-        parts.append(record.getMessage())
-        parts.append(repr(record.__dict__))
-    return "\n".join(parts)
 
 
 def wav_file(path: Path, seconds: float) -> Path:
