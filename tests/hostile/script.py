@@ -172,11 +172,14 @@ class Raw:
 class Final:
     """A final covering the audio since the previous final (the server's
     trivial recognition), with optional lies: ``words`` replaces the word times
-    (connection seconds; ``None`` keeps the true ones)."""
+    (connection seconds; ``None`` keeps the true ones). With ``covers=False``
+    the final covers nothing: the audio stays for the next final, so a lie in
+    ``words`` loses none of it."""
 
     is_last: bool = False
     from_finalize: bool | None = None
     words: tuple[tuple[float, float], ...] | None = None
+    covers: bool = True
 
 
 @attrs.frozen

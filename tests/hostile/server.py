@@ -584,6 +584,8 @@ class _Connection:
 
     async def send_final(self, action: Final) -> None:
         first, last = self.final_mark, self.ticks
+        if not action.covers:
+            last = first
         self.final_mark = last
         words = self._words(first, last)
         if action.words is not None:

@@ -692,6 +692,31 @@ async def test_finals_can_lie() -> None:
     assert ranges == [(0, 16000), (24000, 32000), (16000, 24000), (32000, 48000)]
 
 
+async def test_a_lying_final_may_cover_nothing() -> None:
+    """``Final(covers=False)``: the bogus final takes no audio, so the next
+    final covers all of it, with its true words."""
+    script = Script(
+        faults=[
+            Fault(
+                OnFinalize(1),
+                Final(words=((-5.0, -4.0),), from_finalize=True, covers=False),
+                replace=True,
+            )
+        ]
+    )
+    async with serving(script) as server, client_of(server) as client:
+        await client.upgrade()
+        await client.send(BINARY, b"\x00" * 32000)
+        await client.send_json({"type": "finalize"})
+        bogus = await client.json()
+        assert [(w["start"], w["end"]) for w in bogus["words"]] == [(-5.0, -4.0)]
+        await client.send_json({"type": "finalize"})
+        true = await client.json()
+        assert [(w["start"], w["end"]) for w in true["words"]] == [(0.0, 0.5), (0.5, 1.0)]
+    ranges = [(f.first, f.last) for f in server.connections[0].finals]
+    assert ranges == [(0, 0), (0, 16000)]
+
+
 async def test_a_reset_at_a_byte_count() -> None:
     script = Script(faults=[Fault(AfterAudio(10_000), Hangup(reset=True))])
     async with serving(script) as server, client_of(server) as client:
