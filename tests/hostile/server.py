@@ -134,6 +134,9 @@ class FinalSent:
     is_last: bool
     from_finalize: bool | None
     text: str
+    #: ``close_stream`` messages the connection had received when it was sent
+    #: (an ``is_last`` with none answers no close_stream).
+    close_streams: int = 0
 
 
 @attrs.define(eq=False)
@@ -639,6 +642,7 @@ class _Connection:
                 is_last=is_last,
                 from_finalize=from_finalize,
                 text=transcript[:_PREVIEW],
+                close_streams=self.record.close_streams,
             )
         )
         await self.send(TEXT, text.encode("utf-8"))

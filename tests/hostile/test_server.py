@@ -403,9 +403,9 @@ async def test_a_whole_session_round_trip() -> None:
     assert record.pings_received == 1
     assert record.client_close == (1000, "")
     assert record.ended == "closed"
-    assert [(f.first, f.last, f.is_last) for f in record.finals] == [
-        (0, 40000, False),
-        (40000, 44000, True),
+    assert [(f.first, f.last, f.is_last, f.close_streams) for f in record.finals] == [
+        (0, 40000, False, 0),
+        (40000, 44000, True, 1),
     ]
 
 
