@@ -43,6 +43,7 @@ from ._messages import (
     Word,
     parse_server_message,
 )
+from ._secrets import Redactor
 from ._settings import Keyword, Settings
 from ._state import State
 
@@ -81,6 +82,7 @@ __all__ = [
     "PulseError",
     "ReconnectPolicy",
     "Reconnecting",
+    "Redactor",
     "Region",
     "RemoteProtocolError",
     "SendBinary",

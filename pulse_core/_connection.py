@@ -69,6 +69,7 @@ from ._messages import (
 )
 from ._replay import replay, send_held
 from ._retry import PERMANENT_ERROR_CODES, JitterSource, Retry, Verdict
+from ._secrets import Redactor, hide_in_message
 from ._settings import Settings
 from ._state import SOCKET_STATES, TERMINAL_STATES, TRANSITIONS, State, Trigger
 from ._timeline import Timeline
@@ -79,6 +80,10 @@ __all__ = ["JitterSource", "PulseConnection"]
 
 _NO_INPUT_STATES: Final = frozenset({State.CLOSING, State.CLOSED, State.FAILED})
 _WIRE_STATES: Final = frozenset({State.OPEN, State.DRAINING})  # keepalive runs
+# How much of a malformed frame an event shows: the first _SHOWN_CHARS, taken
+# after redacting a longer window, so a piece of the key across the cut is hidden.
+_SHOWN_CHARS: Final = 200
+_SHOWN_BYTES: Final = 4096
 
 
 class PulseConnection:
@@ -94,6 +99,7 @@ class PulseConnection:
 
     def __init__(self, config: ConnectionConfig, *, jitter: JitterSource | None = None) -> None:
         self._config = config
+        self._redactor = Redactor(config.api_key)
         self._state = State.IDLE
         self._now = -math.inf
         self._commands: list[Command] = []
@@ -142,6 +148,13 @@ class PulseConnection:
     def config(self) -> ConnectionConfig:
         """The configuration in force (its settings are the latest requested)."""
         return self._config
+
+    @property
+    def redactor(self) -> Redactor:
+        """What hides the API key in text (PROTOCOL §6 rule 12): the engine
+        applies it to everything a server sends; transports apply it to what
+        their own stack logs."""
+        return self._redactor
 
     @property
     def settings(self) -> Settings:
@@ -405,6 +418,7 @@ class PulseConnection:
         example, the server's certificate failed verification).
         """
         self._input(now)
+        reason = self._redactor.text(reason)  # a refusal body may echo the key (§6 rule 12)
         if self._state is not State.CONNECTING:
             if self._state in SOCKET_STATES:
                 raise LocalProtocolError("connection_failed() for a connection that is open")
@@ -421,6 +435,7 @@ class PulseConnection:
         # WebSocket libraries hand over their own enums for the codes they know;
         # events carry plain ints, whatever the transport.
         code = None if code is None else int(code)
+        reason = self._redactor.text(reason)  # a close reason may echo the key (§6 rule 12)
         state = self._state
         if state is State.CONNECTING:
             self._connect_deadline = None
@@ -446,15 +461,18 @@ class PulseConnection:
         if self._state not in SOCKET_STATES:
             return  # from a connection the engine already closed
         self._liveness.received(now)
+        hide = self._redactor
         if not isinstance(data, str):
-            # The service only sends JSON text; a binary frame is a protocol error.
-            self._emit(
-                MalformedMessage(error="unexpected binary frame", data=repr(bytes(data[:60])))
-            )
+            # The service only sends JSON text; a binary frame is a protocol
+            # error. Shown redacted, then cut (PROTOCOL §6 rule 12).
+            shown = hide.text(repr(bytes(data[:_SHOWN_BYTES])))[:_SHOWN_CHARS]
+            self._emit(MalformedMessage(error="unexpected binary frame", data=shown))
             return
         timeline = self._timeline
         try:
             message = parse_server_message(data, max_size=self._config.max_message_size)
+            # Every string redacted before anything sees it (PROTOCOL §6 rule 12).
+            message = hide_in_message(hide, message, data)
             # Times are checked before they steer anything (PROTOCOL §5).
             if isinstance(message, TranscriptionMessage):
                 message = within_connection(message, timeline)
@@ -463,7 +481,11 @@ class PulseConnection:
                     message, timestamp=timeline.fit(message.timestamp, "timestamp")
                 )
         except RemoteProtocolError as exc:
-            self._emit(MalformedMessage(error=str(exc), data=data[:200]))
+            self._emit(
+                MalformedMessage(
+                    error=hide.text(str(exc)), data=hide.text(data[:_SHOWN_BYTES])[:_SHOWN_CHARS]
+                )
+            )
             return
         if isinstance(message, TranscriptionMessage):
             self._on_transcription(now, message)

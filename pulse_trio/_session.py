@@ -75,6 +75,7 @@ from pulse_core import (
 
 from ._connector import Connector, close_transport, default_connector
 from ._errors import SessionFailedError, error_for
+from ._log_redaction import hide_key_in_logs, stop_hiding
 
 __all__ = ["HANDLER_EVENTS", "Session", "open_session"]
 
@@ -479,7 +480,8 @@ class Session:
                 reason=self._redact(f"{type(exc).__name__}: {exc}"),
             )
         elif isinstance(exc, ConnectionRejected):
-            body = (exc.body or b"").decode("utf-8", "replace").strip()[:200]
+            # Redacted before it is cut, so the cut leaves no prefix of the key.
+            body = self._redact((exc.body or b"").decode("utf-8", "replace").strip())[:200]
             reason = f"HTTP {exc.status_code}" + (f": {body}" if body else "")
             self._report(
                 link,
@@ -505,9 +507,9 @@ class Session:
         self._release(link)
 
     def _redact(self, text: str) -> str:
-        """Server-controlled text may echo the request: never pass the key on."""
-        key = self._conn.config.api_key
-        return text.replace(key, "<redacted>") if key and key in text else text
+        """Server-controlled text may echo the request: never pass the key on,
+        whole or in part (PROTOCOL §6 rule 12)."""
+        return self._conn.redactor.text(text)
 
     def _link_closed(self, link: _Link, exc: ConnectionClosed) -> None:
         reason = exc.reason
@@ -707,6 +709,7 @@ async def open_session(
         outgoing_buffer=outgoing_buffer,
         event_buffer=event_buffer,
     )
+    hiding = hide_key_in_logs(conn.redactor)  # the stack's own DEBUG lines (§6 rule 12)
     try:
         async with trio.open_nursery() as nursery:
             session._start(nursery)
@@ -728,5 +731,6 @@ async def open_session(
         raise _unwrap(group) from None
     finally:
         session._events_in.close()  # any events() iterator ends, whatever happened
+        stop_hiding(hiding)
     if session._failure is not None:
         raise session._failure

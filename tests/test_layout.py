@@ -28,7 +28,13 @@ PACKAGE = ROOT / "pulse_trio"
 CLI = "pulse_trio.cli"
 EMULATOR = "pulse_trio.emulator"
 ADAPTER = frozenset(
-    {"pulse_trio", "pulse_trio._session", "pulse_trio._connector", "pulse_trio._errors"}
+    {
+        "pulse_trio",
+        "pulse_trio._session",
+        "pulse_trio._connector",
+        "pulse_trio._errors",
+        "pulse_trio._log_redaction",
+    }
 )
 SHARED = frozenset({"pulse_trio._g711", "pulse_trio._websocket"})
 ENTRY_POINT = "pulse_trio.__main__"

@@ -27,7 +27,7 @@ def test_vector_follows_schema(name: str, vector: dict) -> None:
 def test_at_least_thirty_vectors_cover_every_behaviour() -> None:
     assert len(VECTORS) >= 30
     covered = {number for _, vector in VECTORS for number in vector["behaviours"]}
-    assert covered >= set(range(1, 11)), sorted(set(range(1, 11)) - covered)
+    assert covered >= set(range(1, 13)), sorted(set(range(1, 13)) - covered)
 
 
 def test_replayer_reports_a_wrong_expectation() -> None:

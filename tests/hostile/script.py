@@ -8,7 +8,8 @@ connection 1, 2, ... may each misbehave differently.
 
 Strings and bytes in actions may carry placeholders filled from the request:
 ``{authorization}`` (the whole header value), ``{key}`` (the token after
-``Bearer``), ``{key_head}`` and ``{key_tail}`` (its first and second half).
+``Bearer``), ``{key_head}`` and ``{key_tail}`` (its first and second half),
+``{key_escaped}`` (the key with every character a JSON ``\\u`` escape).
 """
 
 from __future__ import annotations

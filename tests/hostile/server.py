@@ -326,6 +326,7 @@ class _Connection:
             "{key}": key,
             "{key_head}": key[:half],
             "{key_tail}": key[half:],
+            "{key_escaped}": "".join(f"\\u{ord(c):04x}" for c in key),
         }
 
     @staticmethod
