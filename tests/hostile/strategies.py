@@ -30,7 +30,7 @@ from typing import Any, TypeAlias
 import attrs
 from hypothesis import strategies as st
 
-from tests.hostile.framing import BINARY, PING, encode_frame
+from tests.hostile.framing import BINARY, CLOSE, CONTINUATION, PING, encode_frame
 from tests.hostile.script import (
     Action,
     AfterAudio,
@@ -310,6 +310,12 @@ RAWS = {
     "oversized_text(1_100_000)": oversized_text(1_100_000),
     "encode_frame(BINARY, b'\\x00\\x01')": encode_frame(BINARY, b"\x00\x01"),
     "b'\\x83\\x00'": b"\x83\x00",  # a reserved opcode
+    "b'\\xc1\\x01x'": b"\xc1\x01x",  # a reserved bit set
+    "encode_frame(CONTINUATION, b'x')": encode_frame(CONTINUATION, b"x"),  # nothing to continue
+    "encode_frame(PING, b'x' * 126)": encode_frame(PING, b"x" * 126),  # a control frame too long
+    "encode_frame(PING, b'x', fin=False)": encode_frame(PING, b"x", fin=False),  # one in pieces
+    "encode_frame(CLOSE, b'\\x03')": encode_frame(CLOSE, b"\x03"),  # a one-byte close payload
+    "encode_frame(CLOSE, b'\\x03\\xe8\\xff')": encode_frame(CLOSE, b"\x03\xe8\xff"),  # not UTF-8
     "b'\\x8a\\x03abc'": b"\x8a\x03abc",  # an unsolicited pong, by hand
 }
 _RAW_NAMES = {data: name for name, data in RAWS.items()}

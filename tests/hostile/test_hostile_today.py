@@ -893,3 +893,30 @@ async def test_a_final_split_in_two_transcribes_nothing_twice() -> None:
     assert [(f.first, f.last) for f in server.connections[0].finals] == [(8000, 16000), (0, 8000)]
     assert bytes(server.connections[1].audio) == speech(1.0, offset=1.0)
     assert_every_sample_once(outcome, 2.0)
+
+
+# -- found by the generated schedules (test_schedules.py) ----------------------------------------
+
+
+@bug(
+    "a failure that cancels a waiting block is raised with trio-websocket's ConnectionClosed in "
+    "its __context__ chain, the server's close reason (the key) as it came"
+)
+async def test_the_key_never_shows_in_a_failure_raised_into_a_waiting_block(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Point 5: every connection is closed 1008 with the key as its reason
+    until pulse gives up, while the block waits. The session's failure cancels
+    the block from inside the reader's ``except ConnectionClosed``, so the
+    Cancelled (and then the ConnectionGaveUpError raised over it) carries that
+    ConnectionClosed as its context: a traceback an application logs shows it."""
+    caplog.set_level(logging.DEBUG)
+    script = Script(faults=[Fault(AfterAudio(1), Close(code=1008, reason="bye {key}"))])
+
+    async def body(session: Session, server: HostileServer) -> None:
+        await speak(session, 0.5, finalize=False)
+        await trio.sleep(LIMIT)  # until the failure cancels the block
+
+    _, outcome = await against(then=script, body=body, attempts=2)
+    assert isinstance(outcome.error, ConnectionGaveUpError), repr(outcome.error)
+    assert key_pieces(everything_said(outcome, caplog.records)) == []
