@@ -26,6 +26,7 @@ __all__ = [
     "AfterAudio",
     "AfterSeconds",
     "Close",
+    "Delay",
     "Error",
     "Fault",
     "Final",
@@ -235,6 +236,15 @@ class SlowRead:
     rate: float
 
 
+@attrs.frozen
+class Delay:
+    """Wait ``seconds`` before the next action. A fault on what the server
+    read (audio, finalize, close_stream, the client's close) holds the reading
+    up meanwhile: a slow answer from a busy server."""
+
+    seconds: float
+
+
 def _actions(value: Action | Sequence[Action]) -> tuple[Action, ...]:
     return tuple(value) if isinstance(value, Sequence) else (value,)
 
@@ -260,6 +270,7 @@ Action: TypeAlias = (
     | Hangup
     | HalfOpen
     | SlowRead
+    | Delay
     | Together
 )
 

@@ -64,6 +64,7 @@ from .script import (
     AfterAudio,
     AfterSeconds,
     Close,
+    Delay,
     Error,
     Fault,
     Final,
@@ -542,6 +543,8 @@ class _Connection:
                 self.read_scope.cancel()
         elif isinstance(action, SlowRead):
             self.read_rate = action.rate
+        elif isinstance(action, Delay):
+            await trio.sleep(action.seconds)
         elif isinstance(action, Together):
             outer, self.batch = self.batch, bytearray()
             try:

@@ -43,6 +43,7 @@ from tests.hostile.script import (
     AfterAudio,
     AfterSeconds,
     Close,
+    Delay,
     Error,
     Fault,
     Final,
@@ -761,6 +762,21 @@ async def test_slow_reads_pace_the_client() -> None:
         await client.send_json({"type": "finalize"})
         await client.json()
         assert trio.current_time() - start >= 0.09  # 20 KB at 200 KB/s: 0.1 s
+
+
+async def test_a_delay_holds_the_answer_back() -> None:
+    script = Script(
+        faults=[Fault(OnFinalize(1), [Delay(0.2), Final(from_finalize=True)], replace=True)]
+    )
+    async with serving(script) as server, client_of(server) as client:
+        await client.upgrade()
+        await client.send(BINARY, b"\x00" * 3200)
+        start = trio.current_time()
+        await client.send_json({"type": "finalize"})
+        answer = await client.json()
+        assert trio.current_time() - start >= 0.2
+        assert answer["from_finalize"] is True
+    assert [(f.first, f.last) for f in server.connections[0].finals] == [(0, 1600)]
 
 
 async def test_timed_faults_and_raw_frames() -> None:
