@@ -609,10 +609,21 @@ class _Connection:
         self.final_mark = last
         pieces = max(1, action.pieces)
         bounds = [first + (last - first) * i // pieces for i in range(pieces + 1)]
-        for low, high in reversed(list(itertools.pairwise(bounds))):
-            await self._emit(
-                self._words(low, high), low, high, is_last=False, from_finalize=action.from_finalize
-            )
+        # One write for all of them: the pieces took their audio at once, so
+        # no other final (nor a hang-up) may come between them.
+        outer, self.batch = self.batch, bytearray()
+        try:
+            for low, high in reversed(list(itertools.pairwise(bounds))):
+                await self._emit(
+                    self._words(low, high),
+                    low,
+                    high,
+                    is_last=False,
+                    from_finalize=action.from_finalize,
+                )
+        finally:
+            held, self.batch = self.batch, outer
+        await self._write_raw(bytes(held))
 
     async def _emit(
         self,

@@ -818,6 +818,23 @@ async def test_together_writes_its_actions_in_one_send() -> None:
         assert record.writes == writes + 1  # both frames in one write
 
 
+async def test_split_finals_go_out_in_one_write() -> None:
+    """The pieces of a split take their audio at once, so they go out at once:
+    no other final (an ``is_last`` answering close_stream, say) and no hang-up
+    can come between them."""
+    script = Script(faults=[Fault(OnFinalize(1), SplitFinals(pieces=3), replace=True)])
+    async with serving(script) as server, client_of(server) as client:
+        await client.upgrade()
+        await client.send(PING, b"settle")
+        assert await client.message() == (PONG, b"settle")
+        writes = server.connections[0].writes
+        await client.send(BINARY, b"\x00" * 4800)
+        await client.send_json({"type": "finalize"})
+        pieces = [await client.json() for _ in range(3)]
+        assert [p["words"][0]["start"] for p in pieces] == [0.1, 0.05, 0.0]
+        assert server.connections[0].writes == writes + 1
+
+
 async def test_records_are_bounded() -> None:
     async with serving(audio_limit=1000) as server, client_of(server) as client:
         await client.upgrade()
