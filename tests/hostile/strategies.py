@@ -6,7 +6,7 @@ A :class:`Schedule` is plain data, and its repr is Python that builds it again:
   them): the answer to the upgrade (a good 101, a malformed one, a refusal with
   or without ``Retry-After``, a redirect, EOF in the middle, a stall, huge
   headers) and faults (pings and pongs at any moment, the close included;
-  slow reads; half-open; oversized, fragmented, binary and invalid frames;
+  slow reads and slow answers; half-open; oversized, fragmented, binary and invalid frames;
   malformed text; bogus times; duplicate, split and unasked finals;
   ``is_last`` at odd moments; errors, close reasons, pings and refusal bodies
   that echo the key; close codes, hang-ups and resets);
@@ -36,6 +36,7 @@ from tests.hostile.script import (
     AfterAudio,
     AfterSeconds,
     Close,
+    Delay,
     Error,
     Fault,
     Final,
@@ -358,6 +359,7 @@ endings: st.SearchStrategy[Action] = st.one_of(
     st.builds(Hangup, reset=st.booleans()),
     st.just(HalfOpen()),
     st.builds(SlowRead, st.sampled_from([4000.0, 40_000.0])),
+    st.builds(Delay, st.sampled_from([0.05, 0.3])),
 )
 noise = st.one_of(talk, talk, unasked_finals)
 
@@ -378,6 +380,9 @@ finalize_answers: st.SearchStrategy[list[Action]] = st.sampled_from(
     [
         [Final(from_finalize=True)],
         [Final(from_finalize=None)],
+        [Delay(0.1), Final(from_finalize=True)],
+        [Delay(0.4), Final(from_finalize=True)],
+        [Delay(0.4), Final(from_finalize=None)],
         [],
         [Final(from_finalize=True, words=BOGUS_TIMES[0], covers=False)],
         [Final(from_finalize=True, words=BOGUS_TIMES[1], covers=False)],
@@ -472,17 +477,17 @@ def plans(draw: st.DrawFn) -> tuple[Step, ...]:
         elif kind == "finalize":
             steps.append(Finalize(vad=draw(st.booleans())))
         elif kind == "pause":
-            steps.append(Pause(draw(st.sampled_from([0.0, 0.01, 0.05, 0.2]))))
+            steps.append(Pause(draw(st.sampled_from([0.0, 0.01, 0.05, 0.2, 0.4]))))
         elif kind == "switch":
             steps.append(Switch(draw(st.sampled_from(["diarize", "language"]))))
         elif kind == "await":
-            steps.append(AwaitFinal(draw(st.sampled_from([0.1, 0.3]))))
+            steps.append(AwaitFinal(draw(st.sampled_from([0.1, 0.3, 0.6]))))
     return tuple(steps)
 
 
 knobs = st.builds(
     Knobs,
-    finalize_timeout=st.sampled_from([0.25, 0.5, 2.0]),
+    finalize_timeout=st.sampled_from([0.1, 0.25, 0.5, 2.0]),
     close_timeout=st.sampled_from([0.5, 1.0]),
     connect_timeout=st.sampled_from([0.3, 0.5]),
     ping_interval=st.sampled_from([0.2, 0.5, 5.0]),

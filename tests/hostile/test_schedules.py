@@ -41,6 +41,7 @@ from contextlib import contextmanager
 import attrs
 import trio
 from hypothesis import HealthCheck, Phase, given, note, settings
+from hypothesis.control import currently_in_test_context
 
 from pulse_core import (
     Closed,
@@ -305,12 +306,17 @@ def check(schedule: Schedule, played: Played) -> None:
     assert leaks == [], f"the key shows: {leaks}"
 
 
+def _note(text: str) -> None:
+    if currently_in_test_context():  # run() also replays a schedule outside @given
+        note(text)
+
+
 def run(schedule: Schedule) -> Played:
     """Play ``schedule`` and check it (a failing schedule, pasted, replays here)."""
-    note(f"schedule: {shown(schedule)}")
+    _note(f"schedule: {shown(schedule)}")
     played = trio.run(play, schedule)
-    note(f"events: {played.outcome.events!r}")
-    note(f"error: {played.outcome.error!r}")
+    _note(f"events: {played.outcome.events!r}")
+    _note(f"error: {played.outcome.error!r}")
     check(schedule, played)
     return played
 
