@@ -5,6 +5,7 @@ A session's :class:`Outcome` is every event pulse emitted and what left
 
 * :func:`assert_every_sample_once`: each instant of the audio given is in
   exactly one final's words or reported in exactly one ``AudioDropped``;
+* :func:`assert_words_where_given`: each word starts where its audio was given;
 * :func:`key_pieces` over :func:`everything_said`: no 8-character piece of the
   key in the exception, any event (fields, repr, raw) or a log record.
 
@@ -22,11 +23,13 @@ import attrs
 
 from pulse_core import AudioDropped, Closed, Event, Transcript
 from tests.hostile import KEY
+from tests.hostile.server import ConnectionRecord
 
 __all__ = [
     "TOLERANCE",
     "Outcome",
     "assert_every_sample_once",
+    "assert_words_where_given",
     "everything_said",
     "key_pieces",
     "spans",
@@ -104,6 +107,32 @@ def assert_every_sample_once(outcome: Outcome, seconds: float) -> None:
             assert overlap <= TOLERANCE or inside, (
                 f"audio at {max(low, start):.3f}-{min(high, end):.3f} s was transcribed "
                 f"(a word at {start:.3f}-{end:.3f} s) and reported dropped ({low:.3f}-{high:.3f} s)"
+            )
+
+
+def assert_words_where_given(outcome: Outcome, records: Iterable[ConnectionRecord]) -> None:
+    """Each word of a final starts, in session time, where the application gave
+    its audio. The server names a word ``w<tick>`` after the connection sample
+    it starts at and keeps what it received (``ConnectionRecord.audio``); the
+    value of ``speech()``'s sample there says where it was given (PROTOCOL §5:
+    session time runs on across reconnects, replays and dropped audio)."""
+    heard = {f"hostile-{record.number}": record for record in records}
+    for final in outcome.finals:
+        record = heard.get(final.raw.get("session_id"))  # type: ignore[arg-type]
+        if record is None:
+            continue
+        tps = int(record.query.get("sample_rate", "16000"))
+        for word in final.words:
+            if not word.word.startswith("w") or word.start is None:
+                continue
+            tick = int(word.word[1:])
+            sample = bytes(record.audio[2 * tick : 2 * tick + 2])
+            if len(sample) < 2 or sample == b"\x00\x00":
+                continue  # beyond what the server kept, or silence (a keepalive)
+            given = (int.from_bytes(sample, "little", signed=True) + 32768) % 65536
+            assert abs(word.start - given / tps) <= TOLERANCE, (
+                f"{word.word} of connection {record.number} was given at "
+                f"{given / tps:.4f} s, pulse says it starts at {word.start:.4f} s"
             )
 
 

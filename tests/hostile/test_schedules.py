@@ -53,7 +53,13 @@ from pulse_core import (
 )
 from pulse_trio import Session, SessionFailedError, open_session
 from tests.hostile import KEY, speech
-from tests.hostile.checks import Outcome, assert_every_sample_once, everything_said, key_pieces
+from tests.hostile.checks import (
+    Outcome,
+    assert_every_sample_once,
+    assert_words_where_given,
+    everything_said,
+    key_pieces,
+)
 from tests.hostile.script import RepeatFinal
 from tests.hostile.server import ConnectionRecord, HostileServer, serving
 from tests.hostile.strategies import (
@@ -280,6 +286,7 @@ def check(schedule: Schedule, played: Played) -> None:
     # unreported, as pulse's rule says, and only there.
     given = played.given / BYTES_PER_SECOND
     assert_every_sample_once(outcome, 0.0 if played.ended_early else given)
+    assert_words_where_given(outcome, played.connections)
     # 2. Every finalize answered once.
     answers: dict[int, list[str]] = {}
     for event in outcome.events:
