@@ -8,7 +8,8 @@ every promise pulse makes that does not depend on what the server did is
 checked, end to end:
 
 1. every sample of the audio given is in exactly one final's words or in
-   exactly one ``AudioDropped`` (``checks.assert_every_sample_once``);
+   exactly one ``AudioDropped`` (``checks.assert_every_sample_once``), and
+   every word starts where its audio was given (``assert_words_where_given``);
 2. every finalize sent, by the application or by the engine, is answered
    exactly once: a ``Transcript(finalized=True)`` or a ``FinalizeTimedOut``
    (PROTOCOL §6 rule 3; at the end of the session what will not come is timed
