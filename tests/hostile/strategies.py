@@ -66,6 +66,7 @@ from tests.hostile.script import (
 
 __all__ = [
     "BYTES_PER_SECOND",
+    "INTERIM",
     "MAX_SECONDS",
     "AwaitFinal",
     "Finalize",
@@ -76,6 +77,7 @@ __all__ = [
     "Step",
     "Switch",
     "actions_in",
+    "fragmented_with_ping",
     "schedules",
     "shown",
 ]
@@ -201,6 +203,9 @@ def shown(value: object) -> str:
                 parts.append(f"{field.name}={shown(item)}")
         return f"{type(value).__name__}({', '.join(parts)})"
     if isinstance(value, tuple | list):
+        if len(value) > 3 and all(item == value[0] for item in value):
+            once = shown(value[:1])
+            return f"{once} * {len(value)}"
         items = ", ".join(shown(item) for item in value)
         if isinstance(value, list):
             return f"[{items}]"
@@ -245,6 +250,8 @@ broken_handshakes = st.sampled_from(
         Handshake(cut_after=20),
         Handshake(cut_after=80),
         Handshake(stall=True),
+        Handshake(headers=(("Sec-WebSocket-Extensions", "permessage-deflate"),)),
+        Handshake(headers=(("Sec-WebSocket-Protocol", "chat"),)),
     ]
 )
 refusals = st.builds(
@@ -327,6 +334,7 @@ talk: st.SearchStrategy[Action] = st.one_of(
     st.builds(Pong, st.sampled_from(PAYLOADS)),
     st.builds(Text, st.sampled_from(TEXTS)),
     st.builds(Raw, st.sampled_from(list(RAWS.values()))),
+    st.just(Together([Text(INTERIM)] * 300)),
     st.builds(
         Error,
         shape=st.sampled_from([1, 2, 3]),
@@ -353,7 +361,7 @@ unasked_finals: st.SearchStrategy[Action] = st.one_of(
 endings: st.SearchStrategy[Action] = st.one_of(
     st.builds(
         Close,
-        code=st.sampled_from([1000, 1001, 1008, 1011, 4000, None]),
+        code=st.sampled_from([1000, 1001, 1008, 1011, 3000, 4000, None, 1005, 1006, 999, 5000]),
         reason=st.sampled_from(["", "odd", "bye {key}", "bye {key_tail}{key_head}"]),
     ),
     st.builds(Hangup, reset=st.booleans()),
@@ -399,6 +407,8 @@ close_answers: st.SearchStrategy[list[Action]] = st.sampled_from(
         [Final(is_last=True, from_finalize=False), Hangup()],
         [Final(is_last=False, from_finalize=False)],
         [Final(is_last=True)],
+        [Delay(0.3), Final(is_last=True, from_finalize=False)],
+        [Delay(1.5), Final(is_last=True, from_finalize=False)],
         [],
         [Hangup(reset=True)],
         [
