@@ -26,8 +26,9 @@ checked, end to end:
 The CI run draws :data:`EXAMPLES` schedules, the same ones every time
 (``derandomize``). A longer run explores new ones: ``PULSE_SCHEDULES=3000``
 draws that many from the run's seed (``--hypothesis-seed``, printed in the
-report header). A failing schedule is printed as Python: pass it to
-:func:`play` and :func:`check` in a test to replay it.
+report header). A failing schedule is printed as Python (a ``schedule:``
+note): pass it to :func:`run` in a test to replay it. Actions that trip a bug
+already pinned by a strict xfail are left out of the draw (:data:`KNOWN`).
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ from tests.hostile.strategies import (
 #: Schedules in a CI run; ``PULSE_SCHEDULES`` asks for another number (drawn afresh).
 EXAMPLES = 200
 #: Bytes the whole process may allocate beyond what it held when a schedule began.
-MEMORY = 64 << 20
+MEMORY = 32 << 20
 #: Seconds of slack on every time bound (a loaded machine, the scheduler).
 SLACK = 1.0
 #: What ``Session.aclose`` waits beyond ``close_timeout + connect_timeout`` for
