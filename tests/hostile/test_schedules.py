@@ -298,7 +298,9 @@ def check(schedule: Schedule, played: Played) -> None:
             assert event.is_final, f"an interim answers turn {event.turn}"
             assert event.from_finalize is not False, f"an automatic final answers: {event}"
             answers.setdefault(event.turn, []).append("late" if event.late else "answered")
-    assert played.turns >= played.user_turns
+    assert played.turns >= played.user_turns, (
+        f"the application opened {played.user_turns} turns, the engine counts {played.turns}"
+    )
     for turn in range(1, played.turns + 1):
         got = answers.pop(turn, [])
         assert got in (["answered"], ["timed out"], ["timed out", "late"]), (
