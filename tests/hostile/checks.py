@@ -142,16 +142,22 @@ def key_pieces(text: str) -> list[str]:
 
 
 def everything_said(outcome: Outcome, records: Iterable[logging.LogRecord]) -> str:
-    """All text pulse showed: exception, events (fields, repr, raw), log records."""
+    """All text pulse showed: exception (its whole chain), events (fields,
+    repr, raw), log records."""
     parts: list[str] = []
-    error = outcome.error
+    # The exception, and all a traceback of it shows: its cause and context,
+    # and every exception in a group, each with its own chain.
+    todo = [outcome.error] if outcome.error is not None else []
     seen: set[int] = set()
-    while error is not None and id(error) not in seen:  # a chain may loop
+    while todo:
+        error = todo.pop()
+        if id(error) in seen:  # a chain may loop
+            continue
         seen.add(id(error))
         parts += [str(error), repr(error), repr(getattr(error, "failure", None))]
         if isinstance(error, BaseExceptionGroup):
-            parts += [repr(e) for e in error.exceptions]
-        error = error.__cause__ or error.__context__
+            todo += error.exceptions
+        todo += [e for e in (error.__cause__, error.__context__) if e is not None]
     for event in outcome.events:
         parts.append(repr(event))
         parts += [repr(value) for value in attrs.asdict(event, recurse=False).values()]

@@ -899,24 +899,38 @@ async def test_a_final_split_in_two_transcribes_nothing_twice() -> None:
 
 
 @bug(
-    "a failure that cancels a waiting block is raised with trio-websocket's ConnectionClosed in "
-    "its __context__ chain, the server's close reason (the key) as it came"
+    "a failure that cancels a waiting block is raised with what trio-websocket raised in its "
+    "__context__ chain (a ConnectionClosed with the close reason, a ConnectionRejected with the "
+    "refusal's headers and body), the key in it as it came"
+)
+@pytest.mark.parametrize(
+    "script",
+    [
+        pytest.param(
+            Script(faults=[Fault(AfterAudio(1), Close(code=1008, reason="bye {key}"))]),
+            id="close-reason",
+        ),
+        pytest.param(
+            Script(handshake=refuse(401, body=b"unknown key {key_head}...")), id="401-body"
+        ),
+        pytest.param(Script(handshake=redirect("ws://127.0.0.1:1/?token={key}")), id="location"),
+    ],
 )
 async def test_the_key_never_shows_in_a_failure_raised_into_a_waiting_block(
-    caplog: pytest.LogCaptureFixture,
+    script: Script, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Point 5: every connection is closed 1008 with the key as its reason
-    until pulse gives up, while the block waits. The session's failure cancels
-    the block from inside the reader's ``except ConnectionClosed``, so the
-    Cancelled (and then the ConnectionGaveUpError raised over it) carries that
-    ConnectionClosed as its context: a traceback an application logs shows it."""
+    """Point 5: the server ends every connection with the key in what it
+    sends (a close reason until pulse gives up, a refusal, a redirect) while
+    the block waits. The session's failure cancels the block from inside the
+    reader's ``except``, so the Cancelled (and the SessionFailedError raised
+    over it) carries trio-websocket's exception as its context: a traceback an
+    application logs shows it, with the key."""
     caplog.set_level(logging.DEBUG)
-    script = Script(faults=[Fault(AfterAudio(1), Close(code=1008, reason="bye {key}"))])
 
     async def body(session: Session, server: HostileServer) -> None:
         await speak(session, 0.5, finalize=False)
         await trio.sleep(LIMIT)  # until the failure cancels the block
 
     _, outcome = await against(then=script, body=body, attempts=2)
-    assert isinstance(outcome.error, ConnectionGaveUpError), repr(outcome.error)
+    assert isinstance(outcome.error, SessionFailedError), repr(outcome.error)
     assert key_pieces(everything_said(outcome, caplog.records)) == []
