@@ -934,3 +934,32 @@ async def test_the_key_never_shows_in_a_failure_raised_into_a_waiting_block(
     _, outcome = await against(then=script, body=body, attempts=2)
     assert isinstance(outcome.error, SessionFailedError), repr(outcome.error)
     assert key_pieces(everything_said(outcome, caplog.records)) == []
+
+
+@bug(
+    "a final confirms all the audio before its last word, so finals sent latest first and cut "
+    "short by a reset lose the audio of those never read, unreported"
+)
+async def test_finals_out_of_order_cut_by_a_reset_lose_nothing() -> None:
+    """After two seconds the server sends its automatic finals for them latest
+    first (four pieces, in one write), then resets the connection: pulse reads
+    the first pieces before the reset discards the rest. No final covered the
+    earlier audio, so it must be replayed (or reported dropped); pulse took the
+    latest piece's last word as confirming everything before it."""
+    first = Script(
+        faults=[
+            Fault(
+                AfterAudio(2 * BYTES_PER_SECOND),
+                [SplitFinals(pieces=4, from_finalize=False), Hangup(reset=True)],
+            )
+        ]
+    )
+
+    async def body(session: Session, server: HostileServer) -> None:
+        await session.send_audio(speech(2.5))
+        assert await server.wait_for(lambda: len(server.upgraded) == 2)
+
+    server, outcome = await against(first, body=body)
+    assert outcome.error is None, repr(outcome.error)
+    assert server.connections[0].ended == "reset"
+    assert_every_sample_once(outcome, 2.5)
