@@ -56,7 +56,7 @@ from ._events import (
     SpeechStarted,
     UnhandledMessage,
 )
-from ._finals import confirmed_upto, transcript, within_connection
+from ._finals import Transcribed, confirmed_upto, transcript, within_connection
 from ._ledger import AudioLedger
 from ._liveness import KEEPALIVE_PING, LIVENESS_PING, Check, Liveness
 from ._messages import (
@@ -109,6 +109,7 @@ class PulseConnection:
         # -- the parts (see the module docstring) ---------------------------
         self._ledger = AudioLedger(config, self._emit)
         self._timeline = Timeline(config.ticks_per_second)
+        self._transcribed = Transcribed()
         self._turns = Turns(
             timeout=config.finalize_timeout,
             max_pending=config.max_pending_finalizes,
@@ -455,6 +456,39 @@ class PulseConnection:
             )
         # Other states: a connection the engine already closed.
 
+    def protocol_violation(self, now: float, *, code: int, reason: str) -> None:
+        """The transport failed the WebSocket because the server broke the
+        protocol: it sent its own close frame with ``code`` (1007 for a text
+        frame that is not UTF-8, 1009 for a message over ``max_message_size``,
+        1002 for a malformed frame) and reads nothing more from that socket.
+
+        What the server sent is a ``MalformedMessage``; the socket is gone,
+        closed by this side, and is replaced like a lost one (PROTOCOL §4).
+        """
+        self._input(now)
+        code = int(code)  # a WebSocket library's enum: events carry plain ints
+        state = self._state
+        if state is State.CONNECTING:
+            self._connect_deadline = None
+            self._connect_failed(
+                now,
+                status=None,
+                reason=f"protocol error during handshake: {reason}".rstrip(": "),
+                retry_after=None,
+            )
+        elif state in SOCKET_STATES:
+            # RFC 6455 §7.1.7 and §8.1: such a connection is failed, not read
+            # on; the frame is reported and the audio replayed on a new one.
+            self._emit(MalformedMessage(error=reason, data=""))
+            self._connection_lost(
+                now,
+                code=code,
+                reason=reason,
+                local=True,
+                summary=f"closed with code {code}: the server broke the protocol ({reason})",
+            )
+        # Other states: a connection the engine already closed.
+
     def receive_message(self, now: float, data: str | bytes | bytearray | memoryview) -> None:
         """A frame arrived from the server."""
         self._input(now)
@@ -482,13 +516,11 @@ class PulseConnection:
                 )
         except RemoteProtocolError as exc:
             self._emit(
-                MalformedMessage(
-                    error=hide.text(str(exc)), data=hide.text(data[:_SHOWN_BYTES])[:_SHOWN_CHARS]
-                )
+                MalformedMessage(error=hide.text(str(exc)), data=self._shown(data))
             )
             return
         if isinstance(message, TranscriptionMessage):
-            self._on_transcription(now, message)
+            self._on_transcription(now, message, data)
         elif isinstance(message, SpeechStartedMessage):
             self._emit(
                 SpeechStarted(
@@ -697,7 +729,7 @@ class PulseConnection:
         summary = summary or reason
         if self._state is State.CLOSING and not self._owes_anything():
             self._socket_gone(code=code, reason=reason, local=local, will_reconnect=False)
-            self._finish(now, Trigger.CLOSE_DONE, error=None)
+            self._finish(now, Trigger.CLOSE_DONE, error=None, is_last_missing=True)
             return
         verdict = self._retry.lost(now, code=code, reason=summary)
         self._socket_gone(code=code, reason=reason, local=local, will_reconnect=not verdict.give_up)
@@ -797,7 +829,14 @@ class PulseConnection:
     # Internals: server messages
     # ------------------------------------------------------------------
 
-    def _on_transcription(self, now: float, message: TranscriptionMessage) -> None:
+    def _on_transcription(self, now: float, message: TranscriptionMessage, data: str) -> None:
+        closing = self._state is State.CLOSING
+        if message.is_final and self._repeated(message, data):
+            # A repeat answers nothing and confirms nothing, but is_last in it
+            # is still the server saying it is done.
+            if message.is_last and closing:
+                self._close_complete(now)
+            return
         answer = None
         if message.is_final:
             self._finals += 1
@@ -807,15 +846,34 @@ class PulseConnection:
                 answer,
                 self._timeline,
                 self._ledger,
-                closing=self._state is State.CLOSING,
+                closing=closing,
             )
             if upto is not None:
                 self._ledger.confirm(upto)
         self._emit(transcript(message, answer, self._timeline, self._connections))
-        if message.is_last and self._state is State.CLOSING:
+        if message.is_last and closing:
             self._close_complete(now)
         elif self._state is State.DRAINING and not self._turns.awaiting:
             self._switch(now)
+
+    def _repeated(self, message: TranscriptionMessage, data: str) -> bool:
+        """A final whose words this connection's finals already transcribed is
+        reported, not delivered: its text would be transcribed twice (PROTOCOL §5)."""
+        span = self._transcribed.repeats(message, self._connections)
+        if span is None:
+            return False
+        start, end = self._timeline.session_span(*span)
+        self._emit(
+            MalformedMessage(
+                error=f"a final repeating words already transcribed ({start:.2f}-{end:.2f} s)",
+                data=self._shown(data),
+            )
+        )
+        return True
+
+    def _shown(self, data: str) -> str:
+        """A frame as an event shows it: redacted, then cut (PROTOCOL §6 rule 12)."""
+        return self._redactor.text(data[:_SHOWN_BYTES])[:_SHOWN_CHARS]
 
     def _on_error(self, now: float, message: ErrorMessage) -> None:
         permanent = message.code in PERMANENT_ERROR_CODES
@@ -863,21 +921,44 @@ class PulseConnection:
         self._finish(now, Trigger.CLOSE_DONE, error=None)
 
     def _close_timed_out(self, now: float) -> None:
-        if self._state in SOCKET_STATES:
+        """``close_timeout`` ran out before ``is_last`` (PROTOCOL §6 rule 8).
+
+        What that means depends on what the server had done: confirmed every
+        tick (a clean close that only lacks ``is_last``), left some audio
+        unconfirmed (dropped: the close failed), or never been reached (the
+        session failed to connect, whatever the close waited for).
+        """
+        state = self._state
+        lost = self._ledger.unconfirmed  # the live socket's evicted audio included
+        if state in SOCKET_STATES:
             self._commands.append(CloseConnection(code=1000, reason="close timed out"))
             self._socket_gone(code=1000, reason="close timed out", local=True, will_reconnect=False)
-        elif self._state is State.CONNECTING:
+        elif state is State.CONNECTING:
             self._commands.append(CloseConnection(code=1000, reason="close timed out"))
+        if not self._connections:
+            self._fail(now, self._unreachable(), trigger=Trigger.UNREACHABLE)
+            return
         self._abandon(now, DropReason.CLOSE_TIMEOUT, "close timed out")
+        error = None
+        if lost:
+            error = "close timed out before the server confirmed all audio"
+            if state not in SOCKET_STATES and self._retry.reason:
+                error += f" (while reconnecting after: {self._retry.reason})"
         self._finish(
-            now,
-            Trigger.CLOSE_TIMEOUT,
-            error="close timed out before the server confirmed all audio",
+            now, Trigger.CLOSE_TIMEOUT, error=error, is_last_missing=state is State.CLOSING
         )
 
-    def _fail(self, now: float, reason: str) -> None:
+    def _unreachable(self) -> str:
+        """Why a session that never connected ends: the last attempt's failure."""
+        failed = self._retry.attempt
+        if not failed:
+            return "could not reach the service: no connection opened within close_timeout"
+        attempts = "attempt" if failed == 1 else "attempts"
+        return f"could not reach the service after {failed} failed {attempts}: {self._retry.reason}"
+
+    def _fail(self, now: float, reason: str, *, trigger: Trigger = Trigger.GIVE_UP) -> None:
         self._abandon(now, DropReason.SESSION_FAILED, "session failed")
-        self._finish(now, Trigger.GIVE_UP, error=reason)
+        self._finish(now, trigger, error=reason)
 
     def _abandon(self, now: float, drop_reason: DropReason, finalize_reason: str) -> None:
         """Report everything that will now never be transcribed."""
@@ -887,11 +968,13 @@ class PulseConnection:
         self._ledger.abandon(drop_reason)
         self._ledger.report_drop()
 
-    def _finish(self, now: float, trigger: Trigger, *, error: str | None) -> None:
+    def _finish(
+        self, now: float, trigger: Trigger, *, error: str | None, is_last_missing: bool = False
+    ) -> None:
         self._ledger.report_drop()
         self._transition(trigger)
         self._connect_deadline = None
         self._retry_at = None
         self._close_deadline = None
         self._ledger.pending_since = None
-        self._emit(Closed(summary=self.summary(), error=error))
+        self._emit(Closed(summary=self.summary(), error=error, is_last_missing=is_last_missing))

@@ -255,10 +255,17 @@ class SessionSummary:
 @attrs.frozen(kw_only=True)
 class Closed:
     """The session is over; nothing follows. ``error`` is ``None`` after a
-    graceful close."""
+    graceful close (audio lost along the way, if any, was reported in
+    ``AudioDropped`` when it was lost); otherwise it says why the session
+    failed or what the close could not deliver."""
 
     summary: SessionSummary
     error: str | None = None
+    #: ``close_stream`` was sent but the server's ``is_last`` never came:
+    #: ``close_timeout`` ran out, or the server closed the socket, first. With
+    #: no ``error``, the server's finals had confirmed every tick, so nothing
+    #: is lost: the server only never said it was done.
+    is_last_missing: bool = False
 
 
 Event: TypeAlias = (

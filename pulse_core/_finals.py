@@ -17,11 +17,17 @@ Server times are checked first (:func:`within_connection`): a time a little
 outside the audio the connection carried is clamped; one far outside makes
 the message malformed, so a bogus time can neither crash the engine nor
 confirm the wrong audio.
+
+Each message is one segment, never cumulative, so a final whose words all lie
+in audio that earlier finals of the same connection already transcribed
+repeats them (:class:`Transcribed`): it is reported, not delivered, or its
+text would be transcribed twice.
 """
 
 from __future__ import annotations
 
-from typing import TypeVar
+import bisect
+from typing import Final, TypeVar
 
 import attrs
 
@@ -31,7 +37,22 @@ from ._messages import TranscriptionMessage, Utterance, Word
 from ._timeline import Timeline
 from ._turns import Answer
 
-__all__ = ["confirmed_upto", "transcript", "within_connection"]
+__all__ = [
+    "MAX_SPANS",
+    "ROUNDING",
+    "Transcribed",
+    "confirmed_upto",
+    "transcript",
+    "within_connection",
+]
+
+#: Spans of finals remembered per connection. Past it the earliest is
+#: forgotten: a repeat of a final that old would be delivered again, but no
+#: out-of-order final is ever taken for a repeat on account of the bound.
+MAX_SPANS: Final = 256
+#: The service rounds its times to 10 ms: a repeat's span may poke out of the
+#: audio already transcribed by this much, and spans this close are one.
+ROUNDING: Final = 0.01
 
 
 def within_connection(message: TranscriptionMessage, timeline: Timeline) -> TranscriptionMessage:
@@ -86,6 +107,67 @@ def confirmed_upto(
     if coverage is None:
         return None
     return min(coverage, ledger.sent_upto)
+
+
+class Transcribed:
+    """The audio that the live connection's finals transcribed: the span of
+    each final's words (else its utterances), in that connection's seconds,
+    merged where they overlap or touch.
+
+    A final with no times cannot be placed and is never a repeat: an empty
+    final answering a finalize, or finals without word timestamps.
+    """
+
+    __slots__ = ("_connection", "_ends", "_starts")
+
+    def __init__(self) -> None:
+        self._connection = 0
+        self._starts: list[float] = []
+        self._ends: list[float] = []
+
+    @property
+    def spans(self) -> int:
+        """Spans remembered for the live connection (at most :data:`MAX_SPANS`)."""
+        return len(self._starts)
+
+    def repeats(self, message: TranscriptionMessage, connection: int) -> tuple[float, float] | None:
+        """Take final ``message`` of connection number ``connection`` (times fitted).
+
+        Returns its span when it lies wholly in audio this connection's finals
+        already transcribed: a repeat, and nothing is recorded. Otherwise its
+        span, if it has one, is recorded and ``None`` returned (a final that
+        only overlaps that audio carries new speech, and is delivered whole).
+        """
+        if connection != self._connection:
+            self._connection = connection
+            self._starts.clear()
+            self._ends.clear()
+        span = _connection_span(message.words) or _connection_span(message.utterances)
+        if span is None:
+            return None
+        start, end = span
+        starts, ends = self._starts, self._ends
+        # Spans are kept more than ROUNDING apart, so only the last one that
+        # begins by ``start`` can hold it.
+        index = bisect.bisect_right(starts, start + ROUNDING) - 1
+        if index >= 0 and end <= ends[index] + ROUNDING:
+            return span
+        # Record it: merge every span it overlaps or touches.
+        first = bisect.bisect_left(ends, start - ROUNDING)
+        last = bisect.bisect_right(starts, end + ROUNDING)
+        if first < last:
+            start = min(start, starts[first])
+            end = max(end, ends[last - 1])
+        starts[first:last] = [start]
+        ends[first:last] = [end]
+        if len(starts) > MAX_SPANS:
+            del starts[0], ends[0]
+        return None
+
+
+def _connection_span(items: tuple[Word, ...] | tuple[Utterance, ...]) -> tuple[float, float] | None:
+    start, end = _span(items)
+    return None if start is None or end is None else (start, end)
 
 
 def transcript(

@@ -66,7 +66,7 @@ class Verdict:
 class Retry:
     """Backoff state of one session."""
 
-    __slots__ = ("_attempt", "_dialled", "_jitter", "_opened_at", "_policy")
+    __slots__ = ("_attempt", "_dialled", "_jitter", "_opened_at", "_policy", "_reason")
 
     def __init__(self, policy: ReconnectPolicy, jitter: JitterSource | None) -> None:
         self._policy = policy
@@ -74,11 +74,18 @@ class Retry:
         self._attempt = 0
         self._dialled = 0
         self._opened_at = 0.0
+        self._reason = ""
 
     @property
     def attempt(self) -> int:
         """Consecutive failures so far."""
         return self._attempt
+
+    @property
+    def reason(self) -> str:
+        """Why the last attempt failed or the last connection was lost (empty
+        before any failure): what to blame when the session cannot go on."""
+        return self._reason
 
     @property
     def dialled(self) -> int:
@@ -128,6 +135,7 @@ class Retry:
             # for ever) is refusing for now; waiting would hang the session.
             permanent = True
             reason = f"{reason} (asked to retry after {retry_after:g} s)"
+        self._reason = reason
         if permanent:
             return Verdict(True, False, reason, 0.0, self._attempt)
         if self._out_of_attempts():
@@ -141,6 +149,7 @@ class Retry:
         """An open connection ended without the engine asking."""
         self.settle(now)
         self._attempt += 1
+        self._reason = reason
         if self._out_of_attempts():
             return Verdict(True, True, self._gave_up(reason), 0.0, self._attempt)
         delay = self._draw()

@@ -6,8 +6,9 @@ Rules (spec/PROTOCOL.md, "State machine"):
   BACKOFF between them. DRAINING is an open connection that is finishing its
   turn before a settings change switches to a new one; CLOSING is an open
   connection that has been sent ``close_stream`` and awaits ``is_last``.
-* CLOSED (graceful, or the close timed out) and FAILED (refused for good, or
-  retries exhausted) are terminal. No input leaves them.
+* CLOSED (graceful, or the close timed out) and FAILED (refused for good,
+  retries exhausted, or the close timed out before any connection opened) are
+  terminal. No input leaves them.
 * The engine classifies every input into one of the ``Trigger`` values below
   and looks the pair up in ``TRANSITIONS``. A pair that is not in the table is
   a bug in the engine, not a runtime condition.
@@ -48,6 +49,7 @@ class Trigger(enum.Enum):
     CLOSE_DONE = "is_last, or nothing left to deliver"
     CLOSE_TIMEOUT = "close timeout"
     GIVE_UP = "permanent refusal or retries exhausted"
+    UNREACHABLE = "close timeout, never connected"
 
 
 _S, _T = State, Trigger
@@ -62,6 +64,7 @@ TRANSITIONS: Final[dict[tuple[State, Trigger], State]] = {
     (_S.CONNECTING, _T.GIVE_UP): _S.FAILED,
     (_S.CONNECTING, _T.CLOSE_DONE): _S.CLOSED,
     (_S.CONNECTING, _T.CLOSE_TIMEOUT): _S.CLOSED,
+    (_S.CONNECTING, _T.UNREACHABLE): _S.FAILED,
     (_S.OPEN, _T.CONNECTION_LOST): _S.BACKOFF,
     (_S.OPEN, _T.SWITCH): _S.CONNECTING,
     (_S.OPEN, _T.DRAIN): _S.DRAINING,
@@ -74,6 +77,7 @@ TRANSITIONS: Final[dict[tuple[State, Trigger], State]] = {
     (_S.BACKOFF, _T.RETRY_DUE): _S.CONNECTING,
     (_S.BACKOFF, _T.CLOSE_DONE): _S.CLOSED,
     (_S.BACKOFF, _T.CLOSE_TIMEOUT): _S.CLOSED,
+    (_S.BACKOFF, _T.UNREACHABLE): _S.FAILED,
     (_S.CLOSING, _T.CLOSE_DONE): _S.CLOSED,
     (_S.CLOSING, _T.CONNECTION_LOST): _S.BACKOFF,
     (_S.CLOSING, _T.CLOSE_TIMEOUT): _S.CLOSED,

@@ -57,16 +57,27 @@ class RateLimitError(SessionFailedError):
 
 
 class ConnectionGaveUpError(SessionFailedError):
-    """Every reconnect attempt the policy allows failed."""
+    """pulse gave up connecting: every attempt the reconnect policy allows
+    failed, or ``close_timeout`` ran out before any connection opened. The
+    message gives the last attempt's failure."""
 
 
-def error_for(reason: str, failure: ConnectionFailed | None) -> SessionFailedError:
-    """The exception for a session that failed with ``reason``."""
+def error_for(
+    reason: str, failure: ConnectionFailed | None, *, reached: bool = True
+) -> SessionFailedError:
+    """The exception for a session that failed with ``reason``.
+
+    ``reached``: a connection opened at some point in the session.
+    """
     # A status says why only when that refusal ended the session (not, say, a
     # 429 the engine was still waiting out when close_timeout ran out).
     status = failure.status if failure is not None and failure.permanent else None
     if failure is not None and failure.gave_up:
         # Whatever the last refusal was (a 429 that asked for a short wait too).
+        return ConnectionGaveUpError(reason, failure)
+    if not reached and (failure is None or not failure.permanent):
+        # The close ended the attempts before the policy did: no refusal was
+        # final, the service was just never reached.
         return ConnectionGaveUpError(reason, failure)
     if status == 401:
         return AuthenticationError(f"the API key was refused: {reason}", failure)

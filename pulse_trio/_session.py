@@ -15,33 +15,36 @@ waits there. The tasks under the session:
 * the *forwarder* hands events to handlers and to ``events()``.
 
 Buffers and their bounds: audio waiting to be written (``outgoing_buffer``
-bytes; ``send_audio`` waits when full), events for ``events()``
-(``event_buffer``; see ``Session.events``), and everything inside the engine
-(bounded by its configuration).
+bytes; ``send_audio`` waits when full), events on their way to handlers and
+``events()`` (``event_buffer`` events and ``event_buffer_bytes`` bytes in all,
+the forwarder's queue and those kept for ``events()`` together; see
+``Session.events``; while reading waits, the WebSocket below holds what
+arrived unread too, up to 16 messages with the default connector), and
+everything inside the engine (bounded by its configuration, and drained by
+``_pump`` after every input, so its own queues hold one input's output at
+most).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import enum
 import functools
 import inspect
 import logging
+import math
 import os
 import random
 import ssl
+import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeAlias
 
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    ConnectionRejected,
-    HandshakeError,
-    WebSocketConnection,
-)
+from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from pulse_core import (
     AudioDropped,
@@ -76,6 +79,8 @@ from pulse_core import (
 from ._connector import Connector, close_transport, default_connector
 from ._errors import SessionFailedError, error_for
 from ._log_redaction import hide_key_in_logs, stop_hiding
+from ._transport_errors import EXPECTED, WRITE_ENDED, engine_input, first, is_transport_error
+from ._websocket import violation
 
 __all__ = ["HANDLER_EVENTS", "Session", "open_session"]
 
@@ -102,16 +107,31 @@ HANDLER_EVENTS: Mapping[str, tuple[type, ...]] = {
     "on_event": (object,),
 }
 _DISCONNECT_TIMEOUT = 2.0
+#: What an event counts for at least: the object and its small fields (a short
+#: transcript with its ``raw`` mapping takes about 0.9 KiB).
+_EVENT_BYTES = 1024
 
 
-def _retry_after(headers: tuple[tuple[bytes, bytes], ...] | None) -> float | None:
-    for name, value in headers or ():
-        if name.lower() == b"retry-after":
-            try:
-                return max(0.0, float(value.decode("latin-1").strip()))
-            except ValueError:
-                return None  # an HTTP date: leave the delay to the policy
-    return None
+def _message_bytes(message: str | bytes) -> int:
+    """What the events made of one server message hold in memory, estimated
+    cheaply from the message, and from above.
+
+    Parsing keeps the message's text once (``raw`` and the typed fields share
+    the strings) and makes a Python object for each JSON value: up to about 64
+    bytes for a number, a string or a list, 256 for an object (its dict, and
+    the ``Word`` or ``Utterance`` made of it). Every value but the first of its
+    container follows a ``,``, so counting ``,`` and ``[`` at 64 and ``{`` at
+    256 never falls short; one inside a string errs high. A transcript with
+    word timestamps takes six or seven times its text, junk such as
+    ``[{}, {}, ...]`` up to thirty times; plain text about once.
+    """
+    if isinstance(message, str):
+        values = message.count(",") + message.count("[")
+        objects = message.count("{")
+    else:
+        values = message.count(b",") + message.count(b"[")
+        objects = message.count(b"{")
+    return sys.getsizeof(message) + 64 * values + 256 * objects
 
 
 class _Link:
@@ -123,8 +143,53 @@ class _Link:
         self.scope = trio.CancelScope()
         #: The engine is done with it: report nothing more, write nothing more.
         self.abandoned = False
+        #: The engine closed it: ``_close_link`` runs the close handshake and ends it.
+        self.closing = False
         self.outbox: collections.deque[SendBinary | SendText | SendPing] = collections.deque()
         self.wake = trio.Event()
+
+
+class _Inbox:
+    """The forwarder's queue: the engine's events in order, each with its size
+    (``_EVENT_BYTES``, plus ``_message_bytes`` of the server message it was
+    made of)."""
+
+    def __init__(self) -> None:
+        self._items: collections.deque[tuple[Event, int]] = collections.deque()
+        self.bytes = 0
+        #: The size of the server message the reader is handing to the engine
+        #: (0 at any other time), so that the events made of it carry it.
+        self.arriving = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def extend(self, events: Iterable[Event]) -> None:
+        size = _EVENT_BYTES + self.arriving
+        for event in events:
+            self._items.append((event, size))
+            self.bytes += size
+
+    def first(self) -> tuple[Event, int]:
+        return self._items[0]
+
+    def popleft(self) -> None:
+        _, size = self._items.popleft()
+        self.bytes -= size
+
+
+class _Keeping(enum.Enum):
+    """Whether events are kept for ``events()``; the values tell an iterator
+    opened too late why it gets none."""
+
+    UNTIL_READ = "kept from the start of the session until an iterator reads them"
+    READING = "events() is already being iterated (events are kept for one iterator)"
+    OVERFLOWED = (
+        "events() was opened after more events went unread than the session keeps "
+        "(event_buffer={events}, event_buffer_bytes={bytes}): it stopped keeping them "
+        "for an iterator (handlers got every one); open events() sooner, or raise the bounds"
+    )
+    ENDED = "events() was already iterated (events are kept for one iterator)"
 
 
 class _Signal:
@@ -152,6 +217,7 @@ class Session:
         ssl_context: ssl.SSLContext | None,
         outgoing_buffer: int,
         event_buffer: int,
+        event_buffer_bytes: int,
     ) -> None:
         self._conn = conn
         self._connector = connector
@@ -162,11 +228,17 @@ class Session:
         self._outgoing_bytes = 0
         self._outgoing_limit = outgoing_buffer
         self._space = _Signal()
-        self._events: collections.deque[Event] = collections.deque()
-        self._events_in, self._events_out = trio.open_memory_channel[Event](event_buffer)
+        # Events on their way: the forwarder's queue, then (for events()) the
+        # channel, whose events' sizes are in _kept. Both count against the
+        # bounds; the channel takes any number, the counting keeps it bounded.
+        self._events = _Inbox()
+        self._events_in, self._events_out = trio.open_memory_channel[Event](math.inf)
+        self._kept: collections.deque[int] = collections.deque()
+        self._kept_bytes = 0
         self._event_buffer = event_buffer
-        self._iterating = False
-        self._feeding_channel = True
+        self._event_buffer_bytes = event_buffer_bytes
+        self._keeping = _Keeping.UNTIL_READ
+        self._taken = _Signal()  # an event left the session: there may be room
         self._handlers: dict[str, list[Handler]] = collections.defaultdict(list)
         self._wake_forwarder = trio.Event()
         self._wake_timer = trio.Event()
@@ -253,25 +325,44 @@ class Session:
     async def events(self) -> AsyncIterator[Event]:
         """The engine's events, in order, ending after ``Closed``.
 
-        Events are kept for this iterator from the start of the session, up to
-        ``event_buffer`` of them. While an iterator is open and not consumed,
-        the session stops reading from the server (back-pressure) rather than
-        grow; once the iterator is closed, or if none was ever opened by the
-        time the buffer fills, the session stops keeping events for one
-        (handlers still get them).
+        Events are kept for one iterator from the start of the session, so one
+        opened after entering the ``async with`` block still gets
+        ``Connected`` and the first transcripts. The session holds at most
+        ``event_buffer`` events and ``event_buffer_bytes`` bytes of them, on
+        their way to handlers and to this iterator together (each event counts
+        1 KiB, plus an estimate of what the server message it came from takes
+        in memory). It may go past them by the events of one server message,
+        and by the few that timers and the application's own calls cause
+        meanwhile (those are never held back). At the bound:
+
+        * while an iterator is open, the session stops reading from the server
+          (back-pressure) until the iterator catches up: read slowly, it still
+          gets every event, in order;
+        * while none is open (handlers only), the session does not wait: it
+          stops keeping events for an iterator and frees those it kept, and
+          handlers still get every event. An iterator opened after that raises
+          ``LocalProtocolError`` at once, as does one opened while another is
+          open or after one has ended (from then on events are not kept).
 
         If the session fails for good, the ``async with`` block is cancelled;
         an iterator read inside the block ends there, while one read by a task
         outside it (or a handler) still gets every event up to ``Closed``
         before ``open_session`` raises.
         """
-        self._iterating = True
+        if self._keeping is not _Keeping.UNTIL_READ:
+            raise LocalProtocolError(
+                self._keeping.value.format(
+                    events=self._event_buffer, bytes=self._event_buffer_bytes
+                )
+            )
+        self._keeping = _Keeping.READING
         try:
             async for event in self._events_out:
+                self._kept_bytes -= self._kept.popleft()
+                self._taken.raise_()
                 yield event
         finally:
-            self._iterating = False
-            self._feeding_channel = False
+            self._stop_keeping(_Keeping.ENDED)
 
     async def aclose(self) -> None:
         """Close gracefully: every final is delivered first. Idempotent.
@@ -289,7 +380,7 @@ class Session:
         with trio.move_on_after(config.close_timeout + config.connect_timeout + 1.0):
             await self._events_done.wait()
         if not self._events_done.is_set():
-            # Only when the application holds an events() iterator it does not read.
+            # Only when a handler has not returned (an unread events() holds up reading, not this).
             self._log.error("session did not finish closing in time; abandoning it")
         with trio.move_on_after(_DISCONNECT_TIMEOUT):
             while self._closing_links:
@@ -333,7 +424,11 @@ class Session:
                     self._closed_seen = True
                     self._space.raise_()
                     if event.error is not None:
-                        self._failure = error_for(event.error, self._last_failure)
+                        self._failure = error_for(
+                            event.error,
+                            self._last_failure,
+                            reached=event.summary.connections > 0,
+                        )
                         self.body_scope.cancel()
             self._events.extend(events)
             self._wake_forwarder.set()
@@ -353,6 +448,7 @@ class Session:
             closing, self._link = self._link, None
             if closing is not None:
                 closing.abandoned = True
+                closing.closing = True
                 self._release(closing)
                 self._closing_links += 1
                 self._nursery.start_soon(self._close_link, closing, command.code, command.reason)
@@ -387,12 +483,14 @@ class Session:
             self._link.scope.cancel()
 
     async def _close_link(self, link: _Link, code: int, reason: str) -> None:
+        """Run the close handshake on ``link`` (bounded), then end it: its
+        reader must keep reading until the server's close frame is in."""
         try:
             if link.ws is not None:
-                with trio.move_on_after(_DISCONNECT_TIMEOUT):
+                with trio.move_on_after(_DISCONNECT_TIMEOUT), self._edge(link):
                     await link.ws.aclose(code, reason)
-            link.scope.cancel()
         finally:
+            link.scope.cancel()
             self._closing_links -= 1
             self._links_closed.set()
             self._links_closed = trio.Event()
@@ -415,7 +513,7 @@ class Session:
                     else:
                         # A ping waits for its pong: never hold the audio up for it.
                         nursery.start_soon(self._ping, link, ws, command.payload)
-                except ConnectionClosed:
+                except WRITE_ENDED:
                     # The reader reports the close, once it has handed the engine
                     # every message that arrived before it.
                     return
@@ -424,7 +522,7 @@ class Session:
                 await link.wake.wait()
 
     async def _ping(self, link: _Link, ws: WebSocketConnection, payload: bytes) -> None:
-        with contextlib.suppress(ConnectionClosed, ValueError):  # ValueError: same ping in flight
+        with contextlib.suppress(*WRITE_ENDED, ValueError):  # ValueError: same ping in flight
             await ws.ping(payload or None)
             # The engine's liveness rule counts a pong as hearing from the server.
             self._report(link, "pong_received")
@@ -432,26 +530,36 @@ class Session:
     async def _run_link(self, link: _Link, command: Connect) -> None:
         if link.abandoned:
             return  # replaced before this task began: never dial it
-        with link.scope:
-            try:
-                async with trio.open_nursery() as nursery:
-                    try:
-                        await self._link_body(nursery, link, command)
-                    finally:
-                        await close_transport(link.ws)
-                    nursery.cancel_scope.cancel()
-            except BaseExceptionGroup as group:
-                # trio-websocket raises from its reader task too: the first
-                # network failure in the group is what happened. Anything else
-                # goes on up: this link's own cancellation (it was replaced at
-                # that very moment) ends here, in its scope.
-                matched, rest = group.split(_NETWORK_ERRORS)
-                if matched is not None:
-                    self._link_failed(link, _first(matched))
-                if rest is not None:
-                    raise rest from None
-            except _NETWORK_ERRORS as exc:
-                self._link_failed(link, exc)
+        with link.scope, self._edge(link):
+            async with trio.open_nursery() as nursery:
+                try:
+                    await self._link_body(nursery, link, command)
+                finally:
+                    await close_transport(link.ws)
+                nursery.cancel_scope.cancel()
+
+    @contextlib.contextmanager
+    def _edge(self, link: _Link) -> Iterator[None]:
+        """The one place where the WebSocket stack's exceptions end: each
+        becomes an engine input about ``link`` (``_transport_errors``).
+
+        trio-websocket raises from its reader task too, so errors come grouped:
+        the first in the group is what happened. Anything else goes on up (one
+        exception, never a group): this link's own cancellation (it was
+        replaced at that very moment) ends in its scope.
+        """
+        try:
+            yield
+        except BaseExceptionGroup as group:
+            matched, rest = group.split(is_transport_error)
+            if matched is not None:
+                self._link_failed(link, first(matched))
+            if rest is not None:
+                raise _sole(rest) from None
+        except Exception as exc:
+            if not is_transport_error(exc):
+                raise
+            self._link_failed(link, exc)
 
     async def _link_body(self, nursery: trio.Nursery, link: _Link, command: Connect) -> None:
         headers = [
@@ -466,43 +574,26 @@ class Session:
         try:
             while True:
                 message = await ws.get_message()
+                self._events.arriving = _message_bytes(message)
                 self._report(link, "receive_message", message)
                 await self._backpressure()
         except ConnectionClosed as exc:
+            if link.closing:
+                # Closing the transport now would cut the close frame being
+                # written (RFC 6455 §5.5.1): _close_link ends this link.
+                await trio.sleep_forever()
             self._link_closed(link, exc)
 
     def _link_failed(self, link: _Link, exc: BaseException) -> None:
-        if link.ws is not None and not isinstance(exc, ConnectionRejected):
-            self._report(
-                link,
-                "connection_closed",
-                code=None,
-                reason=self._redact(f"{type(exc).__name__}: {exc}"),
+        """``exc`` ended ``link``: tell the engine (if it still cares)."""
+        if not isinstance(exc, EXPECTED):
+            self._log.error(
+                "unexpected error on connection %d: %s",
+                link.number,
+                self._redact(f"{type(exc).__name__}: {exc}"),
             )
-        elif isinstance(exc, ConnectionRejected):
-            # Redacted before it is cut, so the cut leaves no prefix of the key.
-            body = self._redact((exc.body or b"").decode("utf-8", "replace").strip())[:200]
-            reason = f"HTTP {exc.status_code}" + (f": {body}" if body else "")
-            self._report(
-                link,
-                "connection_failed",
-                status=exc.status_code,
-                reason=self._redact(reason),
-                retry_after=_retry_after(exc.headers),
-            )
-        else:
-            certificate = _certificate_error(exc)
-            if certificate is not None:
-                self._report(
-                    link,
-                    "connection_failed",
-                    status=None,
-                    reason=f"the server's TLS certificate failed verification: {certificate}",
-                    permanent=True,
-                )
-            else:
-                text = f"{type(exc).__name__}: {exc}".rstrip(": ")
-                self._report(link, "connection_failed", status=None, reason=self._redact(text))
+        name, arguments = engine_input(exc, link.ws, self._redact)
+        self._report(link, name, **arguments)
         link.abandoned = True
         self._release(link)
 
@@ -512,6 +603,10 @@ class Session:
         return self._conn.redactor.text(text)
 
     def _link_closed(self, link: _Link, exc: ConnectionClosed) -> None:
+        if violation(link.ws) is not None:
+            # This side closed it, because the server broke the protocol.
+            self._link_failed(link, exc)
+            return
         reason = exc.reason
         code = reason.code if reason is not None else None
         text = (reason.reason or "") if reason is not None else ""
@@ -527,10 +622,20 @@ class Session:
         self._pump()
 
     async def _backpressure(self) -> None:
-        # Stop reading the server while events pile up unconsumed.
-        while len(self._events) > self._event_buffer:
-            self._wake_forwarder.set()
-            await trio.sleep(0.01)
+        """Stop reading the server while the session holds more events than its
+        bounds allow, until handlers or a reading ``events()`` take them.
+
+        Only the reading waits: the engine is still drained after every input
+        (PROTOCOL.md §8), so its own queues never fill.
+        """
+        self._events.arriving = 0  # the message is in: what follows is not made of it
+        while self._over_bounds():
+            await self._taken.wait()
+
+    def _over_bounds(self) -> bool:
+        count = len(self._events) + len(self._kept)
+        size = self._events.bytes + self._kept_bytes
+        return count > self._event_buffer or size > self._event_buffer_bytes
 
     async def _timer(self) -> None:
         while True:
@@ -548,10 +653,11 @@ class Session:
         self._forwarder_task = trio.lowlevel.current_task()
         while True:
             while self._events:
-                event = self._events.popleft()
+                event, size = self._events.first()  # counted until handlers are done
                 self._log_event(event)
                 await self._dispatch(event)
-                await self._feed(event)
+                self._events.popleft()
+                self._feed(event, size)
                 if isinstance(event, Closed):
                     self._events_in.close()
                     self._events_done.set()
@@ -559,23 +665,34 @@ class Session:
             if not self._events:
                 await self._wake_forwarder.wait()
 
-    async def _feed(self, event: Event) -> None:
-        if not self._feeding_channel:
-            return
-        if self._iterating:
-            try:
-                await self._events_in.send(event)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._feeding_channel = False  # the iterator is gone
-            return
-        try:
-            self._events_in.send_nowait(event)
-        except trio.WouldBlock:
-            self._feeding_channel = False
-            self._log.debug(
-                "%d events were not read from events(); no longer keeping events for it",
-                self._event_buffer,
-            )
+    def _feed(self, event: Event, size: int) -> None:
+        """Keep ``event`` for ``events()`` if the session still keeps events;
+        with no iterator open, stop keeping them once over the bounds."""
+        if self._keeping in (_Keeping.UNTIL_READ, _Keeping.READING):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                self._events_in.send_nowait(event)  # takes any number: bounded by counting
+                self._kept.append(size)
+                self._kept_bytes += size
+            if self._keeping is _Keeping.UNTIL_READ and self._over_bounds():
+                self._log.debug(
+                    "more than %d events or %d bytes went unread from events(); "
+                    "no longer keeping events for it",
+                    self._event_buffer,
+                    self._event_buffer_bytes,
+                )
+                self._stop_keeping(_Keeping.OVERFLOWED)
+        else:
+            self._taken.raise_()  # it has left the session: there may be room now
+
+    def _stop_keeping(self, why: _Keeping) -> None:
+        """Keep no more events for ``events()``, and free those kept."""
+        self._keeping = why
+        with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
+            while True:
+                self._events_out.receive_nowait()
+        self._kept.clear()
+        self._kept_bytes = 0
+        self._taken.raise_()
 
     async def _dispatch(self, event: Event) -> None:
         for name, kinds in HANDLER_EVENTS.items():
@@ -620,39 +737,24 @@ class Session:
                 event.reason,
             )
         elif isinstance(event, Closed):
-            log.info("closed%s", f" with error: {event.error}" if event.error else "")
+            log.info(
+                "closed%s%s",
+                " without the server's is_last" if event.is_last_missing else "",
+                f" with error: {event.error}" if event.error else "",
+            )
 
 
-_NETWORK_ERRORS = (
-    ConnectionRejected,
-    HandshakeError,
-    OSError,
-    trio.BrokenResourceError,
-    trio.TooSlowError,
-    ConnectionClosed,
-)
-
-
-def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    exc: BaseException = group
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
+def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The exception ``group`` holds, if it holds one (at any depth), else ``group``."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
 
 
 def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """Take off the one group level the session's own nursery added."""
     return group.exceptions[0] if len(group.exceptions) == 1 else group
-
-
-def _certificate_error(exc: BaseException) -> str | None:
-    """The verification error behind a failed TLS handshake, if that is what it was."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            return seen.verify_message or str(seen)
-        seen = seen.__cause__ or seen.__context__
-    return None
 
 
 @asynccontextmanager
@@ -668,6 +770,7 @@ async def open_session(
     jitter: Any = None,
     outgoing_buffer: int = 1 << 20,
     event_buffer: int = 1024,
+    event_buffer_bytes: int = 8 << 20,
     **options: Any,
 ) -> AsyncIterator[Session]:
     """Open a Pulse transcription session.
@@ -678,6 +781,16 @@ async def open_session(
     any connection. Leaving the block closes gracefully; a permanent failure
     raises a ``SessionFailedError`` subclass (e.g. ``AuthenticationError``)
     once every event up to ``Closed`` has been delivered.
+
+    ``outgoing_buffer``: bytes of audio waiting to be written before
+    ``send_audio`` waits. ``event_buffer`` (1024) and ``event_buffer_bytes``
+    (8 MiB): the most events, and bytes of them, the session holds on their
+    way to handlers and ``events()``. Past them, with an ``events()`` iterator
+    open, it stops reading from the server until the iterator catches up;
+    with none open, it stops keeping events for one (handlers still get every
+    event, a later ``events()`` raises ``LocalProtocolError``). See
+    ``Session.events``. Each must be an integer of at least 1, or
+    ``ConfigurationError`` is raised before any connection.
     """
     key = api_key if api_key is not None else os.environ.get("SMALLEST_API_KEY")
     if not key:
@@ -692,10 +805,13 @@ async def open_session(
         sample_rate=sample_rate,
         **options,
     )
-    if outgoing_buffer < 1 or event_buffer < 1:
-        raise ConfigurationError(
-            "outgoing_buffer/event_buffer", (outgoing_buffer, event_buffer), "at least 1"
-        )
+    for name, value in (
+        ("outgoing_buffer", outgoing_buffer),
+        ("event_buffer", event_buffer),
+        ("event_buffer_bytes", event_buffer_bytes),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigurationError(name, value, "an integer of at least 1")
     if ssl_context is not None and config.resolved_base_url.startswith("ws://"):
         raise ConfigurationError(
             "ssl_context", "<SSLContext>", "a wss:// base_url (ws:// is never encrypted)"
@@ -708,6 +824,7 @@ async def open_session(
         ssl_context=ssl_context,
         outgoing_buffer=outgoing_buffer,
         event_buffer=event_buffer,
+        event_buffer_bytes=event_buffer_bytes,
     )
     hiding = hide_key_in_logs(conn.redactor)  # the stack's own DEBUG lines (§6 rule 12)
     try:

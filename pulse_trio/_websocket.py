@@ -18,21 +18,43 @@ both sides.
   :class:`HandshakeFailed`, with the protocol error as its cause.
 * **A refusal's body** is collected whole by trio-websocket; here it is cut at
   :data:`REFUSAL_BODY_LIMIT` bytes, and the refusal reported then.
+* **A peer that breaks the protocol** (a text frame that is not UTF-8, a
+  malformed frame, a message over ``max_message_size``) must be failed: a
+  close frame with 1007, 1002 or 1009, then no more reading (RFC 6455 §7.1.7,
+  §8.1). wsproto hands its complaint over as if it were the peer's close frame;
+  trio-websocket then sends nothing and reports the peer's close, and for a
+  message too big it sends 1009 but drops the messages still queued and reports
+  that close as the peer's too (how the client fails a connection is among its
+  Autobahn failures, trio-websocket issue #147; wsproto's own change to raise
+  instead, wsproto pull request #100, is still open). :class:`_Connection`
+  fails the connection itself, delivers what arrived before, and keeps the
+  close this side sent in :func:`violation`, so that the caller can tell it
+  from the peer's.
+* **Closing while the peer's close frame is being answered.** Once the peer's
+  close frame is read, ``aclose()`` returns at once, before the reader task has
+  written the answer; a caller that then closes the stream or cancels the
+  reader loses that answer (RFC 6455 §5.5.1 asks for it; the close paths are
+  trio-websocket issue #90, open). Here ``aclose()`` returns once the close
+  handshake is over (its caller bounds the wait).
 
-This leans on trio-websocket internals (the reader task, the handshake event,
-the wsproto connection, two event handlers), the same ones its own
+This leans on trio-websocket internals (the reader task, the handshake
+events, the close reason, the message buffer, the wsproto connection, four
+event handlers), the same ones its own
 ``wrap_client_stream`` and ``wrap_server_stream`` use;
 ``tests/adapter/test_websocket.py`` fails if an upgrade changes them.
 """
 
 from __future__ import annotations
 
-from typing import Final
+import contextlib
+from typing import Final, NoReturn
 
 import h11
 import trio
 import wsproto.utilities
 from trio_websocket import (
+    CloseReason,
+    ConnectionClosed,
     ConnectionRejected,
     HandshakeError,
     WebSocketConnection,
@@ -40,9 +62,9 @@ from trio_websocket import (
 )
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
-from wsproto.events import Ping, RejectData
+from wsproto.events import BytesMessage, CloseConnection, Ping, RejectData, TextMessage
 
-__all__ = ["REFUSAL_BODY_LIMIT", "HandshakeFailed", "open_client", "open_server"]
+__all__ = ["REFUSAL_BODY_LIMIT", "HandshakeFailed", "open_client", "open_server", "violation"]
 
 #: Bytes of a refusal's body kept (enough for any error message a server sends).
 REFUSAL_BODY_LIMIT: Final = 64 * 1024
@@ -57,10 +79,51 @@ class HandshakeFailed(HandshakeError):  # noqa: N818 - a kind of trio-websocket'
 class _Connection(WebSocketConnection):
     """A trio-websocket connection that survives the peers described above."""
 
+    #: The close this side sent because the peer broke the protocol, if it did.
+    _violation: CloseReason | None = None
+
+    async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
+        await super().aclose(code, reason)
+        # If the peer's close frame came first, the reader task may still be
+        # writing its answer (RFC 6455 §5.5.1): let it finish.
+        await self._close_handshake.wait()
+
     async def _handle_ping_event(self, event: Ping) -> None:
         if self._wsproto.state is not ConnectionState.OPEN:
             return  # closing: no pong (RFC 6455 §5.5.2), and wsproto would raise
         await super()._handle_ping_event(event)
+
+    async def _handle_message_event(self, event: BytesMessage | TextMessage) -> None:
+        if self._message_size + len(event.data) > self._max_message_size:
+            await self._fail(
+                CloseReason(1009, f"message over max_message_size ({self._max_message_size})")
+            )
+        await super()._handle_message_event(event)
+
+    async def _handle_close_connection_event(self, event: CloseConnection) -> None:
+        # A close frame from the peer moves wsproto to REMOTE_CLOSING (or to
+        # CLOSED, answering ours); in any other state the event is wsproto's
+        # complaint about what the peer sent, in the form of a close.
+        if self._wsproto.state in (ConnectionState.OPEN, ConnectionState.LOCAL_CLOSING):
+            await self._fail(CloseReason(int(event.code), event.reason or ""))
+        await super()._handle_close_connection_event(event)
+
+    async def _fail(self, why: CloseReason) -> NoReturn:
+        """Fail the WebSocket connection (RFC 6455 §7.1.7): send a close frame
+        with ``why`` (unless one went out already), hand over the messages that
+        arrived before, and read nothing more."""
+        self._violation = why
+        self._message_parts = []
+        self._message_size = 0
+        if self._close_reason is None:
+            self._close_reason = why  # writers stop here: nothing after the close frame
+        if self._wsproto.state is ConnectionState.OPEN:
+            with contextlib.suppress(ConnectionClosed):  # the stream is gone: nothing to tell
+                await self._send(CloseConnection(code=why.code, reason=why.reason))
+        await self._close_web_socket(why.code, why.reason)
+        self._close_handshake.set()
+        # Raised to the reader task, which stops reading at once.
+        raise ConnectionClosed(self._close_reason)
 
     async def _handle_reject_data_event(self, event: RejectData) -> None:
         room = REFUSAL_BODY_LIMIT - len(self._reject_body)
@@ -70,6 +133,12 @@ class _Connection(WebSocketConnection):
                 self._reject_status, self._reject_headers, body=self._reject_body
             )
         await super()._handle_reject_data_event(event)
+
+
+def violation(ws: WebSocketConnection | None) -> CloseReason | None:
+    """The close this side sent because the peer broke the protocol, or
+    ``None`` (the connection ended otherwise, or is not one of ours)."""
+    return ws._violation if isinstance(ws, _Connection) else None
 
 
 async def open_client(

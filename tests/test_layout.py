@@ -1,7 +1,8 @@
 """pulse_trio is an adapter with two wings, and the imports keep them apart.
 
 * The adapter, at the top: ``pulse_trio/__init__.py``, ``_session.py``,
-  ``_connector.py``, ``_errors.py``. It imports neither wing.
+  ``_connector.py``, ``_errors.py``, ``_transport_errors.py``. It imports
+  neither wing.
 * ``pulse_trio/cli/``: the ``pulse`` command. It may use the adapter and the
   emulator's public package (only when used: the emulator loads slowly),
   never the emulator's private modules.
@@ -34,6 +35,7 @@ ADAPTER = frozenset(
         "pulse_trio._connector",
         "pulse_trio._errors",
         "pulse_trio._log_redaction",
+        "pulse_trio._transport_errors",
     }
 )
 SHARED = frozenset({"pulse_trio._g711", "pulse_trio._websocket"})

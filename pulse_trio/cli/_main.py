@@ -689,6 +689,7 @@ class _Transcriber:
         self.fed_all = False
         self.words = 0
         self.connect_failed = False
+        self.reached = False  # a connection opened at some point
         self.started = time.monotonic()
         self.base_url: str | None = args.base_url
 
@@ -861,6 +862,7 @@ class _Transcriber:
             self.connect_failed = False
         elif isinstance(event, Connected):
             self.connect_failed = False
+            self.reached = True
             if event.reconnect:
                 console.notice(f"reconnected (connection {event.connection}); nothing is lost")
         elif isinstance(event, ServerError):
@@ -876,7 +878,9 @@ class _Transcriber:
                     f"{event.end:.2f} s) will not be transcribed: {event.reason.value}"
                 )
         elif isinstance(event, FinalizeTimedOut):
-            if event.reason.startswith("no final"):
+            # Before any connection the turn was never asked for: the notices
+            # about connecting say what is wrong.
+            if event.reason.startswith("no final") and self.reached:
                 console.notice(
                     f"no final within {event.waited:.1f} s for turn {event.turn}; "
                     "its words will come in a later final"

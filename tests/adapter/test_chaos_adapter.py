@@ -827,7 +827,9 @@ class Checker:
         # The refusal's status counts only when that refusal ended the session.
         status = failure.status if failure is not None and failure.permanent else None
         expected: type = SessionFailedError
-        if error.startswith("gave up"):
+        if error.startswith(("gave up", "could not reach the service")):
+            # The policy gave up, or the close ended the attempts before any
+            # connection opened (PROTOCOL §6 rule 8): the service was never reached.
             expected = ConnectionGaveUpError
         elif status == 401:
             expected = AuthenticationError

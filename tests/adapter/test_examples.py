@@ -13,12 +13,17 @@ import trio
 from pulse_core import Transcript
 from pulse_trio import open_session
 from pulse_trio.emulator.token_audio import encode
+from tests.command import closed_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, timeout: float = 60, key: str | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "SMALLEST_API_KEY"}
+    if key is not None:
+        env["SMALLEST_API_KEY"] = key
     return subprocess.run(
         [sys.executable, *args],
         capture_output=True,
@@ -46,6 +51,25 @@ def test_transcribe_file_example_reports_a_bad_file(tmp_path: Path) -> None:
     result = run("examples/transcribe_file.py", str(bad))
     assert result.returncode == 2
     assert "transcribe_file:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_transcribe_file_example_reports_an_unreachable_server_in_one_line() -> None:
+    """The network is down (nothing listens at the URL): the session fails,
+    and the example says so in one line and exits 1, without a traceback (an
+    ExceptionGroup, before)."""
+    port = closed_port()
+    result = run(
+        "examples/transcribe_file.py",
+        "--base-url",
+        f"ws://127.0.0.1:{port}",
+        key="sk_example_key_0123456789",
+    )
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("transcribe_file: "), result.stderr
+    assert "Connection refused" in lines[0]
+    assert "sk_example_key" not in result.stderr
+    assert result.stdout == ""
 
 
 def test_drive_engine_example_runs_a_whole_session() -> None:

@@ -12,9 +12,11 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import h11
 import pytest
 import trio
 import trio.testing
+import wsproto.utilities
 from trio_websocket import CloseReason, ConnectionClosed, ConnectionRejected
 
 from pulse_core import (
@@ -479,13 +481,170 @@ async def test_a_close_timing_out_while_rate_limited_is_not_a_rate_limit_error(
 ) -> None:
     # Found by tests/adapter/test_chaos_adapter.py: the last 429 (waited out, not a
     # refusal) made a close timeout raise RateLimitError, which is documented
-    # for a Retry-After longer than the policy allows.
+    # for a Retry-After longer than the policy allows. The service was never
+    # reached: the close ended the attempts.
     emulator = Emulator()
     emulator.faults.refuse(20, status=429, retry_after=1)
-    with pytest.raises(SessionFailedError, match="close timed out") as caught:
+    with pytest.raises(ConnectionGaveUpError, match="could not reach the service") as caught:
         async with session_with(emulator, close_timeout=2.0) as (session, _):
             await speak(session, "never delivered")
-    assert type(caught.value) is SessionFailedError
+    assert "HTTP 429" in str(caught.value) and "close timed out" not in str(caught.value)
+
+
+# -- the WebSocket stack's errors end at one edge (pulse_trio/_transport_errors.py) ----
+
+#: Errors a connector (or the reader task it starts) may raise beyond the
+#: usual network ones: each fails that attempt, and the next one is made.
+ODD_ERRORS = [
+    pytest.param(ValueError("odd"), id="ValueError"),
+    pytest.param(RuntimeError("odd"), id="RuntimeError"),
+    pytest.param(h11.LocalProtocolError("odd"), id="h11-LocalProtocolError"),
+    pytest.param(wsproto.utilities.RemoteProtocolError("odd", None), id="wsproto-Remote"),
+    pytest.param(trio.BusyResourceError("odd"), id="BusyResourceError"),
+]
+
+
+@pytest.mark.parametrize("error", ODD_ERRORS)
+@pytest.mark.parametrize("grouped", [False, True], ids=["raised", "from-a-task"])
+async def test_whatever_the_stack_raises_while_connecting_is_a_failed_attempt(
+    autojump_clock: Any, caplog: Any, error: Exception, grouped: bool
+) -> None:
+    """The first attempt's connector raises ``error`` (or its background task
+    does, as trio-websocket's reader would): a ConnectionFailed, a retry, and
+    the session goes on; nothing is raised, least of all an ExceptionGroup.
+    An error the audit did not expect is logged as such."""
+    emulator = Emulator()
+    connect = emulator.memory_connector()
+    calls = 0
+
+    async def fail(error: Exception) -> None:
+        raise error
+
+    async def connector(nursery: trio.Nursery, *args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            return await connect(nursery, *args)
+        if grouped:
+            nursery.start_soon(fail, error)
+            await trio.sleep_forever()
+        raise error
+
+    events: list[Event] = []
+    async with open_session(KEY, base_url=URL, connector=connector) as session:
+        session.event_handler("on_event")(events.append)
+        await speak(session, "after an odd error")
+        await session.speech_stopped()
+    assert finals(events) == ["after an odd error"]
+    failures = [e for e in events if isinstance(e, ConnectionFailed)]
+    assert len(failures) == 1 and type(error).__name__ in failures[0].reason
+    assert not failures[0].permanent
+    unexpected = [r for r in caplog.records if "unexpected error" in r.getMessage()]
+    expected = isinstance(error, h11.ProtocolError | wsproto.utilities.ProtocolError)
+    assert bool(unexpected) is not expected
+
+
+async def test_a_host_name_that_cannot_be_encoded_fails_for_good(autojump_clock: Any) -> None:
+    """trio's lookup raises UnicodeError (not OSError) for a host name IDNA
+    cannot encode (a label over 63 characters): no retry can help, so the
+    session fails at once with a SessionFailedError, not an ExceptionGroup."""
+    events: list[Event] = []
+    with pytest.raises(SessionFailedError, match="address cannot be used") as info:
+        async with open_session(KEY, base_url="wss://" + "x" * 70 + ".example") as session:
+            session.event_handler("on_event")(events.append)
+            await session.send_audio(b"\0" * 3200)
+    assert not isinstance(info.value, ConnectionGaveUpError)
+    failures = [e for e in events if isinstance(e, ConnectionFailed)]
+    assert [(f.permanent, f.gave_up) for f in failures] == [(True, False)]
+
+
+class _ClosingUnderWrites:
+    """An open socket whose server closed it: a write is refused by wsproto
+    (the connection is REMOTE_CLOSING, trio-websocket issue #175), while the
+    reader still has a message and the close to hand on."""
+
+    def __init__(self) -> None:
+        self.write_refused = trio.Event()
+        self.reads = 0
+
+    async def send_message(self, data: str | bytes) -> None:
+        self.write_refused.set()
+        raise wsproto.utilities.LocalProtocolError(
+            "Event BytesMessage cannot be sent in state ConnectionState.REMOTE_CLOSING."
+        )
+
+    async def ping(self, payload: bytes | None = None) -> None:
+        raise wsproto.utilities.LocalProtocolError("Event Ping cannot be sent now.")
+
+    async def get_message(self) -> str:
+        await self.write_refused.wait()
+        self.reads += 1
+        if self.reads == 1:
+            return '{"type": "error", "error_code": "E7", "message": "going away"}'
+        raise ConnectionClosed(CloseReason(1001, "going away"))
+
+    async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
+        pass
+
+
+async def test_a_write_refused_while_the_server_closes_is_reported_by_the_reader(
+    autojump_clock: Any,
+) -> None:
+    """A write that wsproto refuses because the server's close frame came in
+    means the connection is ending: the reader reports the close, after the
+    message that came before it; nothing is raised."""
+    emulator = Emulator()
+    first = _ClosingUnderWrites()
+    connect = emulator.memory_connector()
+
+    async def connector(*args: Any) -> Any:
+        return first if not first.reads else await connect(*args)
+
+    events: list[Event] = []
+    async with open_session(KEY, base_url=URL, connector=connector) as session:
+        session.event_handler("on_event")(events.append)
+        await speak(session, "said once")
+        await session.speech_stopped()
+    assert [e.code for e in events if isinstance(e, ServerError)] == ["E7"]
+    gone = next(e for e in events if isinstance(e, Disconnected))
+    assert (gone.code, gone.local) == (1001, False)
+    assert finals(events) == ["said once"]
+
+
+class _BrokenReads(_ClosingUnderWrites):
+    """An open socket whose reads fail with an error nobody expected."""
+
+    async def send_message(self, data: str | bytes) -> None:
+        pass
+
+    async def get_message(self) -> str:
+        self.reads += 1
+        raise RuntimeError("the stack broke")
+
+
+async def test_an_unexpected_error_on_an_open_socket_is_a_lost_connection(
+    autojump_clock: Any, caplog: Any
+) -> None:
+    """An error nobody expected from an open socket is the loss of that
+    socket (no close frame): it is replaced, its audio replayed, and the
+    error logged as unexpected; nothing is raised."""
+    emulator = Emulator()
+    first = _BrokenReads()
+    connect = emulator.memory_connector()
+
+    async def connector(*args: Any) -> Any:
+        return first if not first.reads else await connect(*args)
+
+    events: list[Event] = []
+    async with open_session(KEY, base_url=URL, connector=connector) as session:
+        session.event_handler("on_event")(events.append)
+        await speak(session, "replayed whole")
+        await session.speech_stopped()
+    gone = next(e for e in events if isinstance(e, Disconnected))
+    assert (gone.code, gone.local, gone.will_reconnect) == (None, False, True)
+    assert "RuntimeError: the stack broke" in gone.reason
+    assert finals(events) == ["replayed whole"]
+    assert any("unexpected error" in r.getMessage() for r in caplog.records)
 
 
 # -- the session API --------------------------------------------------------------

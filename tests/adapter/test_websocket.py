@@ -20,9 +20,15 @@ from collections.abc import Awaitable, Callable, Iterator
 import pytest
 import trio
 import trio.testing
-from trio_websocket import ConnectionRejected, WebSocketConnection
+from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketConnection
 
-from pulse_trio._websocket import REFUSAL_BODY_LIMIT, HandshakeFailed, open_client, open_server
+from pulse_trio._websocket import (
+    REFUSAL_BODY_LIMIT,
+    HandshakeFailed,
+    open_client,
+    open_server,
+    violation,
+)
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 LIMIT = 5.0  # seconds; every exchange here takes milliseconds
@@ -42,7 +48,13 @@ def frame(opcode: int, payload: bytes = b"", *, masked: bool) -> bytes:
     return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + body
 
 
-CLOSE, PING = 0x8, 0x9
+TEXT, CLOSE, PING = 0x1, 0x8, 0x9
+
+
+def long_frame(opcode: int, payload: bytes) -> bytes:
+    """One final unmasked frame of up to 64 KiB (a 16-bit extended length)."""
+    assert len(payload) < 1 << 16
+    return bytes([0x80 | opcode, 126]) + struct.pack("!H", len(payload)) + payload
 
 
 async def read_until(stream: trio.abc.Stream, done: Callable[[bytes], bool]) -> bytes:
@@ -76,10 +88,15 @@ def switching(key: bytes, *, accept: bytes | None = None, upgrade: bool = True) 
 async def client_against(
     server: Callable[[trio.abc.Stream], Awaitable[None]],
     body: Callable[[WebSocketConnection], Awaitable[None]] | None = None,
+    *,
+    max_message_size: int = 1 << 20,
+    client_stream: trio.abc.Stream | None = None,
+    server_stream: trio.abc.Stream | None = None,
 ) -> None:
     """Run ``open_client`` against ``server`` (then ``body`` on the connection);
     what fails is raised as it is, not in the nursery's group."""
-    client_stream, server_stream = trio.testing.memory_stream_pair()
+    if client_stream is None or server_stream is None:
+        client_stream, server_stream = trio.testing.memory_stream_pair()
     with trio.fail_after(LIMIT), _unwrapped():
         async with trio.open_nursery() as nursery:
             nursery.start_soon(server, server_stream)
@@ -90,7 +107,7 @@ async def client_against(
                 "/waves/v1/stt/live",
                 extra_headers=[],
                 message_queue_size=1,
-                max_message_size=1 << 20,
+                max_message_size=max_message_size,
             )
             if body is not None:
                 await body(ws)
@@ -211,3 +228,120 @@ async def test_a_refusal_body_is_read_up_to_the_limit() -> None:
         await client_against(server)
     assert info.value.status_code == 503
     assert info.value.body is not None and len(info.value.body) == REFUSAL_BODY_LIMIT
+
+
+# -- a peer that breaks the protocol is failed --------------------------------------------
+
+
+async def close_code_from(stream: trio.abc.Stream, after: bytes = b"") -> int | None:
+    """The code of the next close frame the client writes (masked), or None
+    if the client ends the stream without one."""
+    data = after
+    while True:
+        while len(data) >= 6:
+            opcode, length = data[0] & 0x0F, data[1] & 0x7F
+            assert data[1] & 0x80 and length < 126  # a client's frames here are small, masked
+            if len(data) < 6 + length:
+                break
+            payload = bytes(b ^ data[2 + i % 4] for i, b in enumerate(data[6 : 6 + length]))
+            if opcode == CLOSE:
+                return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
+            data = data[6 + length :]
+        more = await stream.receive_some(65536)
+        if not more:
+            return None
+        data += more
+
+
+@pytest.mark.parametrize(
+    ("bad", "code"),
+    [
+        (long_frame(TEXT, b"x" * 2000), 1009),
+        (frame(TEXT, b'{"transcript": "\x80\xff"}', masked=False), 1007),
+        (frame(TEXT, b"{}", masked=True), 1002),  # a server never masks (RFC 6455 5.1)
+        (frame(CLOSE, struct.pack("!H", 999), masked=False), 1002),  # no such close code
+    ],
+    ids=["message-too-big", "invalid-utf8", "masked-frame", "bad-close-code"],
+)
+async def test_a_peer_that_breaks_the_protocol_is_failed_with_its_code(
+    bad: bytes, code: int
+) -> None:
+    """The client sends a close frame with the code for what the peer did
+    (RFC 6455 7.1.7, 8.1), delivers the message that came before, and says the
+    close was its own (``violation``), not the peer's."""
+    heard: list[int | None] = []
+    answered = trio.Event()
+
+    async def server(stream: trio.abc.Stream) -> None:
+        request = await read_until(stream, lambda data: b"\r\n\r\n" in data)
+        key = next(
+            line.partition(b":")[2].strip()
+            for line in request.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key")
+        )
+        await stream.send_all(switching(key) + frame(TEXT, b"before", masked=False) + bad)
+        with trio.move_on_after(1.0):
+            heard.append(await close_code_from(stream, _after_head(request)))
+        answered.set()
+        await trio.sleep_forever()
+
+    async def body(ws: WebSocketConnection) -> None:
+        await answered.wait()  # everything the server sent has been read by now
+        assert await ws.get_message() == "before"
+        with pytest.raises(ConnectionClosed):
+            await ws.get_message()
+        failed = violation(ws)
+        assert failed is not None and type(failed.code) is int and failed.code == code, failed
+
+    await client_against(server, body, max_message_size=1024)
+    assert heard == [code]
+
+
+class SlowWrites(trio.abc.Stream):
+    """A stream whose writes take ``delay`` seconds to leave."""
+
+    def __init__(self, inner: trio.abc.Stream, delay: float) -> None:
+        self.inner = inner
+        self.delay = delay
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.sleep(self.delay)
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_aclose_returns_once_the_peers_close_frame_is_answered() -> None:
+    """The server closes first; the client calls aclose() as soon as it has
+    read that close frame, then closes the stream, as a session does. The
+    answer (RFC 6455 5.5.1) must be written before aclose() returns."""
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    answers: list[int | None] = []
+
+    async def server(stream: trio.abc.Stream) -> None:
+        await stream.send_all(switching(await read_request(stream)))
+        await stream.send_all(frame(CLOSE, struct.pack("!H", 1000), masked=False))
+        answers.append(await close_code_from(stream))
+
+    async def body(ws: WebSocketConnection) -> None:
+        while ws.closed is None:  # the close frame is read; its answer is on its way
+            await trio.sleep(0.001)
+        await ws.aclose()
+        await client_stream.aclose()
+        while not answers:
+            await trio.sleep(0.001)
+
+    await client_against(
+        server,
+        body,
+        client_stream=SlowWrites(client_stream, 0.05),
+        server_stream=server_stream,
+    )
+    assert answers == [1000]

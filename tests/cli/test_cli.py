@@ -732,6 +732,32 @@ async def test_the_network_giving_up_is_exit_4(hello: Path) -> None:
     assert BAD_KEY not in result.err and "Traceback" not in result.err
 
 
+async def test_no_service_before_the_input_ends_is_one_line_and_exit_4(tmp_path: Path) -> None:
+    """Nothing listens, and the close of a short input gives up before the
+    reconnect policy does: the command says in one line that the service could
+    not be reached and why, and blames neither the close nor a turn's final."""
+    short = tmp_path / "short.wav"
+    short.write_bytes(riff(encode("hi", trail=0.1)))
+    port = closed_port()
+    result = await pulse(
+        "transcribe",
+        short,
+        "--base-url",
+        f"ws://127.0.0.1:{port}",
+        env={"SMALLEST_API_KEY": BAD_KEY},
+    )
+    assert result.code == 4, result.err
+    [verdict] = [line for line in result.err.splitlines() if "trying again" not in line]
+    assert re.fullmatch(
+        rf"pulse: ws://127\.0\.0\.1:{port}: could not reach the service after \d+ failed "
+        r"attempts: .+ \(check the network, --base-url and --region\)",
+        verdict,
+    ), verdict
+    for blame in ("close timed out", "close_timeout", "no final within", "will not be transcribed"):
+        assert blame not in result.err
+    assert result.out == "" and BAD_KEY not in result.err
+
+
 # -- the command line itself -----------------------------------------------------------
 
 

@@ -167,6 +167,42 @@ def test_owed_finalizes_are_resent_at_their_place_in_the_audio() -> None:
     assert [(t.turn, t.finalized) for t in first + second] == [(1, True), (2, True)]
 
 
+def test_a_protocol_violation_is_a_local_close_with_an_int_code() -> None:
+    """PROTOCOL §4: the transport failed the socket for the server's protocol
+    violation. The code may come as a WebSocket library's enum; events carry
+    a plain int, and the close is this side's."""
+
+    class Code(enum.IntEnum):
+        INVALID_FRAME_PAYLOAD_DATA = 1007
+
+    h = Harness(max_chunk_delay=0)
+    h.open()
+    h.send(SECOND)
+    h.conn.protocol_violation(1.0, code=Code.INVALID_FRAME_PAYLOAD_DATA, reason="not UTF-8")
+    _, events = h.collect()
+    assert kinds(events) == ["MalformedMessage", "Disconnected", "Reconnecting"]
+    malformed, gone = events[0], events[1]
+    assert isinstance(malformed, MalformedMessage) and malformed.error == "not UTF-8"
+    assert isinstance(gone, Disconnected)
+    assert (gone.code, gone.local, gone.will_reconnect) == (1007, True, True)
+    assert type(gone.code) is int
+    assert h.conn.state is State.BACKOFF
+
+
+def test_a_protocol_violation_while_connecting_is_a_failed_attempt() -> None:
+    """Before the socket opened there is no message to call malformed: the
+    attempt failed, and the next one follows by policy."""
+    h = Harness()
+    h.conn.start(0.0)
+    h.collect()
+    h.conn.protocol_violation(0.1, code=1002, reason="bad frame")
+    _, events = h.collect()
+    assert kinds(events) == ["ConnectionFailed", "Reconnecting"]
+    (failure,) = h.of(ConnectionFailed)
+    assert "bad frame" in failure.reason and not failure.permanent
+    assert h.conn.state is State.BACKOFF
+
+
 def test_overflow_while_disconnected_is_reported_exactly() -> None:
     h = Harness(max_chunk_delay=0, replay_seconds=1.0)
     h.open()
@@ -527,7 +563,115 @@ def test_close_timeout_reports_unconfirmed_audio() -> None:
     assert events[1] == AudioDropped(
         bytes=32000, start=0.0, end=1.0, reason=DropReason.CLOSE_TIMEOUT
     )
-    assert events[2].error is not None
+    assert events[2].error == "close timed out before the server confirmed all audio"
+    assert events[2].is_last_missing
+    assert h.conn.state is State.CLOSED
+
+
+@pytest.mark.parametrize(
+    "confirming",
+    [
+        pytest.param(final("one", from_finalize=True), id="by-the-finalize-answer"),
+        pytest.param(
+            final("one", from_finalize=False, words=[word("one", 0.1, 1.0)]), id="by-word-times"
+        ),
+    ],
+)
+def test_close_timeout_after_every_tick_was_confirmed_is_a_clean_close(
+    confirming: dict[str, object],
+) -> None:
+    h = Harness(max_chunk_delay=0, close_timeout=2.0)
+    h.open()
+    h.send(SECOND)
+    h.conn.speech_stopped(0.5)
+    h.collect()
+    assert kinds(h.at(0.6).message(confirming)) == ["Transcript"]
+    h.conn.close(1.0)
+    commands, events = h.collect()
+    assert texts(commands) == ['{"type":"close_stream"}']
+    commands, events = h.tick(3.0)  # is_last never comes
+    assert commands == [CloseConnection(code=1000, reason="close timed out")]
+    # A finalize the server never answered gets its one answer here.
+    answered = confirming["from_finalize"] is True
+    assert kinds(events) == (
+        ["Disconnected", "Closed"] if answered else ["Disconnected", "FinalizeTimedOut", "Closed"]
+    )
+    closed = events[-1]
+    assert (closed.error, closed.is_last_missing) == (None, True)
+    assert closed.summary.dropped_bytes == 0
+    assert h.conn.state is State.CLOSED
+
+
+def test_is_last_is_not_missing_when_it_came() -> None:
+    h = Harness(max_chunk_delay=0)
+    h.open()
+    h.send(SECOND)
+    h.conn.close(1.0)
+    h.collect()
+    events = h.at(1.2).message(final("all", is_last=True))
+    assert kinds(events) == ["Transcript", "Disconnected", "Closed"]
+    assert (events[-1].error, events[-1].is_last_missing) == (None, False)
+
+
+def test_close_timeout_while_reconnecting_names_the_last_failure() -> None:
+    h = Harness(max_chunk_delay=0, close_timeout=2.0)
+    h.open()
+    h.send(SECOND)
+    h.conn.connection_closed(0.5, code=1006)
+    h.conn.close(0.6)
+    h.collect()
+    h.tick(1.0)
+    h.conn.connection_failed(1.1, status=503, reason="HTTP 503: busy")
+    h.collect()
+    _, events = h.tick(2.6)
+    assert kinds(events) == ["AudioDropped", "Closed"]
+    assert events[0].reason is DropReason.CLOSE_TIMEOUT
+    assert events[1].error == (
+        "close timed out before the server confirmed all audio "
+        "(while reconnecting after: HTTP 503: busy)"
+    )
+    assert not events[1].is_last_missing  # close_stream went out on no socket
+    assert h.conn.state is State.CLOSED
+
+
+def test_close_timeout_before_any_connection_opened_is_a_failure_to_connect() -> None:
+    h = Harness(max_chunk_delay=0, close_timeout=2.0)
+    h.conn.start(0.0)
+    h.send(SECOND)
+    h.conn.speech_stopped(0.1)
+    h.conn.connection_failed(0.2, reason="OSError: connection refused")
+    h.collect()
+    h.tick(0.5)
+    h.conn.connection_failed(0.6, reason="OSError: connection refused")
+    h.conn.close(0.7)
+    h.collect()
+    commands, events = h.tick(2.7)
+    assert commands == []  # no attempt was in flight
+    assert kinds(events) == ["FinalizeTimedOut", "AudioDropped", "Closed"]
+    assert events[1] == AudioDropped(
+        bytes=32000, start=0.0, end=1.0, reason=DropReason.SESSION_FAILED
+    )
+    closed = events[-1]
+    assert closed.error == (
+        "could not reach the service after 2 failed attempts: OSError: connection refused"
+    )
+    assert (closed.summary.connections, closed.is_last_missing) == (0, False)
+    assert h.conn.state is State.FAILED
+
+
+def test_close_timeout_during_the_first_attempt_abandons_it() -> None:
+    h = Harness(max_chunk_delay=0, close_timeout=2.0, connect_timeout=10.0)
+    h.conn.start(0.0)
+    h.send(SECOND)
+    h.conn.close(0.5)
+    h.collect()
+    commands, events = h.tick(2.5)
+    assert commands == [CloseConnection(code=1000, reason="close timed out")]
+    assert kinds(events) == ["AudioDropped", "Closed"]
+    assert events[-1].error == (
+        "could not reach the service: no connection opened within close_timeout"
+    )
+    assert h.conn.state is State.FAILED
 
 
 def test_server_closing_during_close_with_everything_confirmed_is_the_end() -> None:
@@ -538,6 +682,88 @@ def test_server_closing_during_close_with_everything_confirmed_is_the_end() -> N
     h.conn.connection_closed(0.5, code=1000)
     _, events = h.collect()
     assert kinds(events) == ["Disconnected", "Closed"]
+    assert (events[-1].error, events[-1].is_last_missing) == (None, True)
+
+
+# -- finals the server repeats -------------------------------------------------------
+
+
+def test_a_repeated_final_is_reported_not_delivered() -> None:
+    h = Harness(max_chunk_delay=0)
+    h.open()
+    h.send(SECOND)
+    said = final("one two", words=[word("one", 0.1, 0.5), word("two", 0.5, 1.0)])
+    assert kinds(h.at(0.5).message(said)) == ["Transcript"]
+    events = h.message(said)
+    assert kinds(events) == ["MalformedMessage"]
+    assert events[0].error == "a final repeating words already transcribed (0.10-1.00 s)"
+    assert events[0].data.startswith('{"type": "transcription", "transcript": "one two"')
+    assert h.conn.summary().finals == 1
+    # Interims repeat by nature; they are not checked.
+    interim = {**said, "is_final": False}
+    assert kinds(h.message(interim) + h.message(interim)) == ["Transcript", "Transcript"]
+
+
+def test_a_repeat_is_shown_without_the_key() -> None:
+    """The repeated frame is shown in the MalformedMessage, so it is redacted
+    like any server text (PROTOCOL §6 rule 12), even in what was said."""
+    h = Harness(max_chunk_delay=0)
+    key = h.conn.config.api_key
+    h.open()
+    h.send(SECOND)
+    said = final(f"my key is {key}", words=[word("key", 0.1, 0.5)])
+    h.at(0.5).message(said)
+    (event,) = h.message(said)
+    assert isinstance(event, MalformedMessage)
+    assert key[:8] not in event.data and "<redacted>" in event.data
+
+
+def test_a_repeat_answers_no_finalize_and_confirms_nothing() -> None:
+    h = Harness(max_chunk_delay=0)
+    h.open()
+    h.send(SECOND)
+    h.conn.speech_stopped(0.2)
+    h.collect()
+    automatic = final("one", from_finalize=False, words=[word("one", 0.1, 0.4)])
+    assert kinds(h.at(0.3).message(automatic)) == ["Transcript"]
+    repeat = {**automatic, "from_finalize": True}
+    assert kinds(h.message(repeat)) == ["MalformedMessage"]
+    assert h.conn.pending_finalizes == 1
+    events = h.message(final("", from_finalize=True))  # the real answer: empty
+    assert kinds(events) == ["Transcript"] and events[0].turn == 1
+    # Empty answers carry no times: never repeats.
+    h.send(SECOND)
+    h.conn.speech_stopped(0.4)
+    h.collect()
+    assert kinds(h.at(0.5).message(final("", from_finalize=True))) == ["Transcript"]
+
+
+def test_a_repeat_with_is_last_still_ends_the_close() -> None:
+    h = Harness(max_chunk_delay=0)
+    h.open()
+    h.send(SECOND)
+    said = final("one", words=[word("one", 0.1, 1.0)])
+    h.at(0.5).message(said)
+    h.conn.close(1.0)
+    h.collect()
+    events = h.at(1.1).message({**said, "is_last": True})
+    assert kinds(events) == ["MalformedMessage", "Disconnected", "Closed"]
+    assert (events[-1].error, events[-1].is_last_missing) == (None, False)
+    assert h.conn.summary().dropped_bytes == 0
+
+
+def test_the_same_times_on_a_new_connection_are_new_audio() -> None:
+    h = Harness(max_chunk_delay=0)
+    h.open()
+    h.send(SECOND)
+    h.at(0.5).message(final("one", words=[word("one", 0.0, 0.5)]))
+    h.conn.connection_closed(0.6, code=1006)
+    h.collect()
+    h.tick(1.0)
+    h.at(1.1).open()  # replays the second half second
+    events = h.message(final("two", words=[word("two", 0.0, 0.5)]))
+    assert kinds(events) == ["Transcript"]
+    assert (events[0].start, events[0].end) == (0.5, 1.0)
 
 
 def test_misuse_raises_local_protocol_errors() -> None:

@@ -14,7 +14,12 @@ Invariants checked (pulse_core/_finals.py):
 * the ``Transcript`` event carries the message's fields, its words and
   utterances in session time, its span (from the words, else the
   utterances), and the answer's turn, latency and lateness (``finalized``
-  only for an answer in time).
+  only for an answer in time);
+* a final whose span lies wholly in audio that earlier finals of the same
+  connection transcribed is a repeat (within the service's 10 ms rounding);
+  pieces of one stretch in any order, finals that only overlap it, finals
+  without times, and finals of a new connection are not; at most
+  ``MAX_SPANS`` spans are kept, the earliest forgotten first.
 """
 
 from __future__ import annotations
@@ -24,7 +29,13 @@ from types import MappingProxyType
 import pytest
 
 from pulse_core import RemoteProtocolError
-from pulse_core._finals import confirmed_upto, transcript, within_connection
+from pulse_core._finals import (
+    MAX_SPANS,
+    Transcribed,
+    confirmed_upto,
+    transcript,
+    within_connection,
+)
 from pulse_core._ledger import AudioLedger
 from pulse_core._messages import TranscriptionMessage, Utterance, Word
 from pulse_core._timeline import Timeline
@@ -272,3 +283,99 @@ def test_utterance_times_are_checked_too() -> None:
     message = TranscriptionMessage(text="a", utterances=(Utterance(text="a", start=0.0, end=9.0),))
     with pytest.raises(RemoteProtocolError, match="utterance end"):
         within_connection(message, carried(800))
+
+
+# -- repeats ------------------------------------------------------------------------------
+
+
+def spoken(start: float, end: float, *, words: int = 2) -> TranscriptionMessage:
+    """A final whose ``words`` words tile ``start``-``end`` (connection seconds)."""
+    step = (end - start) / words
+    return TranscriptionMessage(
+        text=" ".join(f"w{n}" for n in range(words)),
+        is_final=True,
+        words=tuple(
+            Word(word=f"w{n}", start=start + n * step, end=start + (n + 1) * step)
+            for n in range(words)
+        ),
+    )
+
+
+def test_a_final_seen_again_is_a_repeat() -> None:
+    said = Transcribed()
+    assert said.repeats(spoken(0.0, 1.0), 1) is None
+    assert said.repeats(spoken(0.0, 1.0), 1) == (0.0, 1.0)
+    assert said.repeats(spoken(0.2, 0.6, words=1), 1) == (0.2, 0.6)  # a piece of it
+    assert said.spans == 1
+
+
+def test_pieces_of_one_stretch_in_any_order_are_not_repeats() -> None:
+    said = Transcribed()
+    assert said.repeats(spoken(0.5, 1.0), 1) is None
+    assert said.repeats(spoken(0.0, 0.5), 1) is None
+    assert said.spans == 1  # they touch: one stretch
+    assert said.repeats(spoken(0.0, 1.0), 1) == (0.0, 1.0)
+
+
+def test_a_final_in_a_gap_between_finals_is_not_a_repeat() -> None:
+    said = Transcribed()
+    for start in (0.0, 2.0, 4.0):
+        assert said.repeats(spoken(start, start + 1.0), 1) is None
+    assert said.spans == 3
+    assert said.repeats(spoken(1.2, 1.8), 1) is None
+    assert said.spans == 4
+    assert said.repeats(spoken(1.0, 2.0), 1) is None  # fills the last of the gap
+    assert said.spans == 2
+    assert said.repeats(spoken(0.0, 3.0), 1) == (0.0, 3.0)
+
+
+def test_a_final_that_only_overlaps_transcribed_audio_is_delivered() -> None:
+    said = Transcribed()
+    assert said.repeats(spoken(0.0, 1.0), 1) is None
+    assert said.repeats(spoken(0.8, 1.5), 1) is None
+    assert said.repeats(spoken(0.0, 1.5), 1) == (0.0, 1.5)
+
+
+def test_rounding_is_not_new_audio() -> None:
+    said = Transcribed()
+    assert said.repeats(spoken(0.10, 1.0), 1) is None
+    assert said.repeats(spoken(0.095, 1.008), 1) == (0.095, 1.008)
+    assert said.repeats(spoken(0.10, 1.02), 1) is None  # 20 ms beyond: new speech
+    assert said.repeats(spoken(1.025, 1.5), 1) is None  # 5 ms gap: one stretch now
+    assert said.spans == 1
+
+
+def test_finals_without_times_are_never_repeats() -> None:
+    said = Transcribed()
+    empty = TranscriptionMessage(text="", is_final=True, from_finalize=True)
+    untimed = TranscriptionMessage(text="a b", is_final=True, words=(Word(word="a"),))
+    for _ in range(3):
+        assert said.repeats(empty, 1) is None
+        assert said.repeats(untimed, 1) is None
+    assert said.spans == 0
+
+
+def test_utterances_place_a_final_without_word_times() -> None:
+    said = Transcribed()
+    sentence = TranscriptionMessage(
+        text="a b", is_final=True, utterances=(Utterance(text="a b", start=0.0, end=1.0),)
+    )
+    assert said.repeats(sentence, 1) is None
+    assert said.repeats(sentence, 1) == (0.0, 1.0)
+
+
+def test_a_new_connection_starts_afresh() -> None:
+    said = Transcribed()
+    assert said.repeats(spoken(0.0, 1.0), 1) is None
+    # The next connection's clock starts again at zero: the same times are new audio.
+    assert said.repeats(spoken(0.0, 1.0), 2) is None
+    assert said.repeats(spoken(0.0, 1.0), 2) == (0.0, 1.0)
+
+
+def test_spans_are_bounded_and_the_earliest_is_forgotten() -> None:
+    said = Transcribed()
+    for n in range(MAX_SPANS + 1):
+        assert said.repeats(spoken(2.0 * n, 2.0 * n + 1.0), 1) is None
+    assert said.spans == MAX_SPANS
+    assert said.repeats(spoken(0.0, 1.0), 1) is None  # forgotten: delivered again
+    assert said.repeats(spoken(2.0 * MAX_SPANS, 2.0 * MAX_SPANS + 1.0), 1) is not None

@@ -24,7 +24,9 @@ from pulse_core import (
     Word,
     parse_server_message,
 )
-from tests.core.vectors import MESSAGES, load, matches, to_json
+from pulse_core.conformance import DEFAULT_SPEC, check_message, load, message_frame
+
+MESSAGES = DEFAULT_SPEC / "messages"
 
 VECTORS = load(MESSAGES)
 VECTORS_BY_NAME = dict(VECTORS)
@@ -46,43 +48,12 @@ MESSAGE_CLASSES = (
 )
 
 
-def frame_of(vector: dict[str, Any]) -> str | bytes:
-    """The frame a vector describes (see spec/messages/README.md)."""
-    kind = vector.get("frame", "object")
-    if kind == "text":
-        return str(vector["input"]["text"])
-    if kind == "bytes":
-        return bytes.fromhex(vector["input"]["hex"])
-    return json.dumps(vector["input"])
-
-
-def check(vector: dict[str, Any]) -> list[str]:
-    """Parse one vector's frame; describe every way the result differs from the vector."""
-    options = {"max_size": vector["max_size"]} if "max_size" in vector else {}
-    try:
-        message = parse_server_message(frame_of(vector), **options)
-    except RemoteProtocolError as exc:
-        if "error" not in vector:
-            return [f"rejected: {exc}"]
-        mention = vector.get("error_mentions")
-        if mention is not None and mention.lower() not in str(exc).lower():
-            return [f"error {str(exc)!r} does not mention {mention!r}"]
-        return []
-    if "error" in vector:
-        return [f"expected {vector['error']}, parsed {to_json(message)!r}"]
-    expect = vector["expect"]
-    problems = matches(expect, to_json(message))
-    if (expect["type"] == "unknown_message") != isinstance(message, UnknownMessage):
-        problems.append(f"parsed as {type(message).__name__}, expected type {expect['type']!r}")
-    return problems
-
-
 # -- the vectors -----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("name", "vector"), VECTORS, ids=[name for name, _ in VECTORS])
 def test_vector_parses(name: str, vector: dict[str, Any]) -> None:
-    problems = check(vector)
+    problems = check_message(vector)
     assert not problems, "\n".join(problems)
 
 
@@ -112,14 +83,16 @@ def test_checker_reports_a_wrong_expectation() -> None:
     vector = dict(VECTORS_BY_NAME["published-pulse-pci-redaction-final"])
     broken = json.loads(json.dumps(vector))
     broken["expect"]["words"][3]["speaker"] = "0"
-    assert check(broken)
+    assert check_message(broken)
     broken = json.loads(json.dumps(vector))
     broken["expect"]["words"] = broken["expect"]["words"][:-1]
-    assert check(broken)
-    assert check({**vector, "expect": {"type": "some_new_type"}})
-    assert check({**VECTORS_BY_NAME["malformed-nan"], "error_mentions": "no such text"})
+    assert check_message(broken)
+    assert check_message({**vector, "expect": {"type": "some_new_type"}})
+    assert check_message({**VECTORS_BY_NAME["malformed-nan"], "error_mentions": "no such text"})
     rejected = VECTORS_BY_NAME["malformed-json-array"]
-    assert check({key: value for key, value in rejected.items() if key != "error"} | {"expect": {}})
+    assert check_message(
+        {key: value for key, value in rejected.items() if key != "error"} | {"expect": {}}
+    )
 
 
 # -- wrong field types -------------------------------------------------------------------
@@ -296,7 +269,7 @@ def as_bytes(frame: str | bytes) -> bytes:
     return frame.encode() if isinstance(frame, str) else frame
 
 
-VALID_FRAMES = [as_bytes(frame_of(vector)) for _, vector in VECTORS if "expect" in vector]
+VALID_FRAMES = [as_bytes(message_frame(vector)) for _, vector in VECTORS if "expect" in vector]
 
 
 def parse_or_reject(frame: str | bytes) -> None:
@@ -400,14 +373,14 @@ SAMPLES = {
 
 @pytest.mark.parametrize("kind", list(SAMPLES))
 def test_messages_are_frozen(kind: str) -> None:
-    message = parse_server_message(frame_of(SAMPLES[kind]))
+    message = parse_server_message(message_frame(SAMPLES[kind]))
     for field in attrs.fields(type(message)):
         with pytest.raises(attrs.exceptions.FrozenInstanceError):
             setattr(message, field.name, None)
 
 
 def test_words_and_utterances_are_frozen() -> None:
-    message = parse_server_message(frame_of(SAMPLES["transcription"]))
+    message = parse_server_message(message_frame(SAMPLES["transcription"]))
     assert isinstance(message, TranscriptionMessage)
     assert isinstance(message.words, tuple)
     assert isinstance(message.utterances, tuple)
@@ -423,7 +396,7 @@ def test_words_and_utterances_are_frozen() -> None:
 @pytest.mark.parametrize("kind", list(SAMPLES))
 def test_raw_is_the_whole_payload_and_read_only(kind: str) -> None:
     vector = SAMPLES[kind]
-    message = parse_server_message(frame_of(vector))
+    message = parse_server_message(message_frame(vector))
     assert dict(message.raw) == vector["input"]
     with pytest.raises(TypeError):
         message.raw["type"] = "changed"  # type: ignore[index]
@@ -438,7 +411,7 @@ def test_raw_is_the_whole_payload_and_read_only(kind: str) -> None:
     ids=[name for name, vector in VECTORS if "expect" in vector and "frame" not in vector],
 )
 def test_every_accepted_payload_is_kept_whole_in_raw(name: str, vector: dict[str, Any]) -> None:
-    assert dict(parse_server_message(frame_of(vector)).raw) == vector["input"]
+    assert dict(parse_server_message(message_frame(vector)).raw) == vector["input"]
 
 
 def test_extra_is_read_only_and_holds_only_unknown_fields() -> None:

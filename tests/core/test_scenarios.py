@@ -7,7 +7,9 @@ import json
 import jsonschema
 import pytest
 
-from tests.core.vectors import SCENARIOS, load, replay
+from pulse_core.conformance import DEFAULT_SPEC, load, replay_scenario
+
+SCENARIOS = DEFAULT_SPEC / "scenarios"
 
 VECTORS = load(SCENARIOS)
 SCHEMA = json.loads((SCENARIOS / "schema.json").read_text())
@@ -15,7 +17,7 @@ SCHEMA = json.loads((SCENARIOS / "schema.json").read_text())
 
 @pytest.mark.parametrize(("name", "vector"), VECTORS, ids=[name for name, _ in VECTORS])
 def test_vector_replays(name: str, vector: dict) -> None:
-    problems = list(replay(vector))
+    problems = list(replay_scenario(vector))
     assert not problems, "\n".join(problems)
 
 
@@ -38,4 +40,4 @@ def test_replayer_reports_a_wrong_expectation() -> None:
         if step.get("commands"):
             step["commands"] = [*step["commands"][1:], {"type": "send_text", "text": "nope"}]
             break
-    assert list(replay(broken)), name
+    assert list(replay_scenario(broken)), name

@@ -37,6 +37,7 @@ __all__ = [
     "OnCloseStream",
     "OnFinalize",
     "OnOpen",
+    "OnPing",
     "Ping",
     "Pong",
     "Raw",
@@ -79,6 +80,9 @@ class Handshake:
     cut_after: int | None = None
     #: Close TCP without reading the request at all.
     hang_up_at_once: bool = False
+    #: Written as soon as TCP is accepted, before the request is read (a
+    #: server that speaks first, or plain HTTP answering a TLS hello).
+    greeting: bytes = b""
     #: Never answer (the TCP connection stays open).
     stall: bool = False
 
@@ -132,13 +136,21 @@ class OnClientClose:
 
 
 @attrs.frozen
+class OnPing:
+    """When a ping from the client arrives, before the server answers it
+    (``replace=True``: no pong)."""
+
+
+@attrs.frozen
 class AfterSeconds:
     """``seconds`` after the 101, whatever else is going on."""
 
     seconds: float
 
 
-Trigger: TypeAlias = OnOpen | AfterAudio | OnFinalize | OnCloseStream | OnClientClose | AfterSeconds
+Trigger: TypeAlias = (
+    OnOpen | AfterAudio | OnFinalize | OnCloseStream | OnClientClose | OnPing | AfterSeconds
+)
 
 
 # -- actions --------------------------------------------------------------------------
@@ -277,8 +289,8 @@ Action: TypeAlias = (
 
 @attrs.frozen
 class Fault:
-    """Run ``do`` when ``when`` holds. ``replace=True`` on a finalize or
-    close_stream trigger suppresses the server's normal answer to it."""
+    """Run ``do`` when ``when`` holds. ``replace=True`` on a finalize,
+    close_stream or ping trigger suppresses the server's normal answer to it."""
 
     when: Trigger
     do: tuple[Action, ...] = attrs.field(converter=_actions)

@@ -75,6 +75,7 @@ from .script import (
     OnCloseStream,
     OnFinalize,
     OnOpen,
+    OnPing,
     Ping,
     Pong,
     Raw,
@@ -271,6 +272,8 @@ class _Connection:
         head (the first frames), or None when the connection ends here."""
         hs = self.script.handshake
         record = self.record
+        if hs.greeting:
+            await self._write_raw(hs.greeting)
         if hs.hang_up_at_once:
             await self._hangup(reset=False, why="hung up before reading the request")
         buffer = bytearray()
@@ -429,6 +432,8 @@ class _Connection:
         record = self.record
         if opcode == PING:
             record.pings_received += 1
+            if await self._fire(OnPing):
+                return
             if not self.close_sent:
                 await self.send(PONG, payload)
         elif opcode == PONG:
@@ -440,6 +445,8 @@ class _Connection:
                 record.ended = "closed"  # the reply to our close
                 await self._hangup(reset=False, why="close handshake done")
             await self._fire(OnClientClose)
+            if self.frozen:
+                return  # half-open: no answer, and TCP stays up
             if not self.close_sent:
                 self.close_sent = True
                 await self.send(CLOSE, close_payload(code))

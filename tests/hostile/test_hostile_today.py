@@ -17,7 +17,10 @@ playing ``scripts`` and returns the server and the session's ``Outcome``.
 
 from __future__ import annotations
 
+import gc
+import json
 import logging
+import tracemalloc
 import wave
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -61,6 +64,7 @@ from tests.hostile.script import (
     OnCloseStream,
     OnFinalize,
     OnOpen,
+    OnPing,
     Ping,
     Raw,
     RepeatFinal,
@@ -679,6 +683,46 @@ async def test_eof_during_the_handshake_fails_the_attempt_at_once(handshake: Han
     assert took < 0.25, f"the session took {took:.2f} s"
 
 
+# -- 8. events kept for an events() nobody reads ----------------------------------------------
+
+
+def big_interim(number: int, size: int) -> str:
+    """An interim of ``size`` characters whose text starts with ``#number``."""
+    head = f'{{"type":"transcription","is_final":false,"transcript":"#{number} '
+    return head + "x" * (size - len(head) - 2) + '"}'
+
+
+async def test_a_handler_only_session_keeps_a_bounded_amount_of_events() -> None:
+    """Point 8: the README's pattern (handlers only, events() never read). The
+    server sends 24 interims of 900 KB (20 MiB) at once; with the default
+    bounds the session keeps at most 8 MiB of them for an events() that never
+    comes (memory measured with tracemalloc), and handlers get all 24."""
+    interims = [Text(big_interim(n, 900_000)) for n in range(24)]
+    script = Script(faults=[Fault(OnOpen(), interims)])
+    handled: list[str] = []
+    kept = 0
+    async with serving(script, limit=LIMIT) as server:
+        gc.collect()
+        tracemalloc.start()
+        try:
+            async with open_session(KEY, base_url=server.url, **settings()) as session:
+
+                @session.event_handler("on_interim_transcript")
+                def count(event: Transcript) -> None:
+                    handled.append(event.text.split(" ", 1)[0])  # not the event itself
+
+                start = tracemalloc.get_traced_memory()[0]
+                await session.send_audio(speech(0.1))
+                while len(handled) < 24:
+                    await trio.sleep(0.01)
+                gc.collect()
+                kept = tracemalloc.get_traced_memory()[0] - start
+        finally:
+            tracemalloc.stop()
+    assert handled == [f"#{n}" for n in range(24)]
+    assert kept < 8 << 20, f"the session kept {kept / 2**20:.1f} MiB of events"
+
+
 # -- 9. is_last in the middle of a session ------------------------------------------------------
 
 
@@ -705,10 +749,6 @@ async def test_is_last_mid_session_does_not_confirm_unread_audio() -> None:
 # -- 10. no is_last ----------------------------------------------------------------------------
 
 
-@bug(
-    "without is_last the close times out and raises 'close timed out' although every "
-    "sample was in a final"
-)
 @pytest.mark.parametrize(
     "script",
     [
@@ -718,12 +758,37 @@ async def test_is_last_mid_session_does_not_confirm_unread_audio() -> None:
 )
 async def test_no_is_last_after_finals_that_cover_everything(script: Script) -> None:
     """Point 10: the server's finals covered all audio but is_last never comes:
-    leaving the block does not raise, Closed has no error."""
+    leaving the block does not raise, Closed has no error and says is_last
+    never came."""
     _, outcome = await against(script, body=say(1.0), close_timeout=0.3)
     assert outcome.error is None, repr(outcome.error)
     assert outcome.closed is not None and outcome.closed.error is None
+    assert outcome.closed.is_last_missing
     assert_every_sample_once(outcome, 1.0)
     assert not outcome.of(AudioDropped)
+
+
+async def test_the_command_without_is_last_exits_0(tmp_path: Path) -> None:
+    """Point 10, through the ``pulse`` command: the server never answers
+    close_stream, but its finals covered everything. The transcript is whole
+    and the command exits 0, after its close timeout (5 s and the input's
+    length), without a word about the close."""
+    wav = wav_file(tmp_path / "short.wav", 0.3)
+    async with serving(then=Script(answer_close_stream=False), limit=15.0) as server:
+        result = await pulse(
+            "transcribe",
+            wav,
+            "--base-url",
+            server.url,
+            "-f",
+            "jsonl",
+            env={"SMALLEST_API_KEY": KEY},
+            timeout=15.0,
+        )
+    assert result.code == 0, result.err
+    [final] = [json.loads(line) for line in result.lines]
+    assert (final["start"], final["end"]) == (0.0, 0.3)
+    assert result.err == ""
 
 
 # -- 11. nothing listening -----------------------------------------------------------------------
@@ -747,7 +812,6 @@ async def test_no_server_at_all_gives_up() -> None:
 # -- 12. pulse's own protocol closes, close codes, redirects, huge refusals -----------------------
 
 
-@bug("pulse's own 1009 close (message too big) is reported as the server's (local=False)")
 async def test_a_message_too_big_is_a_local_close() -> None:
     """Point 12: a text frame over max_message_size: pulse closes 1009 itself;
     Disconnected says local=True and its code is a plain int; pulse reconnects."""
@@ -761,11 +825,6 @@ async def test_a_message_too_big_is_a_local_close() -> None:
     assert outcome.error is None and len(server.upgraded) == 2
 
 
-@bug(
-    "invalid UTF-8 in a text frame makes wsproto close 1007 without a MalformedMessage; "
-    "the Disconnected says the server closed (local=False), with wsproto's CloseReason "
-    "enum as the code"
-)
 async def test_invalid_utf8_text_is_a_malformed_message() -> None:
     """Point 12: a text frame that is not UTF-8 gives MalformedMessage; if pulse
     closes for it, the Disconnected is local with an int code."""
@@ -775,6 +834,43 @@ async def test_invalid_utf8_text_is_a_malformed_message() -> None:
     for gone in outcome.of(Disconnected)[:-1]:
         assert gone.local is True and (gone.code is None or type(gone.code) is int), gone
     assert outcome.error is None, repr(outcome.error)
+
+
+def _masked_text(text: bytes) -> bytes:
+    """A text frame masked as only a client's may be (RFC 6455 5.1: a server
+    never masks)."""
+    mask = b"\x01\x02\x03\x04"
+    body = bytes(byte ^ mask[i % 4] for i, byte in enumerate(text))
+    return bytes([0x81, 0x80 | len(text)]) + mask + body
+
+
+VIOLATIONS = [
+    pytest.param(Raw(invalid_utf8_text()), 1007, id="invalid-utf8-text"),
+    pytest.param(Raw(oversized_text(100_000)), 1009, id="message-too-big"),
+    pytest.param(Raw(_masked_text(b"{}")), 1002, id="masked-frame"),
+    pytest.param(Raw(b"\xc1\x02{}"), 1002, id="reserved-bit-set"),
+    pytest.param(Close(code=999), 1002, id="close-code-999"),
+]
+
+
+@pytest.mark.parametrize(("action", "code"), VIOLATIONS)
+async def test_a_protocol_violation_replaces_the_connection(action: Any, code: int) -> None:
+    """Point 12 (PROTOCOL §4): when the server breaks the WebSocket protocol,
+    pulse fails the connection itself with the code for what it did (RFC 6455
+    7.1.7, 8.1): one MalformedMessage, a local Disconnected with that code as a
+    plain int, the close frame reaches the server, and the audio is replayed on
+    a new connection, every sample in exactly one final."""
+    script = Script(faults=[Fault(AfterAudio(16000), action)])
+    server, outcome = await against(script, body=say(1.0), max_message_size=65536)
+    assert outcome.error is None, repr(outcome.error)
+    assert len(outcome.of(MalformedMessage)) == 1, outcome.of(MalformedMessage)
+    first = outcome.of(Disconnected)[0]
+    assert (first.local, first.code, first.will_reconnect) == (True, code, True), first
+    assert type(first.code) is int
+    closed = server.connections[0].client_close
+    assert closed is not None and closed[0] == code, closed
+    assert len(server.upgraded) == 2
+    assert_every_sample_once(outcome, 1.0)
 
 
 CLOSE_CODES = [
@@ -829,13 +925,135 @@ async def test_a_huge_refusal_body_is_read_with_a_limit() -> None:
     assert server.connections[0].bytes_sent < 16 << 20
 
 
+# -- 13. every stage of a connection: what the stack raises ends at one edge ---------------------
+# pulse_trio/_transport_errors.py lists what each stage raises; each becomes a ConnectionFailed
+# (and a retry) or a lost connection (and a replay), never an exception of the stack.
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        pytest.param(
+            Script(handshake=Handshake(greeting=b"HTTP/1.1 400 Bad Request\r\n\r\n")),
+            id="an-http-answer",
+        ),
+        pytest.param(Script(handshake=Handshake(hang_up_at_once=True)), id="hang-up-at-once"),
+        pytest.param(Script(), id="waiting-for-a-request"),
+    ],
+)
+async def test_wss_against_a_server_without_tls_fails_each_attempt(script: Script) -> None:
+    """Dialling wss:// at a plain-TCP server: the TLS handshake meets an HTTP
+    answer (ssl's wrong version number), an EOF, or silence (then
+    connect_timeout). Each attempt is a ConnectionFailed, then
+    ConnectionGaveUpError; never an SSL error or an ExceptionGroup."""
+    events: list[Event] = []
+    error: BaseException | None = None
+    async with serving(then=script) as server:
+        try:
+            async with open_session(
+                KEY,
+                base_url=server.url.replace("ws://", "wss://"),
+                **settings(attempts=2, connect_timeout=0.5),
+            ) as session:
+                session.event_handler("on_event")(events.append)
+                await speak(session, 0.2)
+        except Exception as exc:  # an ExceptionGroup too: that is what this looks for
+            error = exc
+    assert isinstance(error, ConnectionGaveUpError), repr(error)
+    failures = [e for e in events if isinstance(e, ConnectionFailed)]
+    assert [(f.status, f.permanent) for f in failures] == [(None, False), (None, True)]
+    assert server.accepted == 2
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["eof", "reset"])
+async def test_tcp_lost_mid_stream_is_a_lost_connection(reset: bool) -> None:
+    """Reading: the server drops TCP (FIN or RST) mid-stream. The socket is
+    lost (not a local close, an int code or none), the session reconnects and
+    every sample ends up in exactly one final."""
+    script = Script(faults=[Fault(AfterAudio(16000), Hangup(reset=reset))])
+    server, outcome = await against(script, body=say(1.0))
+    assert outcome.error is None, repr(outcome.error)
+    gone = outcome.of(Disconnected)[0]
+    assert gone.local is False and gone.will_reconnect, gone
+    assert gone.code is None or type(gone.code) is int
+    assert len(server.upgraded) == 2
+    assert_every_sample_once(outcome, 1.0)
+
+
+async def test_a_reset_while_pulse_writes_is_a_lost_connection() -> None:
+    """Writing: three seconds of audio go out at once and the server resets
+    the connection after the first frame, while pulse is still writing."""
+
+    async def body(session: Session, server: HostileServer) -> None:
+        await session.send_audio(speech(3.0))
+        await session.speech_stopped()
+
+    server, outcome = await against(
+        Script(faults=[Fault(AfterAudio(1), Hangup(reset=True))]), body=body
+    )
+    assert outcome.error is None, repr(outcome.error)
+    assert len(server.upgraded) == 2
+    assert_every_sample_once(outcome, 3.0)
+
+
+async def test_a_write_that_never_completes_is_noticed() -> None:
+    """Writing: the server stops reading (and answering) with ten seconds of
+    audio on their way, far more than the socket buffers hold, so a write
+    blocks for good. The liveness ping cannot go out either: the connection
+    is replaced within ping_interval + ping_timeout, and the audio replayed."""
+
+    async def body(session: Session, server: HostileServer) -> None:
+        await session.send_audio(speech(10.0))
+        await session.speech_stopped()
+
+    server, outcome = await against(
+        Script(faults=[Fault(AfterAudio(16000), HalfOpen())]),
+        body=body,
+        ping_interval=0.2,
+        ping_timeout=0.3,
+        close_timeout=4.0,
+    )
+    assert outcome.error is None, repr(outcome.error)
+    gone = outcome.of(Disconnected)[0]
+    assert (gone.code, gone.reason, gone.local) == (1011, "server stopped answering", True)
+    assert server.connections[0].audio_bytes < len(speech(10.0))  # the write was stuck
+    assert len(server.upgraded) == 2
+    assert_every_sample_once(outcome, 10.0)
+
+
+async def test_a_reset_answering_pulses_ping_is_a_lost_connection() -> None:
+    """Pinging: the server says nothing, so pulse pings it (ping_interval);
+    the server resets the connection instead of answering. The ping's wait
+    ends with the connection, which is replaced and replayed."""
+
+    async def body(session: Session, server: HostileServer) -> None:
+        await speak(session, 1.0, finalize=False)
+        assert await server.wait_for(lambda: len(server.upgraded) == 2)
+        await session.speech_stopped()
+
+    script = Script(faults=[Fault(OnPing(), Hangup(reset=True), replace=True)])
+    server, outcome = await against(script, body=body, ping_interval=0.2, ping_timeout=1.0)
+    assert outcome.error is None, repr(outcome.error)
+    assert server.connections[0].pings_received == 1
+    gone = outcome.of(Disconnected)[0]
+    assert gone.local is False and gone.will_reconnect, gone
+    assert_every_sample_once(outcome, 1.0)
+
+
+async def test_a_reset_answering_pulses_close_frame_ends_the_session_cleanly() -> None:
+    """Closing: after is_last pulse sends its close frame and the server
+    resets the connection instead of answering it."""
+    script = Script(close_after_is_last=False, faults=[Fault(OnClientClose(), Hangup(reset=True))])
+    server, outcome = await against(script, body=say(0.5))
+    assert outcome.error is None, repr(outcome.error)
+    assert outcome.closed is not None and outcome.closed.error is None
+    assert server.connections[0].client_close == (1000, "session closed")
+    assert_every_sample_once(outcome, 0.5)
+
+
 # -- found while building the server -------------------------------------------------------------
 
 
-@bug(
-    "when the server closes right after is_last, pulse drops TCP without answering the "
-    "close frame in most sessions (its transport is closed under trio-websocket's reply)"
-)
 async def test_the_servers_close_frame_is_answered() -> None:
     """RFC 6455 5.5.1: an endpoint that receives a close frame sends one back.
     The server closes 1000 right after is_last, as the service does. The race
@@ -849,6 +1067,21 @@ async def test_the_servers_close_frame_is_answered() -> None:
     assert all(answer is not None for answer in answered), answered
 
 
+async def test_a_close_frame_never_answered_is_waited_for_a_bounded_time() -> None:
+    """RFC 6455 7.1.1: after its close frame pulse waits for the server's, but
+    not for ever: a server that goes silent once the client's close arrives
+    (no close frame, TCP left up) holds the session's end up for at most the
+    disconnect bound (2 s), and the session still ends cleanly."""
+    script = Script(close_after_is_last=False, faults=[Fault(OnClientClose(), HalfOpen())])
+    start = trio.current_time()
+    server, outcome = await against(script, body=say(0.5))
+    took = trio.current_time() - start
+    assert outcome.error is None, repr(outcome.error)
+    assert outcome.closed is not None and outcome.closed.error is None
+    assert server.connections[0].client_close == (1000, "session closed")
+    assert took < 3.5, f"the session took {took:.2f} s to end"
+
+
 async def a_final_then_more(session: Session, server: HostileServer) -> None:
     """One second of speech; once pulse has read the server's final for it,
     another second (the server drops the connection in between)."""
@@ -858,14 +1091,11 @@ async def a_final_then_more(session: Session, server: HostileServer) -> None:
     await session.send_audio(speech(1.0, offset=1.0))
 
 
-@bug(
-    "a final repeated byte for byte is delivered again, as an automatic final: the audio "
-    "it covers, already confirmed, is transcribed twice"
-)
 async def test_a_repeated_final_transcribes_nothing_twice() -> None:
     """The server sends its automatic final for the first second twice, byte for
     byte, then drops the connection after 1.5 s: every sample ends up in
-    exactly one final, and the replay resends only the second second."""
+    exactly one final, the repeat is reported (MalformedMessage), and the
+    replay resends only the second second."""
     first = Script(
         faults=[
             Fault(AfterAudio(32000), [Final(from_finalize=False), RepeatFinal()]),
@@ -876,6 +1106,8 @@ async def test_a_repeated_final_transcribes_nothing_twice() -> None:
     assert outcome.error is None, repr(outcome.error)
     assert bytes(server.connections[1].audio) == speech(1.0, offset=1.0)
     assert_every_sample_once(outcome, 2.0)
+    [repeat] = outcome.of(MalformedMessage)
+    assert "repeating words already transcribed (0.00-1.00 s)" in repeat.error
 
 
 async def test_a_final_split_in_two_transcribes_nothing_twice() -> None:

@@ -53,6 +53,7 @@ from tests.hostile.script import (
     OnClientClose,
     OnCloseStream,
     OnFinalize,
+    OnPing,
     Ping,
     Pong,
     Raw,
@@ -586,6 +587,16 @@ async def test_hang_up_before_reading_the_request() -> None:
     assert server.connections[0].request is None
 
 
+async def test_a_greeting_comes_before_the_request_is_read() -> None:
+    script = Script(handshake=Handshake(greeting=b"HTTP/1.1 400 Bad Request\r\n\r\n"))
+    async with serving(script) as server, client_of(server) as client:
+        status, _ = await client.response_head()  # nothing was sent
+        assert status == "HTTP/1.1 400 Bad Request"
+        status, _ = await client.upgrade()  # then the request is read and answered
+        assert status.startswith("HTTP/1.1 101")
+    assert server.connections[0].upgraded
+
+
 async def test_scripts_apply_per_connection() -> None:
     async with serving(
         Script(handshake=refuse(503)), Script(handshake=Handshake(stall=True))
@@ -616,6 +627,29 @@ async def test_a_ping_during_the_clients_close() -> None:
         assert await client.message() == (CLOSE, b"\x03\xe8")
         assert await client.eof() == b""
     assert server.connections[0].client_close == (1000, "bye")
+
+
+async def test_a_ping_trigger_can_take_the_pongs_place() -> None:
+    """OnPing fires before the pong; with replace=True there is no pong."""
+    script = Script(faults=[Fault(OnPing(), Pong(b"instead"), replace=True)])
+    async with serving(script) as server, client_of(server) as client:
+        await client.upgrade()
+        await client.send(PING, b"first")
+        assert await client.message() == (PONG, b"instead")
+        await client.send(PING, b"second")  # fired once: answered as usual
+        assert await client.message() == (PONG, b"second")
+    assert server.connections[0].pings_received == 2
+
+
+async def test_half_open_on_the_clients_close_leaves_it_unanswered() -> None:
+    script = Script(faults=[Fault(OnClientClose(), HalfOpen())])
+    async with serving(script) as server, client_of(server) as client:
+        await client.upgrade()
+        await client.send(CLOSE, b"\x03\xe8")
+        with trio.move_on_after(0.1) as waiting:
+            await client.frame()
+        assert waiting.cancelled_caught  # no close frame, and TCP stays up
+    assert server.connections[0].client_close == (1000, "")
 
 
 async def test_faults_fire_on_their_triggers_and_fill_in_the_key() -> None:
