@@ -1195,3 +1195,25 @@ async def test_finals_out_of_order_cut_by_a_reset_lose_nothing() -> None:
     assert outcome.error is None, repr(outcome.error)
     assert server.connections[0].ended == "reset"
     assert_every_sample_once(outcome, 2.5)
+
+
+@bug(
+    "a final of new audio that ends within 10 ms of what earlier finals transcribed is taken "
+    "for a repeat: answering close_stream, its audio is neither transcribed nor reported dropped"
+)
+async def test_a_short_final_after_another_is_no_repeat() -> None:
+    """Half a second of speech is finalized and answered; 5 ms more follow, and
+    the answer to close_stream transcribes them: a word from 0.5 to 0.505 s,
+    next to the words already transcribed but new audio (PROTOCOL §5: only a
+    final wholly within transcribed audio repeats it)."""
+
+    async def body(session: Session, server: HostileServer) -> None:
+        heard = seen(session, Transcript)
+        await speak(session, 0.5)
+        await heard.wait()
+        await session.send_audio(speech(0.005, offset=0.5))
+
+    _, outcome = await against(Script(), body=body)
+    assert outcome.error is None, repr(outcome.error)
+    assert not outcome.of(MalformedMessage), outcome.of(MalformedMessage)
+    assert_every_sample_once(outcome, 0.505)

@@ -62,7 +62,6 @@ from tests.hostile.checks import (
     everything_said,
     key_pieces,
 )
-from tests.hostile.script import RepeatFinal
 from tests.hostile.server import ConnectionRecord, HostileServer, serving
 from tests.hostile.strategies import (
     BYTES_PER_SECOND,
@@ -348,12 +347,7 @@ SCHEDULES = settings(
 
 #: Actions that trip a known bug, left out of the draw until it is fixed (each
 #: has its strict xfail in test_hostile_today.py, the fix takes it off this list).
-KNOWN: frozenset[type] = frozenset(
-    {
-        # test_a_repeated_final_transcribes_nothing_twice
-        RepeatFinal,
-    }
-)
+KNOWN: frozenset[type] = frozenset()
 
 
 #: While test_the_key_never_shows_in_a_failure_raised_into_a_waiting_block is
