@@ -182,10 +182,6 @@ class Schedule:
     knobs: Knobs = Knobs()
 
     @property
-    def audio_bytes(self) -> int:
-        return sum(2 * step.samples for step in self.plan if isinstance(step, Speak))
-
-    @property
     def waits(self) -> float:
         """Seconds the plan may spend waiting on its own."""
         return sum(
