@@ -4,21 +4,21 @@ The engine never touches a socket, a clock or a random number generator. The
 transport feeds it inputs (each with ``now``, monotonic seconds) and drains two
 queues: ``commands()`` for the transport to carry out in order, and
 ``events()`` for the application. ``next_deadline()`` says when to call
-``handle_timer()``.
+``handle_timer()``. All times in events are session time: seconds of audio
+since the session began.
 
 One session spans as many WebSocket connections as it takes. This class is the
-conductor: it checks each input, moves the state table (``_state``), and asks
-its parts, each of which holds one kind of bookkeeping and its invariants:
-
-* ``_ledger.AudioLedger``: where every tick of audio is (held, sent,
-  confirmed, kept for replay, dropped);
-* ``_timeline.Timeline``: the live connection's clock against session time;
-* ``_turns.Turns``: finalize requests, their answers and TTFS latency;
-* ``_retry.Retry``: whether and when to connect again.
-
-It turns their answers into commands and events. All times in events are
-session time: seconds of audio since the session began. See spec/PROTOCOL.md
-for the rules and their reasons; docs/architecture.md for how data flows.
+conductor: it checks each input, moves the state table (``_state``), asks the
+parts and queues their answers. Each part keeps one kind of bookkeeping, states
+its invariants and emits nothing: the audio (``_ledger``), the connection's
+clock (``_timeline``), finalize requests (``_turns``), whether and when to
+connect again (``_retry``), keepalive and liveness (``_liveness``), what the
+live socket is sent (``_outbound``, ``_replay``), what a server frame says
+(``_inbound``) and what a final means (``_finals``), how a socket is lost
+(``_losses``), when new settings are in force (``_switch``), how the session
+ends (``_closing``), its counts (``_tally``) and the key (``_secrets``).
+docs/architecture.md says which rule lives where and how data flows;
+spec/PROTOCOL.md states the rules and their reasons.
 """
 
 from __future__ import annotations
@@ -26,64 +26,31 @@ from __future__ import annotations
 import math
 from typing import Any, Final
 
-import attrs
-
-from ._commands import (
-    CLOSE_STREAM,
-    FINALIZE,
-    CloseConnection,
-    Command,
-    Connect,
-    SendBinary,
-    SendPing,
-    SendText,
-)
+from ._closing import Closing, Ending
+from ._commands import CLOSE_STREAM, CloseConnection, Command, Connect, SendPing, SendText
 from ._config import ConnectionConfig
-from ._errors import LocalProtocolError, RemoteProtocolError
-from ._events import (
-    Closed,
-    Connected,
-    ConnectionFailed,
-    Disconnected,
-    DropReason,
-    Event,
-    MalformedMessage,
-    Reconnecting,
-    ServerError,
-    SessionSummary,
-    SettingsApplied,
-    SpeechEnded,
-    SpeechStarted,
-    UnhandledMessage,
-)
-from ._finals import Transcribed, confirmed_upto, transcript, within_connection
+from ._errors import LocalProtocolError
+from ._events import Connected, Disconnected, Event, MalformedMessage, ServerError, SessionSummary
+from ._finals import Transcribed, confirmed_upto, repeat, transcript
+from ._inbound import malformed, read
 from ._ledger import AudioLedger
-from ._liveness import KEEPALIVE_PING, LIVENESS_PING, Check, Liveness
-from ._messages import (
-    ErrorMessage,
-    SpeechEndedMessage,
-    SpeechStartedMessage,
-    TranscriptionMessage,
-    UnknownMessage,
-    parse_server_message,
-)
-from ._replay import replay, send_held
-from ._retry import PERMANENT_ERROR_CODES, JitterSource, Retry, Verdict
-from ._secrets import Redactor, hide_in_message
+from ._liveness import LIVENESS_PING, Check, Liveness
+from ._losses import STALLED, Loss, broke_protocol, closed_by_server, handshake, silent
+from ._messages import ErrorMessage, TranscriptionMessage
+from ._outbound import Outbound
+from ._retry import JitterSource, Retry, Verdict
+from ._secrets import Redactor
 from ._settings import Settings
 from ._state import SOCKET_STATES, TERMINAL_STATES, TRANSITIONS, State, Trigger
+from ._switch import SettingsSwitch
+from ._tally import Tally
 from ._timeline import Timeline
-from ._turns import Finalize, Latency, Turns
+from ._turns import Latency, Turns
 
 __all__ = ["JitterSource", "PulseConnection"]
 
 
-_NO_INPUT_STATES: Final = frozenset({State.CLOSING, State.CLOSED, State.FAILED})
 _WIRE_STATES: Final = frozenset({State.OPEN, State.DRAINING})  # keepalive runs
-# How much of a malformed frame an event shows: the first _SHOWN_CHARS, taken
-# after redacting a longer window, so a piece of the key across the cut is hidden.
-_SHOWN_CHARS: Final = 200
-_SHOWN_BYTES: Final = 4096
 
 
 class PulseConnection:
@@ -117,28 +84,13 @@ class PulseConnection:
         )
         self._retry = Retry(config.reconnect, jitter)
         self._liveness = Liveness(config)
-
-        # -- the live connection --------------------------------------------
-        self._streaming = False  # OPEN: frames go out as soon as they are made
-        self._connections = 0
-        self._connect_deadline: float | None = None
-        self._retry_at: float | None = None
-        self._was_lost = False  # the next Connected is a reconnect
-
-        # -- settings --------------------------------------------------------
-        self._previous_settings = config.settings  # those of the last socket (or the start)
-        self._settings_changed = False  # announce SettingsApplied on next open
-
-        # -- closing ---------------------------------------------------------
-        self._close_requested = False
-        self._close_deadline: float | None = None
-
-        # -- statistics (the parts keep their own) ----------------------------
-        self._finals = 0
-        self._reconnects = 0
+        self._tally = Tally(config.ticks_per_second)
+        self._outbound = Outbound(self._ledger, self._timeline, self._liveness, self._turns)
+        self._settings_switch = SettingsSwitch(config.settings)
+        self._closing = Closing(config.close_timeout)
 
     # ------------------------------------------------------------------
-    # Introspection
+    # Introspection and outputs
     # ------------------------------------------------------------------
 
     @property
@@ -173,26 +125,7 @@ class PulseConnection:
 
     def summary(self) -> SessionSummary:
         """What has happened so far (also delivered in ``Closed``)."""
-        ledger = self._ledger
-        turns = self._turns
-        tps = self._config.ticks_per_second
-        return SessionSummary(
-            audio_seconds_received=ledger.received / tps,
-            audio_seconds_sent=ledger.max_sent / tps,
-            finals=self._finals,
-            finalized_turns=turns.finalized,
-            timed_out_turns=turns.timed_out,
-            connections=self._connections,
-            reconnects=self._reconnects,
-            dropped_bytes=ledger.dropped_bytes,
-            dropped_seconds=ledger.dropped_ticks / tps,
-            keepalives=self._liveness.count,
-            latency=turns.latency.summary(),
-        )
-
-    # ------------------------------------------------------------------
-    # Outputs
-    # ------------------------------------------------------------------
+        return self._tally.summary(self._ledger, self._turns, self._liveness)
 
     def commands(self) -> list[Command]:
         """Take the commands for the transport, oldest first."""
@@ -208,24 +141,16 @@ class PulseConnection:
         """When :meth:`handle_timer` must next be called (``None``: no timer)."""
         if self._state in TERMINAL_STATES:
             return None
-        config = self._config
-        candidates: list[float] = []
-        coalescing = self._ledger.coalescing_deadline(config.max_chunk_delay)
-        if coalescing is not None:
-            candidates.append(coalescing)
-        if self._state in _WIRE_STATES:
-            candidates.append(self._liveness.deadline())
-        if self._state in SOCKET_STATES:
-            candidates.append(self._liveness.check_deadline())
-        finalize = self._turns.next()
-        if finalize is not None:
-            candidates.append(finalize.deadline)
-        candidates.extend(
-            deadline
-            for deadline in (self._connect_deadline, self._retry_at, self._close_deadline)
-            if deadline is not None
+        state = self._state
+        deadlines = (
+            self._ledger.coalescing_deadline(self._config.max_chunk_delay),
+            self._liveness.deadline() if state in _WIRE_STATES else None,  # keepalive
+            self._liveness.check_deadline() if state in SOCKET_STATES else None,
+            self._turns.deadline(),
+            self._retry.deadline(),
+            self._closing.deadline,
         )
-        return min(candidates) if candidates else None
+        return min((deadline for deadline in deadlines if deadline is not None), default=None)
 
     # ------------------------------------------------------------------
     # Inputs from the application
@@ -245,26 +170,24 @@ class PulseConnection:
         Empty chunks are ignored. A chunk that ends mid-sample is fine: the
         remainder waits for the next chunk.
         """
-        if self._close_requested or self._state in _NO_INPUT_STATES:
-            raise LocalProtocolError(self._after_close("send_audio()"))
+        self._closing.refuse_input("send_audio()", self._state)
         self._input(now)
         if not isinstance(data, bytes | bytearray | memoryview):
             raise TypeError(f"audio must be bytes-like, not {type(data).__name__}")
         if not data:
             return
-        for frame, ticks in self._ledger.hold(now, data):
-            self._add_frame(now, frame, ticks)
+        self._add_frames(now, self._ledger.hold(now, data))
 
     def speech_started(self, now: float) -> None:
         """Local VAD heard speech begin. Checked, but nothing is sent: the
         service needs no word of it (turns end with :meth:`speech_stopped`)."""
         self._input(now)
-        self._require_open_session("speech_started()")
+        self._closing.refuse_input("speech_started()", self._state)
 
     def speech_stopped(self, now: float) -> None:
         """Local VAD heard speech end: finalize the turn (TTFS is measured from here)."""
         self._input(now)
-        self._require_open_session("speech_stopped()")
+        self._closing.refuse_input("speech_stopped()", self._state)
         self._request_finalize(now, user=True)
 
     def finalize(self, now: float) -> bool:
@@ -274,7 +197,7 @@ class PulseConnection:
         finalize: the server would only answer with an empty final.
         """
         self._input(now)
-        self._require_open_session("finalize()")
+        self._closing.refuse_input("finalize()", self._state)
         return self._request_finalize(now, user=True)
 
     def update_settings(self, now: float, **changes: Any) -> None:
@@ -286,7 +209,7 @@ class PulseConnection:
         parameters. Audio that arrives meanwhile is kept and sent there.
         """
         self._input(now)
-        self._require_open_session("update_settings()")
+        self._closing.refuse_input("update_settings()", self._state)
         target = self._config.settings.evolve(**changes)
         config = self._config.with_settings(target)  # checks the region
         changed = self._config.settings.changed_fields(target)
@@ -294,15 +217,12 @@ class PulseConnection:
             return
         self._config = config
         state = self._state
-        if state is State.IDLE:
-            self._previous_settings = target
-            self._emit(SettingsApplied(settings=target, changed=changed))
-            return
-        self._settings_changed = True
-        if state is State.CONNECTING:
+        applied = self._settings_switch.changed(target, changed, started=state is not State.IDLE)
+        if applied is not None:
+            self._emit(applied)
+        elif state is State.CONNECTING:
             # The attempt in flight carries the old parameters: start over.
             self._commands.append(CloseConnection(code=1000, reason="settings changed"))
-            self._connect_deadline = None
             self._transition(Trigger.SWITCH)
             self._connect(now)
         elif state is State.OPEN:
@@ -326,36 +246,24 @@ class PulseConnection:
         """
         self._input(now)
         state = self._state
-        if state in _NO_INPUT_STATES:
+        if self._closing.over(state):
             return
-        self._close_requested = True
+        self._closing.request(now)
         self._flush_audio(now, closing=True)
         if state is State.IDLE:
-            # Never started: whatever audio was given can no longer be sent.
-            self._abandon(now, DropReason.NOT_STARTED, "session closed before it started")
-            self._finish(now, Trigger.CLOSE_DONE, error=None)
+            self._end(now, Ending.not_started())  # whatever audio was given can no longer be sent
             return
-        self._close_deadline = now + self._config.close_timeout
         if state in _WIRE_STATES:
             if state is State.DRAINING:
                 # The settings switch is abandoned: send what was held back on
                 # this connection rather than open another just to close it.
-                held = send_held(
-                    now,
-                    self._ledger,
-                    self._turns,
-                    self._timeline,
-                    heard=self._liveness.messages,
-                )
-                if any(isinstance(command, SendBinary) for command in held):
-                    self._liveness.wrote(now)
-                self._commands += held
+                self._commands += self._outbound.held(now)
             self._transition(Trigger.CLOSE)
-            self._send_text(CLOSE_STREAM)
+            self._commands.append(SendText(CLOSE_STREAM))
         elif not self._owes_anything():
             if state is State.CONNECTING:
                 self._commands.append(CloseConnection(code=1000, reason="session closed"))
-            self._finish(now, Trigger.CLOSE_DONE, error=None)
+            self._end(now, Ending.clean())
         self._ledger.report_drop()
         # Otherwise CONNECTING or BACKOFF with audio still to deliver: the
         # engine carries on connecting and closes once it has replayed.
@@ -372,36 +280,19 @@ class PulseConnection:
                 f"connection_opened() in state {self._state.value}: no connection attempt"
             )
         self._transition(Trigger.OPENED)
-        self._connect_deadline = None
-        self._connections += 1
-        reconnect = self._was_lost
-        if reconnect:
-            self._reconnects += 1
-            self._was_lost = False
+        reconnect = self._tally.opened()
         self._retry.opened(now)
         self._liveness.opened(now)
-        settings = self._config.settings
-        self._emit(
-            Connected(
-                connection=self._connections,
-                url=self._config.url(),
-                reconnect=reconnect,
-                settings=settings,
-            )
-        )
-        if self._settings_changed:
-            changed = self._previous_settings.changed_fields(settings)
-            self._emit(SettingsApplied(settings=settings, changed=changed))
-            self._settings_changed = False
-        self._previous_settings = settings
+        number, url, settings = self._tally.connections, self._config.url(), self._config.settings
+        self._emit(Connected(connection=number, url=url, reconnect=reconnect, settings=settings))
+        applied = self._settings_switch.opened(settings)
+        if applied is not None:
+            self._emit(applied)
         self._ledger.report_drop()
-        self._commands += replay(now, self._ledger, self._turns, self._timeline)
-        if self._timeline.ticks:
-            self._liveness.wrote(now)
-        self._streaming = True
-        if self._close_requested:
+        self._commands += self._outbound.opened(now)
+        if self._closing.requested:
             self._transition(Trigger.CLOSE)
-            self._send_text(CLOSE_STREAM)
+            self._commands.append(SendText(CLOSE_STREAM))
 
     def connection_failed(
         self,
@@ -424,7 +315,6 @@ class PulseConnection:
             if self._state in SOCKET_STATES:
                 raise LocalProtocolError("connection_failed() for a connection that is open")
             return  # about an attempt the engine already abandoned
-        self._connect_deadline = None
         self._connect_failed(
             now, status=status, reason=reason, retry_after=retry_after, final=permanent
         )
@@ -437,23 +327,10 @@ class PulseConnection:
         # events carry plain ints, whatever the transport.
         code = None if code is None else int(code)
         reason = self._redactor.text(reason)  # a close reason may echo the key (§6 rule 12)
-        state = self._state
-        if state is State.CONNECTING:
-            self._connect_deadline = None
-            self._connect_failed(
-                now,
-                status=None,
-                reason=f"closed during handshake: {reason}".rstrip(": "),
-                retry_after=None,
-            )
-        elif state in SOCKET_STATES:
-            text = "closed by the server" + (f" with code {code}" if code is not None else "")
-            self._connection_lost(
-                now,
-                code=code,
-                reason=reason or "closed by the server",
-                summary=f"{text}: {reason}" if reason else text,
-            )
+        if self._state is State.CONNECTING:
+            self._connect_failed(now, reason=handshake("closed", reason))
+        elif self._state in SOCKET_STATES:
+            self._connection_lost(now, closed_by_server(code, reason))
         # Other states: a connection the engine already closed.
 
     def protocol_violation(self, now: float, *, code: int, reason: str) -> None:
@@ -467,26 +344,12 @@ class PulseConnection:
         """
         self._input(now)
         code = int(code)  # a WebSocket library's enum: events carry plain ints
-        state = self._state
-        if state is State.CONNECTING:
-            self._connect_deadline = None
-            self._connect_failed(
-                now,
-                status=None,
-                reason=f"protocol error during handshake: {reason}".rstrip(": "),
-                retry_after=None,
-            )
-        elif state in SOCKET_STATES:
-            # RFC 6455 §7.1.7 and §8.1: such a connection is failed, not read
-            # on; the frame is reported and the audio replayed on a new one.
+        if self._state is State.CONNECTING:
+            self._connect_failed(now, reason=handshake("protocol error", reason))
+        elif self._state in SOCKET_STATES:
+            # The frame is reported, and the audio replayed on a new socket (PROTOCOL §4).
             self._emit(MalformedMessage(error=reason, data=""))
-            self._connection_lost(
-                now,
-                code=code,
-                reason=reason,
-                local=True,
-                summary=f"closed with code {code}: the server broke the protocol ({reason})",
-            )
+            self._connection_lost(now, broke_protocol(code, reason))
         # Other states: a connection the engine already closed.
 
     def receive_message(self, now: float, data: str | bytes | bytearray | memoryview) -> None:
@@ -495,51 +358,19 @@ class PulseConnection:
         if self._state not in SOCKET_STATES:
             return  # from a connection the engine already closed
         self._liveness.received(now)
-        hide = self._redactor
-        if not isinstance(data, str):
-            # The service only sends JSON text; a binary frame is a protocol
-            # error. Shown redacted, then cut (PROTOCOL §6 rule 12).
-            shown = hide.text(repr(bytes(data[:_SHOWN_BYTES])))[:_SHOWN_CHARS]
-            self._emit(MalformedMessage(error="unexpected binary frame", data=shown))
-            return
-        timeline = self._timeline
-        try:
-            message = parse_server_message(data, max_size=self._config.max_message_size)
-            # Every string redacted before anything sees it (PROTOCOL §6 rule 12).
-            message = hide_in_message(hide, message, data)
-            # Times are checked before they steer anything (PROTOCOL §5).
-            if isinstance(message, TranscriptionMessage):
-                message = within_connection(message, timeline)
-            elif isinstance(message, SpeechStartedMessage | SpeechEndedMessage):
-                message = attrs.evolve(
-                    message, timestamp=timeline.fit(message.timestamp, "timestamp")
-                )
-        except RemoteProtocolError as exc:
-            self._emit(
-                MalformedMessage(error=hide.text(str(exc)), data=self._shown(data))
-            )
-            return
+        message = read(
+            data,
+            max_size=self._config.max_message_size,
+            redactor=self._redactor,
+            timeline=self._timeline,
+        )
         if isinstance(message, TranscriptionMessage):
+            assert isinstance(data, str)  # only text is parsed
             self._on_transcription(now, message, data)
-        elif isinstance(message, SpeechStartedMessage):
-            self._emit(
-                SpeechStarted(
-                    timestamp=timeline.session_time(message.timestamp),
-                    session_id=message.session_id,
-                )
-            )
-        elif isinstance(message, SpeechEndedMessage):
-            self._emit(
-                SpeechEnded(
-                    timestamp=timeline.session_time(message.timestamp, end=True),
-                    session_id=message.session_id,
-                )
-            )
         elif isinstance(message, ErrorMessage):
             self._on_error(now, message)
         else:
-            assert isinstance(message, UnknownMessage)
-            self._emit(UnhandledMessage(message_type=message.message_type, raw=message.raw))
+            self._emit(message)  # it only reports something
 
     def pong_received(self, now: float) -> None:
         """The server answered a ping: the connection is alive.
@@ -556,32 +387,33 @@ class PulseConnection:
         self._input(now)
         if self._state in TERMINAL_STATES:
             return
-        config = self._config
-        coalescing = self._ledger.coalescing_deadline(config.max_chunk_delay)
+        coalescing = self._ledger.coalescing_deadline(self._config.max_chunk_delay)
         if coalescing is not None and now >= coalescing:
-            for frame, ticks in self._ledger.cut(now, everything=True):
-                self._add_frame(now, frame, ticks)
+            self._add_frames(now, self._ledger.cut(now, everything=True))
         self._expire_finalizes(now)
         if self._state in TERMINAL_STATES:
             return
-        if self._close_deadline is not None and now >= self._close_deadline:
+        if self._closing.due(now):
             self._close_timed_out(now)
             return
-        if self._connect_deadline is not None and now >= self._connect_deadline:
-            self._connect_deadline = None
+        if self._retry.timed_out(now):
             self._commands.append(CloseConnection(code=1000, reason="connect timed out"))
-            self._connect_failed(now, status=None, reason="connect timed out", retry_after=None)
-        if self._retry_at is not None and now >= self._retry_at:
-            self._retry_at = None
+            self._connect_failed(now, reason="connect timed out")
+        if self._retry.due(now):
             self._transition(Trigger.RETRY_DUE)
             self._connect(now)
         if self._state in SOCKET_STATES:
-            self._check_liveness(now)
+            # Probe a silent server; replace a socket that stays silent.
+            check = self._liveness.check(now)
+            if check is Check.PING:
+                self._commands.append(SendPing(LIVENESS_PING))
+            elif check is Check.DEAD:
+                self._connection_lost(now, silent(now - self._liveness.last_heard))
         if self._state in _WIRE_STATES and self._liveness.due(now):
-            self._keepalive(now)
+            self._commands.append(self._outbound.keepalive(now))
 
     # ------------------------------------------------------------------
-    # Internals: state and outputs
+    # Internals: state, outputs and audio
     # ------------------------------------------------------------------
 
     def _input(self, now: float) -> None:
@@ -591,101 +423,39 @@ class PulseConnection:
         if len(self._commands) + len(self._events) > self._output_limit:
             raise LocalProtocolError("the transport is not draining commands() and events()")
 
-    def _after_close(self, what: str) -> str:
-        if self._state is State.FAILED:
-            return f"{what} after the session failed"
-        return f"{what} after close()"
-
-    def _require_open_session(self, what: str) -> None:
-        if self._close_requested or self._state in _NO_INPUT_STATES:
-            raise LocalProtocolError(self._after_close(what))
-
     def _transition(self, trigger: Trigger) -> None:
         try:
             self._state = TRANSITIONS[(self._state, trigger)]
         except KeyError:  # pragma: no cover - the engine only fires valid triggers
             raise AssertionError(f"no transition from {self._state} on {trigger}") from None
         if self._state is not State.OPEN:
-            self._streaming = False
+            self._outbound.streaming = False
 
     def _emit(self, event: Event) -> None:
         self._events.append(event)
-
-    def _send_text(self, text: str) -> None:
-        self._commands.append(SendText(text))
 
     def _owes_anything(self) -> bool:
         """Audio or finalizes the server has not answered yet."""
         return self._ledger.unconfirmed or self._turns.owed or self._turns.awaiting
 
-    # ------------------------------------------------------------------
-    # Internals: audio (the ledger keeps it; the timeline maps it)
-    # ------------------------------------------------------------------
-
-    def _add_frame(self, now: float, data: bytes, ticks: int) -> None:
-        ledger = self._ledger
-        _, end, _ = ledger.append(data, ticks)
-        if self._streaming:
-            self._commands.append(SendBinary(data))
-            ledger.sent(end)
-            self._timeline.advance(ticks)
-            self._liveness.wrote(now)
-        if ledger.over_bound:
-            live = self._state in SOCKET_STATES
-            ledger.evict(live=live)
-            if live:
-                ledger.report_drop()
+    def _add_frames(self, now: float, frames: list[tuple[bytes, int]]) -> None:
+        self._commands += self._outbound.frames(now, frames, live=self._state in SOCKET_STATES)
 
     def _flush_audio(self, now: float, *, closing: bool = False) -> None:
         """Frame everything held (finalize and close must not wait for coalescing)."""
-        for frame, ticks in self._ledger.flush(now, closing=closing):
-            self._add_frame(now, frame, ticks)
+        self._add_frames(now, self._ledger.flush(now, closing=closing))
         if closing:
             self._ledger.drop_partial_sample()
 
-    def _check_liveness(self, now: float) -> None:
-        """Probe a silent server; replace a connection that stays silent."""
-        check = self._liveness.check(now)
-        if check is Check.PING:
-            self._commands.append(SendPing(LIVENESS_PING))
-        elif check is Check.DEAD:
-            silent = now - self._liveness.last_heard
-            reason = "server stopped answering"
-            self._commands.append(CloseConnection(code=1011, reason=reason))
-            self._connection_lost(
-                now,
-                code=1011,
-                reason=reason,
-                local=True,
-                summary=f"no answer from the server for {silent:.1f} s, not even to a ping",
-            )
-
-    def _keepalive(self, now: float) -> None:
-        """No audio went out for a keepalive interval: send silence (or a ping)."""
-        silence = self._liveness.keepalive(now)
-        if silence is None:
-            # Opus has no byte-level silence; a ping keeps the socket alive.
-            self._commands.append(SendPing(KEEPALIVE_PING))
-            return
-        self._commands.append(SendBinary(silence))
-        # The silence shifts the server's clock but not the session's.
-        self._timeline.silence(self._liveness.silence_ticks)
-
     # ------------------------------------------------------------------
-    # Internals: connections
+    # Internals: connections and the end
     # ------------------------------------------------------------------
 
     def _connect(self, now: float) -> None:
-        config = self._config
-        self._commands.append(
-            Connect(
-                url=config.url(),
-                headers=config.headers(),
-                attempt=self._retry.dial(),
-                timeout=config.connect_timeout,
-            )
-        )
-        self._connect_deadline = now + config.connect_timeout
+        config, timeout = self._config, self._config.connect_timeout
+        attempt = self._retry.dial(now, timeout)
+        url, headers = config.url(), config.headers()
+        self._commands.append(Connect(url=url, headers=headers, attempt=attempt, timeout=timeout))
 
     def _switch(self, now: float) -> None:
         """Close the live socket on purpose and connect with the new settings."""
@@ -699,92 +469,75 @@ class PulseConnection:
         self, *, code: int | None, reason: str, local: bool, will_reconnect: bool
     ) -> None:
         """Account for the end of an open socket."""
-        self._streaming = False
-        self._emit(
-            Disconnected(
-                connection=self._connections,
-                code=code,
-                reason=reason,
-                local=local,
-                will_reconnect=will_reconnect,
-            )
-        )
+        self._disconnected(code, reason, local=local, will_reconnect=will_reconnect)
         # Finalizes sent on that socket are owed again (before newer ones).
         self._turns.socket_ended()
         # Audio the dead socket had but the replay buffer no longer holds is lost.
         self._ledger.socket_ended()
         self._ledger.report_drop()
 
-    def _connection_lost(
-        self,
-        now: float,
-        *,
-        code: int | None,
-        reason: str,
-        local: bool = False,
-        summary: str | None = None,
+    def _disconnected(
+        self, code: int | None, reason: str, *, local: bool, will_reconnect: bool
     ) -> None:
-        """A socket ended unexpectedly. ``reason`` is the close reason as given
-        (for ``Disconnected``); ``summary`` describes the loss (for ``Reconnecting``)."""
-        summary = summary or reason
+        """The open socket is closed (PROTOCOL §6 rule 9: one ``Disconnected`` each)."""
+        self._outbound.streaming = False
+        number = self._tally.connections
+        self._emit(
+            Disconnected(
+                connection=number,
+                code=code,
+                reason=reason,
+                local=local,
+                will_reconnect=will_reconnect,
+            )
+        )
+
+    def _connection_lost(self, now: float, loss: Loss) -> None:
+        """The live socket ended without the session asking."""
+        if loss.close is not None:
+            self._commands.append(loss.close)
+        code, reason, local = loss.code, loss.reason, loss.local
         if self._state is State.CLOSING and not self._owes_anything():
             self._socket_gone(code=code, reason=reason, local=local, will_reconnect=False)
-            self._finish(now, Trigger.CLOSE_DONE, error=None, is_last_missing=True)
+            self._end(now, Ending.clean(is_last_missing=True))
             return
-        verdict = self._retry.lost(now, code=code, reason=summary)
-        self._socket_gone(code=code, reason=reason, local=local, will_reconnect=not verdict.give_up)
-        if verdict.give_up:
-            self._emit(self._failure(verdict, status=None, retry_after=None))
-            self._fail(now, verdict.reason)
-            return
-        self._was_lost = True
-        self._transition(Trigger.CONNECTION_LOST)
-        self._schedule_retry(now, verdict)
+        verdict = self._retry.lost(now, code=code, reason=loss.summary)
+        self._socket_gone(code=code, reason=reason, local=local, will_reconnect=not verdict.final)
+        if verdict.final:
+            self._emit(verdict.failure())
+            self._end(now, Ending.failed(verdict.reason))
+        else:
+            self._retry_later(now, verdict, Trigger.CONNECTION_LOST)
 
     def _connect_failed(
         self,
         now: float,
         *,
-        status: int | None,
         reason: str,
-        retry_after: float | None,
+        status: int | None = None,
+        retry_after: float | None = None,
         final: bool = False,
     ) -> None:
+        """The attempt in flight failed."""
         verdict = self._retry.refused(
-            status=status, reason=reason, retry_after=retry_after, final=final
+            now, status=status, reason=reason, retry_after=retry_after, final=final
         )
-        self._emit(self._failure(verdict, status=status, retry_after=retry_after))
-        if verdict.give_up:
-            self._fail(now, verdict.reason)
-            return
-        self._was_lost = True
-        self._transition(Trigger.CONNECT_FAILED)
-        self._schedule_retry(now, verdict)
+        self._emit(verdict.failure(status=status, retry_after=retry_after))
+        if verdict.final:
+            self._end(now, Ending.failed(verdict.reason))
+        else:
+            self._retry_later(now, verdict, Trigger.CONNECT_FAILED)
 
-    @staticmethod
-    def _failure(
-        verdict: Verdict, *, status: int | None, retry_after: float | None
-    ) -> ConnectionFailed:
-        return ConnectionFailed(
-            reason=verdict.reason,
-            status=status,
-            permanent=verdict.give_up,
-            retry_after=retry_after,
-            attempt=verdict.attempt,
-            gave_up=verdict.gave_up,
-        )
-
-    def _schedule_retry(self, now: float, verdict: Verdict) -> None:
-        self._retry_at = now + verdict.delay
-        self._emit(
-            Reconnecting(attempt=verdict.attempt + 1, delay=verdict.delay, reason=verdict.reason)
-        )
-        if self._close_requested and not self._owes_anything():
-            self._retry_at = None
-            self._finish(now, Trigger.CLOSE_DONE, error=None)
+    def _retry_later(self, now: float, verdict: Verdict, trigger: Trigger) -> None:
+        """Wait in backoff for the next attempt, unless a close has nothing to wait for."""
+        self._tally.failed()
+        self._transition(trigger)
+        self._emit(verdict.reconnecting())
+        if self._closing.requested and not self._owes_anything():
+            self._end(now, Ending.clean())
 
     # ------------------------------------------------------------------
-    # Internals: finalize (the turns keep the requests)
+    # Internals: turns and server messages
     # ------------------------------------------------------------------
 
     def _request_finalize(self, now: float, *, user: bool) -> bool:
@@ -796,185 +549,106 @@ class PulseConnection:
         timed_out = turns.make_room(now)
         if timed_out is not None:
             self._emit(timed_out)
-        if self._streaming:
-            self._send_finalize(now, request)
+        if self._outbound.streaming:
+            self._commands.append(self._outbound.finalize(now, request))
         else:
             turns.owe(request)
         return True
 
-    def _send_finalize(self, now: float, request: Finalize) -> None:
-        self._send_text(FINALIZE)
-        self._turns.sent(now, request, heard=self._liveness.messages)
-
     def _expire_finalizes(self, now: float) -> None:
-        turns = self._turns
-        while (request := turns.due(now)) is not None:
-            stalled = (
-                request.sent_at is not None
-                and self._state in (State.OPEN, State.CLOSING)
-                and self._liveness.messages == request.heard
-            )  # (when DRAINING, the switch below replaces the socket anyway)
-            self._emit(turns.time_out(now, request, "no final within finalize_timeout"))
+        stalled = True
+        while stalled:
+            # When DRAINING, the switch below replaces the socket anyway.
+            judged = self._state in (State.OPEN, State.CLOSING)
+            expired, stalled = self._turns.expire(
+                now, heard=self._liveness.messages if judged else None
+            )
+            self._events += expired
             if stalled:
                 # Nothing at all came back since the finalize went out: the
                 # connection is wedged. Replace it (the audio is replayed).
-                self._commands.append(CloseConnection(code=1011, reason="server stopped answering"))
-                self._connection_lost(now, code=1011, reason="server stopped answering", local=True)
+                self._connection_lost(now, STALLED)
                 if self._state in TERMINAL_STATES:
                     return
-        if self._state is State.DRAINING and not turns.awaiting:
+        if self._state is State.DRAINING and not self._turns.awaiting:
             self._switch(now)
-
-    # ------------------------------------------------------------------
-    # Internals: server messages
-    # ------------------------------------------------------------------
 
     def _on_transcription(self, now: float, message: TranscriptionMessage, data: str) -> None:
         closing = self._state is State.CLOSING
-        if message.is_final and self._repeated(message, data):
-            # A repeat answers nothing and confirms nothing, but is_last in it
+        connection = self._tally.connections
+        if message.is_final and (
+            error := repeat(self._transcribed, message, connection, self._timeline)
+        ):
+            # Reported, not delivered: its text would be transcribed twice
+            # (PROTOCOL §5). It answers and confirms nothing, but is_last in it
             # is still the server saying it is done.
+            self._emit(malformed(self._redactor, error, data))
             if message.is_last and closing:
                 self._close_complete(now)
             return
         answer = None
         if message.is_final:
-            self._finals += 1
+            self._tally.final()
             answer = self._turns.answer(now, message.from_finalize)
-            upto = confirmed_upto(
-                message,
-                answer,
-                self._timeline,
-                self._ledger,
-                closing=closing,
-            )
+            upto = confirmed_upto(message, answer, self._timeline, self._ledger, closing=closing)
             if upto is not None:
                 self._ledger.confirm(upto)
-        self._emit(transcript(message, answer, self._timeline, self._connections))
+        self._emit(transcript(message, answer, self._timeline, connection))
         if message.is_last and closing:
             self._close_complete(now)
         elif self._state is State.DRAINING and not self._turns.awaiting:
             self._switch(now)
 
-    def _repeated(self, message: TranscriptionMessage, data: str) -> bool:
-        """A final whose words this connection's finals already transcribed is
-        reported, not delivered: its text would be transcribed twice (PROTOCOL §5)."""
-        span = self._transcribed.repeats(message, self._connections)
-        if span is None:
-            return False
-        start, end = self._timeline.session_span(*span)
-        self._emit(
-            MalformedMessage(
-                error=f"a final repeating words already transcribed ({start:.2f}-{end:.2f} s)",
-                data=self._shown(data),
-            )
-        )
-        return True
-
-    def _shown(self, data: str) -> str:
-        """A frame as an event shows it: redacted, then cut (PROTOCOL §6 rule 12)."""
-        return self._redactor.text(data[:_SHOWN_BYTES])[:_SHOWN_CHARS]
-
     def _on_error(self, now: float, message: ErrorMessage) -> None:
-        permanent = message.code in PERMANENT_ERROR_CODES
+        verdict = self._retry.server_error(message.code, message.message)
         self._emit(
             ServerError(
-                message=message.message, code=message.code, permanent=permanent, raw=message.raw
+                message=message.message,
+                code=message.code,
+                permanent=verdict is not None,
+                raw=message.raw,
             )
         )
-        if permanent:
-            # e.g. LANGUAGE_NOT_ENABLED_IN_REGION: every reconnect would get the
-            # same answer.
-            reason = f"{message.code}: {message.message}"
+        if verdict is not None:
             self._commands.append(CloseConnection(code=1000, reason="permanent server error"))
-            self._socket_gone(code=1000, reason=reason, local=True, will_reconnect=False)
-            self._emit(
-                ConnectionFailed(
-                    reason=reason,
-                    status=None,
-                    permanent=True,
-                    retry_after=None,
-                    attempt=self._retry.dialled,
-                )
-            )
-            self._fail(now, reason)
-
-    # ------------------------------------------------------------------
-    # Internals: the end
-    # ------------------------------------------------------------------
+            self._socket_gone(code=1000, reason=verdict.reason, local=True, will_reconnect=False)
+            self._emit(verdict.failure())
+            self._end(now, Ending.failed(verdict.reason))
 
     def _close_complete(self, now: float) -> None:
         """``is_last`` arrived: every final is in."""
-        for event in self._turns.end(now, "session ended before its final", owed=False):
-            self._emit(event)
+        self._events += self._turns.end(now, "session ended before its final", owed=False)
         self._ledger.confirm(self._ledger.received)
         self._commands.append(CloseConnection(code=1000, reason="session closed"))
-        self._emit(
-            Disconnected(
-                connection=self._connections,
-                code=1000,
-                reason="session closed",
-                local=True,
-                will_reconnect=False,
-            )
-        )
-        self._finish(now, Trigger.CLOSE_DONE, error=None)
+        self._disconnected(1000, "session closed", local=True, will_reconnect=False)
+        self._end(now, Ending.clean())
 
     def _close_timed_out(self, now: float) -> None:
-        """``close_timeout`` ran out before ``is_last`` (PROTOCOL §6 rule 8).
-
-        What that means depends on what the server had done: confirmed every
-        tick (a clean close that only lacks ``is_last``), left some audio
-        unconfirmed (dropped: the close failed), or never been reached (the
-        session failed to connect, whatever the close waited for).
-        """
+        """``close_timeout`` ran out before ``is_last`` (PROTOCOL §6 rule 8)."""
         state = self._state
-        lost = self._ledger.unconfirmed  # the live socket's evicted audio included
+        ending = Ending.close_timed_out(
+            state,
+            connected=self._tally.connections > 0,
+            unconfirmed=self._ledger.unconfirmed,  # the live socket's evicted audio included
+            failures=self._retry.attempt,
+            last_failure=self._retry.reason,
+        )
         if state in SOCKET_STATES:
             self._commands.append(CloseConnection(code=1000, reason="close timed out"))
             self._socket_gone(code=1000, reason="close timed out", local=True, will_reconnect=False)
         elif state is State.CONNECTING:
             self._commands.append(CloseConnection(code=1000, reason="close timed out"))
-        if not self._connections:
-            self._fail(now, self._unreachable(), trigger=Trigger.UNREACHABLE)
-            return
-        self._abandon(now, DropReason.CLOSE_TIMEOUT, "close timed out")
-        error = None
-        if lost:
-            error = "close timed out before the server confirmed all audio"
-            if state not in SOCKET_STATES and self._retry.reason:
-                error += f" (while reconnecting after: {self._retry.reason})"
-        self._finish(
-            now, Trigger.CLOSE_TIMEOUT, error=error, is_last_missing=state is State.CLOSING
-        )
+        self._end(now, ending)
 
-    def _unreachable(self) -> str:
-        """Why a session that never connected ends: the last attempt's failure."""
-        failed = self._retry.attempt
-        if not failed:
-            return "could not reach the service: no connection opened within close_timeout"
-        attempts = "attempt" if failed == 1 else "attempts"
-        return f"could not reach the service after {failed} failed {attempts}: {self._retry.reason}"
-
-    def _fail(self, now: float, reason: str, *, trigger: Trigger = Trigger.GIVE_UP) -> None:
-        self._abandon(now, DropReason.SESSION_FAILED, "session failed")
-        self._finish(now, trigger, error=reason)
-
-    def _abandon(self, now: float, drop_reason: DropReason, finalize_reason: str) -> None:
-        """Report everything that will now never be transcribed."""
-        self._flush_audio(now, closing=True)
-        for event in self._turns.end(now, finalize_reason, owed=True):
-            self._emit(event)
-        self._ledger.abandon(drop_reason)
+    def _end(self, now: float, ending: Ending) -> None:
+        """The session is over: report what will never be transcribed, then ``Closed``."""
+        if ending.dropped is not None:
+            self._flush_audio(now, closing=True)
+            self._events += self._turns.end(now, ending.unanswered, owed=True)
+            self._ledger.abandon(ending.dropped)
         self._ledger.report_drop()
-
-    def _finish(
-        self, now: float, trigger: Trigger, *, error: str | None, is_last_missing: bool = False
-    ) -> None:
-        self._ledger.report_drop()
-        self._transition(trigger)
-        self._connect_deadline = None
-        self._retry_at = None
-        self._close_deadline = None
+        self._transition(ending.trigger)
+        self._retry.stop()
+        self._closing.stop()
         self._ledger.pending_since = None
-        self._emit(Closed(summary=self.summary(), error=error, is_last_missing=is_last_missing))
+        self._emit(ending.closed(self.summary()))

@@ -42,6 +42,7 @@ __all__ = [
     "ROUNDING",
     "Transcribed",
     "confirmed_upto",
+    "repeat",
     "transcript",
     "within_connection",
 ]
@@ -151,7 +152,12 @@ class Transcribed:
         # begins by ``start`` can hold it.
         index = bisect.bisect_right(starts, start + ROUNDING) - 1
         if index >= 0 and end <= ends[index] + ROUNDING:
-            return span
+            # Within rounding of that span, and in it, not just touching it: a
+            # short final of new audio right after the words already
+            # transcribed lies within the rounding too, and is no repeat.
+            inside = min(end, ends[index]) - max(start, starts[index])
+            if inside > 0 or (start == end and starts[index] < start < ends[index]):
+                return span
         # Record it: merge every span it overlaps or touches.
         first = bisect.bisect_left(ends, start - ROUNDING)
         last = bisect.bisect_right(starts, end + ROUNDING)
@@ -163,6 +169,19 @@ class Transcribed:
         if len(starts) > MAX_SPANS:
             del starts[0], ends[0]
         return None
+
+
+def repeat(
+    transcribed: Transcribed, message: TranscriptionMessage, connection: int, timeline: Timeline
+) -> str | None:
+    """Take final ``message`` of connection ``connection`` (see
+    :meth:`Transcribed.repeats`): why it is reported rather than delivered
+    when it repeats transcribed words, in session time (``None``: it does not)."""
+    span = transcribed.repeats(message, connection)
+    if span is None:
+        return None
+    start, end = timeline.session_span(*span)
+    return f"a final repeating words already transcribed ({start:.2f}-{end:.2f} s)"
 
 
 def _connection_span(items: tuple[Word, ...] | tuple[Utterance, ...]) -> tuple[float, float] | None:

@@ -1,10 +1,13 @@
 """``Retry``: whether to connect again, and when (spec/PROTOCOL.md §6 rule 5).
 
-Every rule about giving up lives here: which refusals are final, how long a
-``Retry-After`` may ask the engine to wait, how many consecutive failures the
-policy allows, when a connection counts as stable enough to forget earlier
-failures, and the backoff with jitter between attempts. The engine asks; this
-class answers with a :class:`Verdict` and never emits anything itself.
+Every rule about giving up lives here: which refusals are final, which server
+errors no reconnect can cure, how long a ``Retry-After`` may ask the engine to
+wait, how many consecutive failures the policy allows, when a connection counts
+as stable enough to forget earlier failures, the backoff with jitter between
+attempts, and the two clocks that follow from them: when the attempt in flight
+times out (``connect_timeout``) and when the next attempt is due. The engine
+asks; this class answers with a :class:`Verdict` and never emits anything
+itself.
 
 Invariants:
 
@@ -12,7 +15,10 @@ Invariants:
   lost connection adds one; a connection that stayed open ``stable_after``
   seconds resets it (checked when that connection ends);
 * the jitter source is drawn from exactly once per retry that is scheduled, and
-  never for a verdict that gives up, so a seeded jitter replays exactly.
+  never for a verdict that gives up, so a seeded jitter replays exactly;
+* at most one of the two clocks runs: ``connect_deadline`` from :meth:`dial`
+  until the attempt opens or fails, ``retry_at`` from a verdict that is not
+  final until the next :meth:`dial`; :meth:`stop` clears both.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Final, Protocol
 import attrs
 
 from ._config import ReconnectPolicy
+from ._events import ConnectionFailed, Reconnecting
 
 __all__ = [
     "CONCURRENCY_LIMIT_CLOSE",
@@ -51,9 +58,10 @@ class JitterSource(Protocol):
 class Verdict:
     """What to do after a failure."""
 
-    #: Stop: the session fails.
-    give_up: bool
-    #: The policy ran out of attempts (as opposed to a refusal that is final).
+    #: No further attempt: the session fails.
+    final: bool
+    #: Final because the policy ran out of attempts (not because the failure
+    #: itself is final, like a refusal that retrying cannot change).
     gave_up: bool
     #: Why, for the events: the failure's own reason, qualified when it is final.
     reason: str
@@ -62,11 +70,38 @@ class Verdict:
     #: Consecutive failures so far, this one included.
     attempt: int
 
+    def failure(
+        self, *, status: int | None = None, retry_after: float | None = None
+    ) -> ConnectionFailed:
+        """The event that reports the failure judged (``status`` and
+        ``retry_after``: the refusal's, if it was one)."""
+        return ConnectionFailed(
+            reason=self.reason,
+            status=status,
+            permanent=self.final,
+            retry_after=retry_after,
+            attempt=self.attempt,
+            gave_up=self.gave_up,
+        )
+
+    def reconnecting(self) -> Reconnecting:
+        """The event that announces the next attempt (the verdict is not final)."""
+        return Reconnecting(attempt=self.attempt + 1, delay=self.delay, reason=self.reason)
+
 
 class Retry:
     """Backoff state of one session."""
 
-    __slots__ = ("_attempt", "_dialled", "_jitter", "_opened_at", "_policy", "_reason")
+    __slots__ = (
+        "_attempt",
+        "_dialled",
+        "_jitter",
+        "_opened_at",
+        "_policy",
+        "_reason",
+        "connect_deadline",
+        "retry_at",
+    )
 
     def __init__(self, policy: ReconnectPolicy, jitter: JitterSource | None) -> None:
         self._policy = policy
@@ -75,6 +110,10 @@ class Retry:
         self._dialled = 0
         self._opened_at = 0.0
         self._reason = ""
+        #: When the attempt in flight fails unless it opened (``None``: none is).
+        self.connect_deadline: float | None = None
+        #: When the next attempt is due (``None``: none is scheduled).
+        self.retry_at: float | None = None
 
     @property
     def attempt(self) -> int:
@@ -92,14 +131,36 @@ class Retry:
         """The attempt number of the last connection dialled."""
         return self._dialled
 
-    def dial(self) -> int:
-        """A connection attempt begins: its number (1 after a success)."""
+    def dial(self, now: float, timeout: float) -> int:
+        """A connection attempt begins at ``now`` and fails unless it opens
+        within ``timeout``: its number (1 after a success)."""
         self._dialled = self._attempt + 1
+        self.connect_deadline = now + timeout
+        self.retry_at = None
         return self._dialled
 
     def opened(self, now: float) -> None:
         """The attempt succeeded; stability is measured from ``now``."""
         self._opened_at = now
+        self.connect_deadline = None
+
+    def deadline(self) -> float | None:
+        """When the attempt in flight times out, or the next one is due."""
+        clocks = [at for at in (self.connect_deadline, self.retry_at) if at is not None]
+        return min(clocks, default=None)
+
+    def timed_out(self, now: float) -> bool:
+        """The attempt in flight did not open in time (report it with :meth:`refused`)."""
+        return self.connect_deadline is not None and now >= self.connect_deadline
+
+    def due(self, now: float) -> bool:
+        """The backoff has elapsed: dial again."""
+        return self.retry_at is not None and now >= self.retry_at
+
+    def stop(self) -> None:
+        """The session is over: no attempt times out, none is due."""
+        self.connect_deadline = None
+        self.retry_at = None
 
     def settle(self, now: float) -> None:
         """The open connection ends: if it lasted, earlier failures are forgiven."""
@@ -107,9 +168,15 @@ class Retry:
             self._attempt = 0
 
     def refused(
-        self, *, status: int | None, reason: str, retry_after: float | None, final: bool
+        self,
+        now: float,
+        *,
+        status: int | None,
+        reason: str,
+        retry_after: float | None,
+        final: bool,
     ) -> Verdict:
-        """A connection attempt failed with ``status`` (``None``: no answer).
+        """The attempt in flight failed at ``now`` with ``status`` (``None``: no answer).
 
         4xx refusals other than 408 and 429 are final (the request itself is
         wrong), as are redirects (never followed), any ``Retry-After`` longer
@@ -118,6 +185,7 @@ class Retry:
         delay.
         """
         policy = self._policy
+        self.connect_deadline = None
         self._attempt += 1
         reason = reason or (f"HTTP {status}" if status else "connection failed")
         permanent = final or (
@@ -143,7 +211,7 @@ class Retry:
         delay = self._draw()
         if retry_after is not None:
             delay = max(delay, retry_after)
-        return Verdict(False, False, reason, delay, self._attempt)
+        return self._schedule(now, reason, delay)
 
     def lost(self, now: float, *, code: int | None, reason: str) -> Verdict:
         """An open connection ended without the engine asking."""
@@ -156,7 +224,20 @@ class Retry:
         if code == CONCURRENCY_LIMIT_CLOSE:
             # Reconnecting at once would hit the same limit.
             delay = max(delay, self._policy.concurrency_delay)
+        return self._schedule(now, reason, delay)
+
+    def _schedule(self, now: float, reason: str, delay: float) -> Verdict:
+        self.retry_at = now + delay
         return Verdict(False, False, reason, delay, self._attempt)
+
+    def server_error(self, code: str | None, message: str) -> Verdict | None:
+        """The server reported an error on the open connection: a final verdict
+        when no reconnect can cure it (every new connection would get the same
+        answer), else ``None`` and the connection carries on (if the server
+        then closes it, :meth:`lost` judges that)."""
+        if code not in PERMANENT_ERROR_CODES:
+            return None
+        return Verdict(True, False, f"{code}: {message}", 0.0, self._dialled)
 
     def _out_of_attempts(self) -> bool:
         limit = self._policy.max_attempts

@@ -23,7 +23,10 @@ Invariants:
 * when a socket ends, its unanswered requests become owed again, ahead of
   newer ones, and orphans are forgotten (their answers can no longer come);
 * at most ``max_pending`` requests are unanswered: a new one times out the
-  oldest.
+  oldest;
+* a request that times out on the live socket with nothing at all heard there
+  since it was sent finds that socket stalled (:meth:`expire`), and the
+  engine replaces it (PROTOCOL §6 rules 3 and 11).
 """
 
 from __future__ import annotations
@@ -170,16 +173,16 @@ class Turns:
         """Requests wait for a socket to be sent on."""
         return bool(self._owed)
 
-    @property
-    def any_sent(self) -> bool:
-        """Anything is in flight, orphans included (a final may answer it)."""
-        return bool(self._inflight)
-
     def next(self) -> Finalize | None:
         """The unanswered request that times out first."""
         if len(self._inflight) > self._orphans:
             return self._inflight[self._orphans]
         return self._owed[0] if self._owed else None
+
+    def deadline(self) -> float | None:
+        """When the next unanswered request times out (``None``: none waits)."""
+        request = self.next()
+        return None if request is None else request.deadline
 
     def due(self, now: float) -> Finalize | None:
         """The unanswered request whose deadline has passed, if any."""
@@ -273,6 +276,23 @@ class Turns:
             self._owed.remove(request)
         self.timed_out += 1
         return FinalizeTimedOut(turn=request.turn, waited=now - request.requested_at, reason=reason)
+
+    def expire(self, now: float, *, heard: int | None) -> tuple[list[FinalizeTimedOut], bool]:
+        """Time out the requests due by ``now``, oldest first, stopping after
+        one that finds the live socket stalled; returns the timeouts and
+        whether the socket is stalled.
+
+        ``heard``: the messages the live socket brought so far, or ``None``
+        when no socket is to be judged by its answers. A request sent on it
+        with none heard since finds it stalled: nothing came back at all.
+        """
+        expired: list[FinalizeTimedOut] = []
+        while (request := self.due(now)) is not None:
+            stalled = request.sent_at is not None and heard == request.heard
+            expired.append(self.time_out(now, request, "no final within finalize_timeout"))
+            if stalled:
+                return expired, True
+        return expired, False
 
     def socket_ended(self) -> None:
         """The live socket is gone: its unanswered requests are owed again, in

@@ -13,18 +13,22 @@ by it: the local emulator with token audio for tests (``pulse_trio.emulator``,
 (``pulse_trio.cli``).
 """
 
-from ._connector import Connector, default_connector
-from ._errors import (
-    AuthenticationError,
-    CertificateError,
-    ConnectionGaveUpError,
-    InvalidRequestError,
-    PermissionDeniedError,
-    RateLimitError,
-    RegionError,
-    SessionFailedError,
-)
-from ._session import HANDLER_EVENTS, Session, open_session
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._connector import Connector, default_connector
+    from ._errors import (
+        AuthenticationError,
+        CertificateError,
+        ConnectionGaveUpError,
+        InvalidRequestError,
+        PermissionDeniedError,
+        RateLimitError,
+        RegionError,
+        SessionFailedError,
+    )
+    from ._session import HANDLER_EVENTS, Session, open_session
 
 __all__ = [
     "HANDLER_EVENTS",
@@ -41,3 +45,24 @@ __all__ = [
     "default_connector",
     "open_session",
 ]
+
+
+# Imported when first used, so that ``pulse --help`` (which imports this
+# package first) does not load Trio, trio-websocket and the engine.
+def __getattr__(name: str) -> object:
+    module: ModuleType
+    if name in ("Connector", "default_connector"):
+        from . import _connector as module  # noqa: PLC0415 - loaded when first used
+    elif name in ("HANDLER_EVENTS", "Session", "open_session"):
+        from . import _session as module  # noqa: PLC0415
+    elif name in __all__:
+        from . import _errors as module  # noqa: PLC0415
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

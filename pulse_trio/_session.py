@@ -32,6 +32,7 @@ import contextlib
 import enum
 import functools
 import inspect
+import json
 import logging
 import math
 import os
@@ -57,10 +58,12 @@ from pulse_core import (
     ConnectionConfig,
     ConnectionFailed,
     Disconnected,
+    Encoding,
     Event,
     FinalizeTimedOut,
     LocalProtocolError,
     MalformedMessage,
+    OggPageSplitter,
     PulseConnection,
     Reconnecting,
     SendBinary,
@@ -74,6 +77,7 @@ from pulse_core import (
     State,
     Transcript,
     UnhandledMessage,
+    opus_packet_ticks,
 )
 
 from ._connector import Connector, close_transport, default_connector
@@ -429,7 +433,12 @@ class Session:
                             self._last_failure,
                             reached=event.summary.connections > 0,
                         )
-                        self.body_scope.cancel()
+                        # Cancelled from the run loop, not from here: a cancel
+                        # made while a task handles an exception (the reader's
+                        # ConnectionClosed, say) delivers a Cancelled chained to
+                        # it, and with it the server's close reason or refusal
+                        # (PROTOCOL §6 rule 12) into the application's traceback.
+                        trio.lowlevel.current_trio_token().run_sync_soon(self.body_scope.cancel)
             self._events.extend(events)
             self._wake_forwarder.set()
         self._wake_timer.set()
@@ -447,6 +456,9 @@ class Session:
             # on nothing about it is reported, and nothing more is written.
             closing, self._link = self._link, None
             if closing is not None:
+                self._log.debug(
+                    "closing connection %d: %d %s", closing.number, command.code, command.reason
+                )
                 closing.abandoned = True
                 closing.closing = True
                 self._release(closing)
@@ -510,6 +522,7 @@ class Session:
                             self._space.raise_()
                     elif isinstance(command, SendText):
                         await ws.send_message(command.text)
+                        self._log.debug("sent %s", command.text)  # our own control messages
                     else:
                         # A ping waits for its pong: never hold the audio up for it.
                         nursery.start_soon(self._ping, link, ws, command.payload)
@@ -571,10 +584,13 @@ class Session:
             return
         nursery.start_soon(self._writer, link, ws, nursery)
         self._report(link, "connection_opened")
+        self._log_replay(link)
         try:
             while True:
                 message = await ws.get_message()
                 self._events.arriving = _message_bytes(message)
+                if self._log.isEnabledFor(logging.DEBUG):
+                    self._log.debug("received %s", _describe_frame(message, self._redact))
                 self._report(link, "receive_message", message)
                 await self._backpressure()
         except ConnectionClosed as exc:
@@ -596,6 +612,26 @@ class Session:
         self._report(link, name, **arguments)
         link.abandoned = True
         self._release(link)
+
+    def _log_replay(self, link: _Link) -> None:
+        """What a new connection is sent first: held audio, or a replay (PROTOCOL §6 rule 6)."""
+        if not self._log.isEnabledFor(logging.DEBUG) or link.abandoned:
+            return
+        audio = [c.data for c in link.outbox if isinstance(c, SendBinary)]
+        finalizes = sum(1 for c in link.outbox if isinstance(c, SendText) and "finalize" in c.text)
+        if not audio and not finalizes:
+            return
+        config = self._conn.config
+        seconds = _audio_seconds(audio, config.encoding, config.sample_rate)
+        end = self._conn.summary().audio_seconds_sent
+        self._log.debug(
+            "%s %d bytes of audio (%.2f s from session time %.2f s) and %d finalize(s)",
+            "replaying" if link.number > 1 else "sending what was held while connecting:",
+            sum(map(len, audio)),
+            seconds,
+            max(0.0, end - seconds),
+            finalizes,
+        )
 
     def _redact(self, text: str) -> str:
         """Server-controlled text may echo the request: never pass the key on,
@@ -717,7 +753,12 @@ class Session:
         if isinstance(event, Connected):
             log.info("connected (connection %d)", event.connection)
         elif isinstance(event, Disconnected):
-            log.info("disconnected (code %s, %s)", event.code, event.reason)
+            log.info(
+                "disconnected (code %s, %s)%s",
+                event.code,
+                event.reason,
+                "; connecting again" if event.will_reconnect else "",
+            )
         elif isinstance(event, Reconnecting):
             log.info(
                 "reconnecting in %.2f s (attempt %d): %s", event.delay, event.attempt, event.reason
@@ -750,6 +791,47 @@ def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
     while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
         error = error.exceptions[0]
     return error
+
+
+def _bare(failure: SessionFailedError) -> SessionFailedError:
+    """``failure`` without the exceptions it was raised over. Its own text and
+    ``failure`` event are redacted (PROTOCOL §6 rule 12), but where it is raised
+    it may be chained to what the WebSocket stack raised (a close with its
+    reason, a refusal with its headers and body): a logged traceback would show
+    those, the key with them."""
+    failure.__context__ = None
+    failure.__cause__ = None
+    failure.__suppress_context__ = True
+    return failure
+
+
+def _describe_frame(message: str | bytes, redact: Callable[[str], str]) -> str:
+    """A server frame for the debug log: its type and flags, never its text."""
+    if isinstance(message, bytes):
+        return f"a binary frame of {len(message)} bytes"
+    try:
+        parsed = json.loads(message)
+    except ValueError:
+        return f"a text frame that is not JSON ({len(message)} characters)"
+    if not isinstance(parsed, dict):
+        return f"a JSON {type(parsed).__name__}, not an object"
+    kind = parsed.get("type")
+    # Server-controlled: it could echo anything, the key too.
+    name = redact(kind)[:40] if isinstance(kind, str) else "a message without a type"
+    flags = [flag for flag in ("is_final", "from_finalize", "is_last") if parsed.get(flag) is True]
+    return name + (f" ({', '.join(flags)})" if flags else "")
+
+
+def _audio_seconds(frames: list[bytes], encoding: Encoding, sample_rate: int) -> float:
+    """How much audio ``frames`` hold, in seconds."""
+    width = encoding.sample_width
+    if width is not None:
+        return sum(map(len, frames)) / (width * sample_rate)
+    if encoding is Encoding.OPUS:
+        return sum(opus_packet_ticks(frame) for frame in frames) / 48000
+    pages = OggPageSplitter()
+    ticks = sum(t for frame in frames for _, t in pages.feed(frame) if t > 0)
+    return ticks / 48000
 
 
 def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -845,9 +927,10 @@ async def open_session(
             await session.aclose()
             nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        raise _unwrap(group) from None
+        error = _unwrap(group)
+        raise (_bare(error) if error is session._failure else error) from None
     finally:
         session._events_in.close()  # any events() iterator ends, whatever happened
         stop_hiding(hiding)
     if session._failure is not None:
-        raise session._failure
+        raise _bare(session._failure) from None

@@ -23,6 +23,6 @@ Exit statuses:
       what was sent; a second one stops at once
 """
 
-from ._main import main
+from ._args import main
 
 __all__ = ["main"]

@@ -22,6 +22,7 @@ import attrs
 
 from pulse_core import SAMPLE_RATES, OggPageSplitter
 
+from ._args import RAW_ENCODINGS
 from ._wav import (
     FORMAT_ALAW,
     FORMAT_MULAW,
@@ -34,7 +35,6 @@ from ._wav import (
 
 __all__ = ["AudioSource", "InputError", "SilenceDetector", "open_source"]
 
-RAW_ENCODINGS: Final = ("linear16", "linear32", "alaw", "mulaw", "ogg_opus")
 _RATES: Final = ", ".join(map(str, SAMPLE_RATES))
 _OPUS_RATE: Final = 48000
 _CONVERT_HINT: Final = "convert it first, e.g.: ffmpeg -i {name} -ar 16000 -ac 1 out.wav"
@@ -145,8 +145,7 @@ class AudioSource:
         return self._stream.read(size)
 
     def close(self) -> None:
-        if self._stream is not getattr(sys.stdin, "buffer", None):
-            self._stream.close()
+        self._stream.close()  # stdin's descriptor stays open (closefd=False)
 
 
 class PcmSource(AudioSource):
@@ -259,16 +258,27 @@ def open_source(
     """
     if path == "-":
         label = "stdin"
-        stream: BinaryIO = sys.stdin.buffer
-        if sys.stdin.isatty():
+        try:
+            fd = sys.stdin.fileno()
+        except (AttributeError, OSError, ValueError):
+            raise InputError(
+                "stdin is closed: pipe audio into `pulse transcribe -`, or give a file"
+            ) from None
+        if os.isatty(fd):
             raise InputError(
                 "stdin is a terminal: pipe audio into `pulse transcribe -`, or give a file"
             )
+        # The descriptor itself, unbuffered: a worker thread waiting in a read of
+        # sys.stdin.buffer holds that reader's lock, and the interpreter aborts at
+        # exit when it cannot take the lock to close stdin (Ctrl-C while the
+        # producer is quiet). A raw read holds no lock.
+        stream: BinaryIO = open(fd, "rb", buffering=0, closefd=False)  # noqa: SIM115
         streaming = True
     else:
         label = path
         try:
-            stream = open(path, "rb")  # noqa: SIM115 - closed by AudioSource.close
+            # Unbuffered, like stdin: a named pipe can leave a read waiting too.
+            stream = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by AudioSource.close
         except OSError as exc:
             raise InputError(f"{path}: {exc.strerror or exc}") from None
         try:
@@ -283,8 +293,7 @@ def open_source(
             stream, label, streaming, encoding=encoding, sample_rate=sample_rate, channels=channels
         )
     except (InputError, OSError) as exc:
-        if path != "-":
-            stream.close()
+        stream.close()
         if isinstance(exc, OSError):
             raise InputError(f"{label}: {exc.strerror or exc}") from None
         raise

@@ -1,20 +1,23 @@
-"""The ``pulse`` command: its arguments, ``pulse transcribe``, ``pulse emulator``
-and ``main`` (the exit statuses are in the package's docstring).
+"""``pulse transcribe`` and ``pulse emulator``, once their arguments are parsed
+(``_args`` parses them, and imports this module only then).
 """
 
 from __future__ import annotations
 
 import argparse
-import difflib
+import errno
+import ipaddress
 import logging
-import math
 import os
+import re
 import signal
+import socket
 import ssl
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 import trio
 
@@ -48,49 +51,12 @@ from pulse_trio import (
     open_session,
 )
 
-from ._input import RAW_ENCODINGS, AudioSource, InputError, SilenceDetector, open_source
-from ._output import FORMATS, Formatter, make_formatter
+from ._args import EXIT_AUTH, EXIT_INTERRUPTED, EXIT_OK, EXIT_SERVICE, EXIT_USAGE
+from ._input import AudioSource, InputError, SilenceDetector, open_source
+from ._output import Formatter, make_formatter
 from ._terminal import LiveLine, use_color
 
-__all__ = ["main"]
-
-EXIT_OK = 0
-EXIT_USAGE = 2
-EXIT_AUTH = 3
-EXIT_SERVICE = 4
-EXIT_INTERRUPTED = 130
-
-EXIT_STATUSES = """\
-exit statuses:
-  0    success
-  2    usage or input error: a bad option, unreadable or unsupported audio, no API key
-  3    the API key was refused, or may not do this (HTTP 401/403:
-       AuthenticationError, PermissionDeniedError)
-  4    the service could not be used: the network gave up (ConnectionGaveUpError)
-       or the session failed otherwise (any other SessionFailedError)
-  130  interrupted: the first Ctrl-C finishes the transcript of what was sent,
-       a second one stops at once
-"""
-
-TRANSCRIBE_EPILOG = (
-    """\
-examples:
-  pulse transcribe call.wav                      text, one line per final
-  pulse transcribe talk.wav -f srt -o talk.srt   subtitles (word timestamps are on)
-  pulse transcribe call.wav --diarize -f jsonl   one JSON object per final
-  arecord -q -f S16_LE -r 16000 -c 1 -t raw | pulse transcribe - --encoding linear16
-  pulse transcribe hello.wav --local             offline, against the built-in emulator
-
-input: WAV (PCM 8/16/24/32-bit, IEEE float, a-law, mu-law; more channels are
-mixed to mono), Ogg Opus, or raw audio given --encoding/--sample-rate/--channels.
-Pulse accepts 8000, 16000, 22050, 24000, 44100 and 48000 Hz and does not resample.
-
-the API key comes from SMALLEST_API_KEY or --api-key-file FILE (never an argument,
-never printed).
-
-"""
-    + EXIT_STATUSES
-)
+__all__: list[str] = []
 
 #: Settings fields whose option is not simply --field-name.
 _OPTION_NAMES = {
@@ -102,21 +68,6 @@ _OPTION_NAMES = {
     "reconnect.max_attempts": "--reconnect-attempts",
     "max_attempts": "--reconnect-attempts",
 }
-_BOOLEAN_SETTINGS = (
-    ("word_timestamps", "--word-timestamps", "word timings (on by default for srt, vtt and json)"),
-    ("sentence_timestamps", "--sentence-timestamps", "sentence timings"),
-    ("diarize", "--diarize", "label speakers"),
-    ("redact_pii", "--redact-pii", "redact personal information"),
-    ("redact_pci", "--redact-pci", "redact payment card information"),
-    ("full_transcript", "--full-transcript", "send the running full transcript"),
-    ("itn_normalize", "--itn", "inverse text normalisation (numbers, dates as digits)"),
-    ("format", "--formatting", "the service's text formatting"),
-    ("punctuate", "--punctuate", "punctuation"),
-    ("capitalize", "--capitalize", "capitalisation"),
-    ("endpointing", "--endpointing", "finals when the speaker pauses (server side)"),
-    ("finalize_on_words", "--finalize-on-words", "finals after --max-words words"),
-    ("vad_events", "--vad-events", "speech started/ended events (in jsonl)"),
-)
 _VALUE_SETTINGS = (
     "language",
     "model",
@@ -126,290 +77,137 @@ _VALUE_SETTINGS = (
     "external_session_id",
 )
 _LOCAL_KEY = "sk_local_emulator"
-
-
-# -- the parser -----------------------------------------------------------------
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a number above 0")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pulse",
-        description="Smallest AI Pulse speech-to-text client and local emulator.",
-        epilog="run `pulse COMMAND --help` for a command's options.\n\n" + EXIT_STATUSES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_transcribe(commands)
-    _add_emulator(commands)
-    return parser
-
-
-def _add_transcribe(commands: Any) -> None:
-    cmd = commands.add_parser(
-        "transcribe",
-        help="transcribe a WAV or Ogg Opus file, or audio on stdin",
-        description=(
-            "Transcribe audio with Pulse. Files are sent as fast as the connection takes "
-            "them; stdin streams as it arrives. Finals go to stdout (or --output); on a "
-            "terminal the turn in progress is shown live, and progress on stderr."
-        ),
-        epilog=TRANSCRIBE_EPILOG,
-        usage="pulse transcribe PATH [options]",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,
-    )
-    cmd.add_argument("path", metavar="PATH", help="WAV or Ogg Opus file, or - for stdin")
-
-    source = cmd.add_argument_group("input")
-    source.add_argument(
-        "--encoding",
-        choices=[*RAW_ENCODINGS, "opus"],
-        metavar="{" + ",".join(RAW_ENCODINGS) + "}",
-        help="encoding of raw input (a WAV or Ogg header gives its own)",
-    )
-    source.add_argument(
-        "--sample-rate",
-        type=int,
-        metavar="HZ",
-        help="sample rate of raw input (default 16000; 8000 for alaw/mulaw)",
-    )
-    source.add_argument(
-        "--channels", type=_positive_int, metavar="N", help="channels of raw input (default 1)"
-    )
-    pace = source.add_mutually_exclusive_group()
-    pace.add_argument(
-        "--realtime", action="store_true", help="send a file at the pace of a live source"
-    )
-    pace.add_argument(
-        "--speed",
-        type=_positive_float,
-        metavar="N",
-        help="send at N times real time (default for files: as fast as the connection takes)",
-    )
-    source.add_argument(
-        "--finalize-after-silence",
-        type=_positive_float,
-        metavar="MS",
-        help="finalize each turn after MS ms of local silence, as a voice agent's VAD "
-        "would (gives --stats latency samples)",
-    )
-
-    out = cmd.add_argument_group("output")
-    out.add_argument(
-        "-f", "--format", choices=FORMATS, default="text", help="output format (default text)"
-    )
-    out.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
-    out.add_argument(
-        "--interims",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="show the turn in progress (default: on a terminal); --interims also "
-        "writes interim lines in jsonl",
-    )
-    out.add_argument(
-        "--max-cue-chars",
-        type=_positive_int,
-        default=84,
-        metavar="N",
-        help="srt/vtt: longest cue in characters, two lines (default 84)",
-    )
-    out.add_argument(
-        "--max-cue-seconds",
-        type=_positive_float,
-        default=7.0,
-        metavar="S",
-        help="srt/vtt: longest cue in seconds (default 7)",
-    )
-    out.add_argument(
-        "--stats",
-        action="store_true",
-        help="print a summary at the end: time to final after finalize (p50/p90/p99), "
-        "reconnects, dropped audio",
-    )
-    out.add_argument("-q", "--quiet", action="store_true", help="no progress or notices")
-    out.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more detail on stderr (-vv: debug)"
-    )
-
-    settings = cmd.add_argument_group("transcription settings")
-    settings.add_argument(
-        "--language", dest="setting_language", metavar="CODE", help="language (default en)"
-    )
-    settings.add_argument("--model", dest="setting_model", metavar="NAME", help="model (pulse)")
-    for field, option, text in _BOOLEAN_SETTINGS:
-        settings.add_argument(
-            option,
-            dest=f"setting_{field}",
-            action=argparse.BooleanOptionalAction,
-            default=None,
-            help=text,
-        )
-    settings.add_argument(
-        "--numerals",
-        dest="setting_numerals",
-        choices=["auto", "true", "false", "always", "none"],
-        help="write numbers as digits",
-    )
-    settings.add_argument(
-        "--keywords",
-        dest="keywords",
-        action="append",
-        metavar="LIST",
-        help="words to boost, comma-separated, each optionally word:intensifier "
-        "(e.g. 'Pulse:2,Smallest'); repeatable",
-    )
-    settings.add_argument(
-        "--eou-timeout-ms",
-        dest="setting_eou_timeout_ms",
-        type=int,
-        metavar="MS",
-        help="silence that ends a turn, 100 to 10000",
-    )
-    settings.add_argument(
-        "--max-words",
-        dest="setting_max_words",
-        type=int,
-        metavar="N",
-        help="a final after at most N words",
-    )
-    settings.add_argument(
-        "--external-session-id",
-        dest="setting_external_session_id",
-        metavar="ID",
-        help="your id for this session",
-    )
-
-    conn = cmd.add_argument_group("connection")
-    conn.add_argument(
-        "--local",
-        action="store_true",
-        help="use the built-in emulator, in-process (no key, no network; it recognises "
-        "token audio only)",
-    )
-    conn.add_argument("--region", choices=["us", "india"], help="the region's host")
-    conn.add_argument("--base-url", metavar="URL", help="server URL (e.g. ws://127.0.0.1:8765)")
-    conn.add_argument(
-        "--allow-insecure",
-        action="store_true",
-        help="allow plain ws:// to a host that is not this machine (audio travels unencrypted)",
-    )
-    conn.add_argument(
-        "--api-key-file",
-        metavar="FILE",
-        help="read the API key from FILE (default: the SMALLEST_API_KEY variable)",
-    )
-    conn.add_argument(
-        "--reconnect-attempts",
-        type=_positive_int,
-        default=10,
-        metavar="N",
-        help="give up after N failed connection attempts in a row (default 10)",
-    )
-    # Caught to say why there is no such option (a key in argv shows in `ps`).
-    conn.add_argument("--api-key", nargs="?", const="", default=None, help=argparse.SUPPRESS)
-
-
-def _add_emulator(commands: Any) -> None:
-    emulator = commands.add_parser(
-        "emulator",
-        help="serve a local Pulse-compatible server (token audio recognition)",
-        description=(
-            "Serve the Pulse streaming protocol locally, for tests, demos and offline "
-            "development. Point a client at ws://HOST:PORT (no API key needed unless "
-            "--api-key is given)."
-        ),
-    )
-    emulator.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    emulator.add_argument(
-        "--port", type=int, default=8765, help="port to bind (default 8765; 0 picks one)"
-    )
-    emulator.add_argument(
-        "--api-key",
-        action="append",
-        dest="api_keys",
-        metavar="KEY",
-        help="accept only this bearer key (repeatable); default: accept any key",
-    )
-    emulator.add_argument(
-        "--region", choices=["india", "us"], help="behave like this region's host"
-    )
-    emulator.add_argument(
-        "--max-sessions", type=int, default=100, help="concurrency limit (default 100)"
-    )
-    emulator.add_argument("--certfile", help="serve wss:// with this certificate (PEM)")
-    emulator.add_argument("--keyfile", help="private key for --certfile (PEM)")
-    emulator.add_argument("-v", "--verbose", action="store_true", help="log every connection")
+#: How to get the speech engine (emulator.INSTALL_HINT; restated so as not to import it).
+_INSTALL_HINT = "python -m pip install 'pulse-stt[local]'"
 
 
 # -- pulse emulator -----------------------------------------------------------------
 
 
-async def _serve(args: argparse.Namespace) -> None:
+async def _serve(args: argparse.Namespace) -> int:
     from pulse_trio.emulator import Emulator  # noqa: PLC0415 - imported when used: it loads slowly
 
+    engine = args.chosen_engine
+    prepare = getattr(engine, "prepare", None)
+    if prepare is not None:
+        await prepare()  # the speech model loads before the first client comes
     context = None
     if args.certfile:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(args.certfile, args.keyfile)
+        try:
+            context.load_cert_chain(args.certfile, args.keyfile)
+        except OSError as exc:  # ssl.SSLError too
+            print(
+                f"pulse emulator: cannot use --certfile/--keyfile: {exc.strerror or exc}",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
     emulator = Emulator(
+        engine=engine,
         api_keys=set(args.api_keys) if args.api_keys else None,
         region=args.region,
         max_sessions=args.max_sessions,
     )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(
-            lambda task_status: emulator.serve(
-                args.host, args.port, ssl_context=context, task_status=task_status
+    # Ctrl-C is how it stops: taken as a signal here, so it ends the serving
+    # cleanly wherever it comes, instead of surfacing in an exception group.
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            try:
+                await nursery.start(
+                    lambda task_status: emulator.serve(
+                        args.host, args.port, ssl_context=context, task_status=task_status
+                    )
+                )
+            except OSError as exc:
+                nursery.cancel_scope.cancel()
+                print(f"pulse emulator: {_listen_error(args, exc)}", file=sys.stderr)
+                return EXIT_USAGE
+            scheme = "wss" if context else "ws"
+            url = f"{scheme}://{args.host}:{emulator.port}"
+            print(
+                f"pulse emulator listening on {url} "
+                f"(engine: {emulator.engine.name}, at most {emulator.max_sessions} sessions; "
+                "Ctrl-C to stop)\n" + _emulator_hint(args, url),
+                file=sys.stderr,
+                flush=True,
             )
+            async for _ in signals:
+                break
+            nursery.cancel_scope.cancel()
+    print("pulse emulator: stopped", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+def _emulator_hint(args: argparse.Namespace, url: str) -> str:
+    """How to point ``pulse transcribe`` at the emulator, and what key it needs."""
+    insecure = "" if url.startswith("wss") or _is_loopback(args.host) else " --allow-insecure"
+    command = f"pulse transcribe FILE --base-url {url}{insecure}"
+    if args.api_keys:
+        return (
+            "  it accepts only the keys given to --api-key: set SMALLEST_API_KEY to one, "
+            f"then: {command}"
         )
-        scheme = "wss" if context else "ws"
-        print(
-            f"pulse emulator listening on {scheme}://{args.host}:{emulator.port} "
-            f"(engine: {emulator.engine.name}; Ctrl-C to stop)",
-            file=sys.stderr,
-            flush=True,
+    if _is_loopback(args.host):
+        return f"  any API key is accepted, and none is needed: {command}"
+    return f"  any API key is accepted (set SMALLEST_API_KEY to anything): {command}"
+
+
+def _listen_error(args: argparse.Namespace, exc: OSError) -> str:
+    where = f"cannot listen on {args.host}:{args.port}"
+    if isinstance(exc, socket.gaierror):
+        return f"{where}: {args.host} is not a host name or address that resolves"
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"{where}: the port is in use (another emulator?); choose another with "
+            "--port, or --port 0 for any free one"
         )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return (
+            f"{where}: {args.host} is not an address of this machine (--host 127.0.0.1 "
+            "serves this machine only, --host 0.0.0.0 every network it is on)"
+        )
+    if exc.errno == errno.EACCES:
+        return f"{where}: permission denied (ports below 1024 need privileges; try --port 8765)"
+    return f"{where}: {exc.strerror or exc}"
 
 
 def _emulator_command(args: argparse.Namespace) -> int:
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        level=logging.WARNING,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
     )
+    logging.getLogger("pulse_trio").setLevel(
+        logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING
+    )
+    if not 0 <= args.port <= 65535:
+        print(f"pulse emulator: --port {args.port} is not a port (0 to 65535)", file=sys.stderr)
+        return EXIT_USAGE
+    if bool(args.certfile) != bool(args.keyfile):
+        print("pulse emulator: --certfile and --keyfile go together", file=sys.stderr)
+        return EXIT_USAGE
+    from pulse_trio.emulator import (  # noqa: PLC0415 - imported when used: it loads slowly
+        EngineUnavailableError,
+        choose_engine,
+    )
+
     try:
-        if not 0 <= args.port <= 65535:
-            print(f"pulse emulator: --port {args.port} is not a port (0 to 65535)", file=sys.stderr)
-            return EXIT_USAGE
-        if bool(args.certfile) != bool(args.keyfile):
-            print("pulse emulator: --certfile and --keyfile go together", file=sys.stderr)
-            return EXIT_USAGE
-        trio.run(_serve, args)
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    except OSError as exc:
+        args.chosen_engine = choose_engine(args.engine)
+    except EngineUnavailableError as exc:
+        print(f"pulse emulator: --engine whisper: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        code: int = trio.run(_serve, args)
+    except ImportError as exc:  # the speech engine is installed but will not load
         print(f"pulse emulator: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    return EXIT_OK
+    except KeyboardInterrupt:  # before the signal was taken over, or after
+        code = EXIT_INTERRUPTED
+    except BaseExceptionGroup as group:
+        if group.subgroup(KeyboardInterrupt) is None or group.split(KeyboardInterrupt)[1]:
+            raise
+        code = EXIT_INTERRUPTED
+    return code
 
 
 # -- pulse transcribe: setup -----------------------------------------------------------
@@ -434,6 +232,8 @@ def _config_message(exc: ConfigurationError) -> str:
     elif field == "base_url":
         message = f"invalid --base-url {exc.value}: {exc.allowed}"
     detail = str(exc).partition(f": {exc.allowed}")[2].strip()
+    # The engine's advice names its Python options; say it in the command's.
+    detail = re.sub(r"\bregion='(\w+)'", r"--region \1", detail)
     return message + (f" {detail}" if detail else "")
 
 
@@ -455,10 +255,21 @@ def _read_key(args: argparse.Namespace) -> str:
             raise _UsageError("--api-key-file: the key file is empty")
         return key
     key = os.environ.get("SMALLEST_API_KEY", "").strip()
+    if not key and args.base_url and _is_loopback(_hostname(args.base_url)):
+        # A server on this machine is a test server (pulse emulator takes any key).
+        if not args.quiet:
+            print(
+                f"pulse: no API key set: sending a placeholder key to {args.base_url}, a "
+                "server on this machine (pulse emulator needs no key unless started with "
+                "--api-key)",
+                file=sys.stderr,
+            )
+        return _LOCAL_KEY
     if not key:
         raise _UsageError(
             "no API key: set SMALLEST_API_KEY or pass --api-key-file FILE, or use --local "
-            "to transcribe with the built-in emulator (it recognises token audio only)"
+            "to transcribe with the built-in emulator; "
+            "a --base-url on this machine (pulse emulator) needs none"
         )
     return key
 
@@ -485,6 +296,8 @@ def _check_options(args: argparse.Namespace) -> None:
             "there is no --api-key option: a key on the command line shows in `ps` and "
             "shell history. Set SMALLEST_API_KEY, or use --api-key-file FILE"
         )
+    if args.engine and not args.local:
+        raise _UsageError("--engine chooses the --local emulator's recogniser: add --local")
     if args.local and args.base_url:
         raise _UsageError("--local and --base-url both say where to connect: give one")
     if (
@@ -599,17 +412,28 @@ class _LogHandler(logging.Handler):
             self.handleError(record)
 
 
-def _local_engine() -> tuple[Any, str]:
-    """The best recognition engine that runs in-process, and what to tell the user.
-
-    Today that is the token-audio engine; a speech engine would be chosen here.
-    """
-    from pulse_trio.emulator import TokenEngine  # noqa: PLC0415 - imported when used: it loads slowly
-
-    return TokenEngine(), (
-        "token audio. It recognises only token audio "
-        "(made with pulse_trio.emulator.token_audio), not speech"
+def _local_engine(choice: str | None) -> tuple[Any, str]:
+    """The recognition engine for ``--local`` (``--engine``, or the best installed),
+    ready to use, and what to tell the user. Runs before the event loop starts,
+    so loading the speech model holds nothing up."""
+    from pulse_trio.emulator import (  # noqa: PLC0415 - imported when used: it loads slowly
+        EngineUnavailableError,
+        choose_engine,
     )
+
+    try:
+        engine = choose_engine(choice)
+        load = getattr(engine, "load", None)
+        if load is not None:
+            load()
+    except (EngineUnavailableError, ImportError) as exc:
+        raise _UsageError(f"--local: {exc}") from None
+    if engine.name == "token":
+        return engine, (
+            "token audio. It recognises only token audio "
+            "(made with pulse_trio.emulator.token_audio), not speech"
+        )
+    return engine, "speech (Whisper tiny.en, English)"
 
 
 def _ms(value: float | None) -> str:
@@ -620,8 +444,9 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
 
-def stats_lines(summary: SessionSummary, elapsed: float) -> list[str]:
-    """The --stats table."""
+def stats_lines(summary: SessionSummary, elapsed: float, *, finals: int | None = None) -> list[str]:
+    """The --stats table; ``finals`` counts the finals with text (the lines of
+    the transcript), when the caller knows it: an empty final is no line."""
     sent = summary.audio_seconds_sent
     speed = f" ({sent / elapsed:.1f}× real time)" if elapsed > 0 else ""
     latency = summary.latency
@@ -638,11 +463,13 @@ def stats_lines(summary: SessionSummary, elapsed: float) -> list[str]:
         if summary.dropped_bytes
         else "none"
     )
+    shown = summary.finals if finals is None else finals
+    empty = f" with text ({summary.finals} in all)" if shown != summary.finals else ""
     return [
         "pulse: stats",
         f"  audio        {sent:.1f} s sent in {elapsed:.1f} s{speed}",
-        f"  finals       {summary.finals} ({summary.finalized_turns} answering a finalize, "
-        f"{summary.timed_out_turns} timed out)",
+        f"  finals       {shown}{empty}; {_plural(summary.finalized_turns, 'finalize')} "
+        f"answered, {summary.timed_out_turns} timed out",
         f"  latency      time to final after finalize: {measured}",
         f"  connections  {summary.connections} ({_plural(summary.reconnects, 'reconnect')}, "
         f"{_plural(summary.keepalives, 'keepalive')})",
@@ -688,10 +515,14 @@ class _Transcriber:
         self.sent = 0.0
         self.fed_all = False
         self.words = 0
+        self.finals = 0  # finals with text
+        self.drops: list[float] = []  # seconds of each drop reported
         self.connect_failed = False
         self.reached = False  # a connection opened at some point
         self.started = time.monotonic()
         self.base_url: str | None = args.base_url
+        #: The --local emulator's engine and what to say of it (set before the run).
+        self.local_engine: tuple[Any, str] | None = None
 
     # -- running ------------------------------------------------------------------
 
@@ -725,7 +556,8 @@ class _Transcriber:
         if args.local:
             from pulse_trio.emulator import Emulator  # noqa: PLC0415 - only for --local
 
-            engine, about = _local_engine()
+            assert self.local_engine is not None
+            engine, about = self.local_engine
             emulator = Emulator(engine=engine, region=args.region)
             await nursery.start(emulator.serve)
             self.base_url = emulator.url()
@@ -838,6 +670,7 @@ class _Transcriber:
                 if console.live is not None:
                     console.live.interim = ""
                 self.words += len(event.text.split())
+                self.finals += bool(event.text.strip())
                 console.write(self.formatter.final(event))
                 for warning in self.formatter.warnings:
                     console.notice(warning)
@@ -872,11 +705,13 @@ class _Transcriber:
         elif isinstance(event, MalformedMessage):
             console.notice(f"skipped a malformed message from the server: {event.error}")
         elif isinstance(event, AudioDropped):
-            if event.reason not in (DropReason.SESSION_FAILED, DropReason.NOT_STARTED):
-                console.notice(
-                    f"{event.end - event.start:.2f} s of audio ({event.start:.2f}-"
-                    f"{event.end:.2f} s) will not be transcribed: {event.reason.value}"
-                )
+            # Every drop is told, so that what the notices add up to is what
+            # --stats reports, however the session ended.
+            self.drops.append(event.end - event.start)
+            console.notice(
+                f"{event.end - event.start:.2f} s of audio ({event.start:.2f}-"
+                f"{event.end:.2f} s) will not be transcribed: {self._drop_reason(event.reason)}"
+            )
         elif isinstance(event, FinalizeTimedOut):
             # Before any connection the turn was never asked for: the notices
             # about connecting say what is wrong.
@@ -887,6 +722,19 @@ class _Transcriber:
                 )
         elif isinstance(event, Closed):
             self.summary = event.summary
+
+    def _drop_reason(self, reason: DropReason) -> str:
+        if reason is DropReason.REPLAY_OVERFLOW:
+            kept = self.session.engine.config.replay_seconds if self.session else None
+            bound = f" ({kept:g} s)" if kept is not None else ""
+            return f"more audio waited for the service than is kept for replay{bound}"
+        if reason is DropReason.SESSION_FAILED:
+            return "the session failed before the service had transcribed it"
+        if reason is DropReason.CLOSE_TIMEOUT:
+            return "the service had not transcribed it when the close timed out"
+        if reason is DropReason.PARTIAL_SAMPLE:
+            return "the input ended inside a sample"
+        return reason.value
 
     # -- the end ---------------------------------------------------------------------
 
@@ -912,8 +760,10 @@ class _Transcriber:
         except OSError as exc:
             console.error(f"cannot write the output: {exc.strerror or exc}")
             return EXIT_USAGE
+        if len(self.drops) > 1:
+            console.notice(f"in all, {sum(self.drops):.2f} s of audio will not be transcribed")
         if self.args.stats and self.summary is not None:
-            console.plain(stats_lines(self.summary, elapsed))
+            console.plain(stats_lines(self.summary, elapsed, finals=self.finals))
         elif self.show_progress and self.failure is None and not self.aborted:
             speed = f" ({self.sent / elapsed:.1f}× real time)" if elapsed > 0 else ""
             console.notice(
@@ -925,7 +775,10 @@ class _Transcriber:
         if self.args.local and not self.words and not self.aborted:
             console.notice(
                 "no words were recognised: the built-in emulator reads only token audio "
-                "(pulse_trio.emulator.token_audio), not speech"
+                "(pulse_trio.emulator.token_audio), not speech; for speech install the "
+                f"local extra: {_INSTALL_HINT}"
+                if self.local_engine is not None and self.local_engine[0].name == "token"
+                else "no words were recognised: the speech engine heard no English speech"
             )
         if self.aborted:
             console.notice("stopped before the transcript was finished")
@@ -946,7 +799,9 @@ class _Transcriber:
             source = (
                 "the file given to --api-key-file"
                 if self.args.api_key_file
-                else ("SMALLEST_API_KEY")
+                else "SMALLEST_API_KEY (none was set, so a placeholder was sent)"
+                if self.key == _LOCAL_KEY and not self.args.local
+                else "SMALLEST_API_KEY"
             )
             self.console.error(f"{where}: the API key was refused{said}; check {source}")
             return EXIT_AUTH
@@ -955,6 +810,26 @@ class _Transcriber:
             return EXIT_SERVICE
         self.console.error(message)
         return EXIT_SERVICE
+
+
+def _is_loopback(host: str | None) -> bool:
+    """Whether ``host`` is this machine only (a name or an address)."""
+    if not host:
+        return False
+    host = host.strip("[]")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _hostname(url: str) -> str | None:
+    try:
+        return urlsplit(url).hostname
+    except ValueError:  # the configuration check says what is wrong with it
+        return None
 
 
 def _host_of(region: str | None) -> str:
@@ -1036,6 +911,8 @@ def _transcribe_command(args: argparse.Namespace) -> int:
             show_progress=live is not None and live.stream is sys.stderr and not source.streaming,
             detector=detector,
         )
+        if args.local:
+            runner.local_engine = _local_engine(args.engine)
         code = trio.run(runner.run)
         if runner.broken_pipe:
             _silence_stdout()
@@ -1074,33 +951,3 @@ def _silence_stdout() -> None:
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError):  # pragma: no cover
         pass
-
-
-def _unrecognized(
-    parser: argparse.ArgumentParser, args: argparse.Namespace, extras: list[str]
-) -> None:
-    """Report unknown arguments against the subcommand, suggesting near misses."""
-    commands = next(
-        action for action in parser._actions if isinstance(action, argparse._SubParsersAction)
-    )
-    sub: argparse.ArgumentParser = commands.choices[args.command]
-    known = [option for action in sub._actions for option in action.option_strings]
-    known = [option for option in known if option != "--api-key" or args.command == "emulator"]
-    message = f"unrecognized arguments: {' '.join(extras)}"
-    for extra in extras:
-        if extra.startswith("-"):
-            close = difflib.get_close_matches(extra.partition("=")[0], known, n=1, cutoff=0.75)
-            if close:
-                message += f" (did you mean {close[0]}?)"
-                break
-    sub.error(message)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args, extras = parser.parse_known_args(argv)
-    if extras:
-        _unrecognized(parser, args, extras)
-    if args.command == "emulator":
-        return _emulator_command(args)
-    return _transcribe_command(args)

@@ -4,8 +4,12 @@ Each formatter turns events into text as they come, so every format but
 ``json`` (one document, written at the end) streams: what has been written
 stays valid if the command is interrupted. Subtitles are cut from word
 timestamps (or sentence timestamps, spread over their words): a cue ends at
-sentence punctuation, before it would pass ``max_chars`` or ``max_seconds``,
-at a pause longer than ``max_gap``, and where the speaker changes.
+sentence punctuation, at a pause longer than ``max_gap``, and where the
+speaker changes. A stretch between those that would pass ``max_chars`` or
+``max_seconds`` is cut into as few cues as fit, as even as they can be
+(preferring cuts after a comma), so no cue is left holding the last word or
+two; a one-word cue too short to read joins a neighbour when it fits. Two
+lines are broken as evenly as they can be.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import attrs
 
 from pulse_core import Transcript
 
+from ._args import FORMATS
+
 __all__ = [
     "FORMATS",
     "Cue",
@@ -30,7 +36,6 @@ __all__ = [
     "tokens",
 ]
 
-FORMATS: Final = ("text", "jsonl", "json", "srt", "vtt")
 _SENTENCE_END: Final = re.compile(r"[.!?…。！？؟।]+[\"'”’»)\]]*$")
 _WORDISH: Final = re.compile(r"\S+\s*")
 LINE_CHARS: Final = 42
@@ -118,6 +123,11 @@ def tokens(event: Transcript) -> list[Token] | None:
     return None
 
 
+#: A one-word cue shorter than this joins a neighbour when it fits (seconds).
+MIN_ORPHAN_SECONDS: Final = 1.0
+_CLAUSE_END: Final = re.compile(r"[,;:—–]+[\"'”’»)\]]*$")
+
+
 def build_cues(
     items: Sequence[Token],
     *,
@@ -126,42 +136,118 @@ def build_cues(
     max_gap: float = 1.5,
 ) -> list[Cue]:
     """Group tokens into cues (see the module documentation for the rules)."""
-    cues: list[Cue] = []
+    runs: list[list[Token]] = []
     current: list[Token] = []
-
-    def flush() -> None:
-        if current:
-            text = "".join(token.text for token in current).strip()
-            if text:
-                cues.append(Cue(current[0].start, current[-1].end, text, current[0].speaker))
-            current.clear()
-
     for token in items:
-        if current:
-            length = len("".join(t.text for t in current)) + len(token.text.rstrip())
-            if (
-                token.speaker != current[0].speaker
-                or length > max_chars
-                or token.end - current[0].start > max_seconds
-                or token.start - current[-1].end > max_gap
-            ):
-                flush()
+        if current and (
+            token.speaker != current[0].speaker or token.start - current[-1].end > max_gap
+        ):
+            runs.append(current)
+            current = []
         current.append(token)
         if _SENTENCE_END.search(token.text.rstrip()):
-            flush()
-    flush()
+            runs.append(current)
+            current = []
+    if current:
+        runs.append(current)
+    groups = [piece for run in runs for piece in _split(run, max_chars, max_seconds)]
+    groups = _join_orphans(groups, max_chars, max_seconds, max_gap)
+    cues = []
+    for group in groups:
+        text = "".join(token.text for token in group).strip()
+        if text:
+            cues.append(Cue(group[0].start, group[-1].end, text, group[0].speaker))
     return cues
 
 
+def _length(tokens: Sequence[Token]) -> int:
+    return len("".join(token.text for token in tokens).strip())
+
+
+def _split(run: list[Token], max_chars: int, max_seconds: float) -> list[list[Token]]:
+    """``run`` in as few pieces as fit the limits, as even in length as can be.
+
+    A token alone is a piece even if it passes the limits. Among the fewest
+    pieces, the sum of their squared lengths is the smallest, less a bonus for
+    a piece that ends after a comma or another clause mark.
+    """
+    if _length(run) <= max_chars and run[-1].end - run[0].start <= max_seconds:
+        return [run]
+    count = len(run)
+    bonus = max_chars * max_chars / 8
+    # best[end]: (pieces, cost, where the last piece begins) for run[:end].
+    best: list[tuple[int, float, int]] = [(0, 0.0, 0)] + [(count + 1, 0.0, 0)] * count
+    for end in range(1, count + 1):
+        tail = run[end - 1].text.rstrip()
+        length = len(tail)
+        for begin in range(end - 1, -1, -1):
+            if begin < end - 1:
+                length += len(run[begin].text)
+                if length > max_chars or run[end - 1].end - run[begin].start > max_seconds:
+                    break
+            pieces, cost, _ = best[begin]
+            cost += length * length
+            if end < count and _CLAUSE_END.search(tail):
+                cost -= bonus
+            if (pieces + 1, cost) < best[end][:2]:
+                best[end] = (pieces + 1, cost, begin)
+    pieces_: list[list[Token]] = []
+    end = count
+    while end:
+        begin = best[end][2]
+        pieces_.append(run[begin:end])
+        end = begin
+    return pieces_[::-1]
+
+
+def _join_orphans(
+    groups: list[list[Token]], max_chars: int, max_seconds: float, max_gap: float
+) -> list[list[Token]]:
+    """A one-word cue too short to read joins the neighbour it fits best with."""
+    out = list(groups)
+    index = 0
+    while index < len(out):
+        group = out[index]
+        if len(group) != 1 or group[0].end - group[0].start >= MIN_ORPHAN_SECONDS:
+            index += 1
+            continue
+        options = []
+        for other in (index - 1, index + 1):
+            if not 0 <= other < len(out):
+                continue
+            first, second = (out[other], group) if other < index else (group, out[other])
+            joined = first + second
+            if (
+                second[0].speaker == first[-1].speaker
+                and second[0].start - first[-1].end <= max_gap
+                and _length(joined) <= max_chars
+                and joined[-1].end - joined[0].start <= max_seconds
+            ):
+                options.append((_length(joined), other, joined))
+        if not options:
+            index += 1
+            continue
+        _, other, joined = min(options, key=lambda option: option[:2])
+        low = min(index, other)
+        out[low : low + 2] = [joined]
+        index = low
+    return out
+
+
 def _wrap(text: str, width: int = LINE_CHARS) -> str:
-    """One line, or two split at the space nearest the middle."""
+    """One line, or two as even as they can be (after a comma or a sentence's
+    end when that costs the longer line at most a few characters)."""
     if len(text) <= width:
         return text
-    middle = len(text) // 2
     spaces = [i for i, ch in enumerate(text) if ch == " "]
     if not spaces:
         return text
-    cut = min(spaces, key=lambda i: abs(i - middle))
+
+    def longer(cut: int) -> float:
+        pause = 4 if text[cut - 1] in ",;:.!?" else 0
+        return max(cut, len(text) - cut - 1) - pause
+
+    cut = min(spaces, key=longer)
     return text[:cut] + "\n" + text[cut + 1 :]
 
 

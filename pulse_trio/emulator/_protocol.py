@@ -22,6 +22,7 @@ import attrs
 
 from pulse_core import SAMPLE_RATES, Encoding, Language, Region
 
+from ._vad import Quiet, Sound, VoiceActivity
 from .token_audio import DecodedWord
 
 __all__ = [
@@ -288,6 +289,13 @@ class ServerSession:
         self._finals: list[str] = []
         self._last_word_end: float | None = None
         self._speaking = False
+        # Voice activity and the end of an utterance are decided in the audio's
+        # own time, the same however the audio is cut into frames (PROTOCOL.md §4).
+        self._activity = VoiceActivity(
+            params.encoding,
+            params.sample_rate,
+            silences=(_SPEECH_ENDED_AFTER, params.eou_timeout_ms / 1000),
+        )
         self.closed = False
         self.audio_bytes = 0
         self._redactions = 0
@@ -302,9 +310,27 @@ class ServerSession:
             return []
         self.audio_bytes += len(data)
         out: list[dict[str, Any] | Close] = []
-        for word in self._stream.feed(data):
-            self._add_word(word, out)
-        self._check_silence(out)
+        # Words and voice activity in the order they happened in the audio: a
+        # word is known at its end, sound at its start, a silence once it has
+        # lasted long enough.
+        happenings: list[tuple[float, int, DecodedWord | Sound | Quiet]] = [
+            (word.end, 1, word) for word in self._stream.feed(data)
+        ]
+        happenings += [
+            (mark.at, 0 if isinstance(mark, Sound) else 2, mark)
+            for mark in self._activity.feed(data)
+        ]
+        happenings.sort(key=lambda happening: happening[:2])
+        for _, _, what in happenings:
+            if isinstance(what, DecodedWord):
+                self._add_word(what, out)
+            elif isinstance(what, Sound):
+                if self.params.vad_events and not self._speaking:
+                    out.append(self._vad("speech_started", what.at))
+                self._speaking = True
+            else:
+                self._on_quiet(what, out)
+        self._check_late_words(out)
         return out
 
     def control(self, text: str) -> list[dict[str, Any] | Close]:
@@ -326,7 +352,8 @@ class ServerSession:
             for word in self._stream.end_word():
                 self._add_word(word, out)
             if self._speaking and self.params.vad_events:
-                out.append(self._vad("speech_ended", self._last_word_end or self.seconds))
+                ended = self._activity.last_sound_end or self._last_word_end or self.seconds
+                out.append(self._vad("speech_ended", ended))
             self._speaking = False
             # The final with is_last is the last message; the close follows it.
             out.append(self._final(from_finalize=False, is_last=True))
@@ -353,22 +380,29 @@ class ServerSession:
         if self.params.max_words is not None and len(self._segment) >= self.params.max_words:
             out.append(self._final(from_finalize=False))
 
-    def _check_silence(self, out: list[dict[str, Any] | Close]) -> None:
-        if self._last_word_end is None:
-            return
-        quiet = self.seconds - self._last_word_end
-        # Half a sample of slack: times are sample counts in float seconds.
-        slack = 0.5 / self.params.sample_rate
-        if self._speaking and self.params.vad_events and quiet + slack >= _SPEECH_ENDED_AFTER:
-            out.append(self._vad("speech_ended", self._last_word_end))
-            self._speaking = False
-        elif self._speaking and quiet + slack >= _SPEECH_ENDED_AFTER:
+    def _on_quiet(self, quiet: Quiet, out: list[dict[str, Any] | Close]) -> None:
+        if quiet.after == _SPEECH_ENDED_AFTER and self._speaking:
+            if self.params.vad_events:
+                out.append(self._vad("speech_ended", quiet.since))
             self._speaking = False
         if (
-            self.params.endpointing
+            quiet.after == self.params.eou_timeout_ms / 1000
+            and self.params.endpointing
             and self._segment
-            and quiet + slack >= self.params.eou_timeout_ms / 1000
         ):
+            out.append(self._final(from_finalize=False))
+
+    def _check_late_words(self, out: list[dict[str, Any] | Close]) -> None:
+        """The end of an utterance for words an engine gave only after the
+        silence that ends it had already been reached."""
+        if not (self.params.endpointing and self._segment and self._last_word_end is not None):
+            return
+        since = self._activity.last_sound_end
+        if self._activity.sounding or since is None:
+            return
+        quiet = self.seconds - max(since, self._last_word_end)
+        # Half a sample of slack: times are sample counts in float seconds.
+        if quiet + 0.5 / self._activity.rate >= self.params.eou_timeout_ms / 1000:
             out.append(self._final(from_finalize=False))
 
     def _vad(self, kind: str, timestamp: float) -> dict[str, Any]:

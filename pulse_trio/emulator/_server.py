@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import ssl
@@ -21,6 +22,7 @@ from ._protocol import (
     Close,
     RecognitionEngine,
     Reject,
+    ServerParams,
     ServerSession,
     check_request,
     region_refusal,
@@ -32,6 +34,8 @@ __all__ = ["Emulator", "Fault", "Faults"]
 logger = logging.getLogger("pulse_trio.emulator")
 #: Seconds a client has to send its upgrade request (a silent one is let go).
 _HANDSHAKE_TIMEOUT: Final = 60.0
+#: The concurrency limit when the engine does not set one.
+_MAX_SESSIONS: Final = 100
 
 _ERROR_SHAPES: dict[int, Callable[[str, str], dict[str, Any]]] = {
     1: lambda code, message: {"type": "error", "status": "error", "message": message},
@@ -143,7 +147,8 @@ class Emulator:
 
     ``api_keys=None`` accepts any bearer key. ``region`` makes it behave like
     that region's host for region-restricted languages. ``max_sessions`` is
-    the account's concurrency limit (more are closed with 1008).
+    the account's concurrency limit (more are closed with 1008); by default
+    the engine's own ``max_sessions`` if it has one (what stays real time), else 100.
     """
 
     def __init__(
@@ -152,14 +157,18 @@ class Emulator:
         engine: RecognitionEngine | None = None,
         api_keys: frozenset[str] | set[str] | None = None,
         region: Region | str | None = None,
-        max_sessions: int = 100,
+        max_sessions: int | None = None,
         send_from_finalize: bool = True,
         on_send: Callable[[str, str], None] | None = None,
     ) -> None:
         self.engine: RecognitionEngine = engine or TokenEngine()
         self.api_keys = frozenset(api_keys) if api_keys is not None else None
         self.region = Region(region) if region is not None else None
-        self.max_sessions = max_sessions
+        self.max_sessions: int = (
+            max_sessions
+            if max_sessions is not None
+            else getattr(self.engine, "max_sessions", _MAX_SESSIONS)
+        )
         self.send_from_finalize = send_from_finalize
         #: Called with (session id, text) for every text frame once it is sent.
         self.on_send = on_send
@@ -191,7 +200,8 @@ class Emulator:
 
         Each connection is served on its own (:meth:`serve_stream`): whatever
         goes wrong on one is logged and never reaches the others or the
-        listener.
+        listener. An address that cannot be listened on raises its
+        ``OSError`` from here (from ``nursery.start``), as it is.
         """
 
         async def connection(stream: trio.SocketStream) -> None:
@@ -210,9 +220,10 @@ class Emulator:
             except Exception:
                 logger.exception("a connection failed; the emulator serves on")
 
+        # Bound before the nursery opens, so a refusal is not an exception group.
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        self._port = int(listeners[0].socket.getsockname()[1])
         async with trio.open_nursery() as nursery:
-            listeners = await trio.open_tcp_listeners(port, host=host)
-            self._port = int(listeners[0].socket.getsockname()[1])
             nursery.start_soon(trio.serve_listeners, connection, listeners)
             task_status.started(self)
 
@@ -260,9 +271,14 @@ class Emulator:
 
     async def handle(self, request: WebSocketRequest) -> None:
         self.handshakes += 1
+        # Logged: the path and the peer, never the headers (the key is one) nor
+        # the query as given (the parameters are logged as understood).
+        path = request.path.split("?")[0]
+        peer = _peer(request.remote)
         refusal = self.faults.next_refusal()
         if refusal is not None:
             status, retry_after = refusal
+            logger.info("refused %s from %s: %d (fault injection)", path, peer, status)
             headers = (
                 [(b"Retry-After", str(retry_after).encode())] if retry_after is not None else []
             )
@@ -273,19 +289,26 @@ class Emulator:
         ]
         decision = check_request(request.path, request_headers, api_keys=self.api_keys)
         if isinstance(decision, Reject):
-            logger.info(
-                "rejected %s: %d %s", request.path.split("?")[0], decision.status, decision.reason
-            )
+            logger.info("rejected %s from %s: %d %s", path, peer, decision.status, decision.reason)
             await request.reject(decision.status, body=decision.reason.encode())
             return
         assert isinstance(decision, Accept)
         ws = await request.accept()
         self.connections += 1
-        session = ServerSession(
+        # An engine that answers in its own time brings its own session (converse()).
+        session_type = getattr(self.engine, "session_type", ServerSession)
+        session = session_type(
             decision.params,
             self.engine.stream(decision.params.encoding, decision.params.sample_rate),
             session_id=f"emulator-{self.connections}",
             send_from_finalize=self.send_from_finalize,
+        )
+        logger.info(
+            "%s: accepted %s from %s (%s)",
+            session.session_id,
+            path,
+            peer,
+            _describe_params(decision.params),
         )
         refused = region_refusal(decision.params.language, self.region)
         if decision.params.english_only_refusal:
@@ -294,6 +317,11 @@ class Emulator:
             await self._send(ws, session, refused)
             return
         if self.active >= self.max_sessions:
+            logger.info(
+                "%s: over the limit of %d sessions: closing it",
+                session.session_id,
+                self.max_sessions,
+            )
             await self._send(
                 ws,
                 session,
@@ -305,9 +333,22 @@ class Emulator:
             return
         self.active += 1
         try:
-            await self._run(ws, session)
+            converse = getattr(session, "converse", None)
+            if converse is not None:
+                await converse(ws, functools.partial(self._send, ws, session))
+            else:
+                await self._run(ws, session)
         finally:
             self.active -= 1
+            # The code only: the reason is whichever side's close frame came first.
+            how = f"closed {ws.closed.code}" if ws.closed is not None else "cut off"
+            logger.info(
+                "%s: ended, %s, after %.2f s of audio (%d bytes)",
+                session.session_id,
+                how,
+                session.seconds,
+                session.audio_bytes,
+            )
 
     async def _run(self, ws: WebSocketConnection, session: ServerSession) -> None:
         stalled = False
@@ -318,12 +359,30 @@ class Emulator:
                 return
             if stalled:
                 continue
+            if isinstance(message, bytes):
+                # About once a second of audio, not for every frame.
+                before = int(session.seconds)
+                outputs_ = session.audio(message)
+                if logger.isEnabledFor(logging.DEBUG) and int(session.seconds) > before:
+                    logger.debug(
+                        "%s: audio received up to %.2f s (%d bytes)",
+                        session.session_id,
+                        session.seconds,
+                        session.audio_bytes,
+                    )
+            else:
+                logger.debug("%s: received %s", session.session_id, _control_name(message))
+                outputs_ = session.control(message)
             outputs: list[dict[str, Any] | Close | str] = []
-            outputs.extend(
-                session.audio(message) if isinstance(message, bytes) else session.control(message)
-            )
+            outputs.extend(outputs_)
             injected: list[dict[str, Any] | Close | str] = []  # malformed text goes first
             for fault in self.faults.take_due(session):
+                logger.info(
+                    "%s: fault injection: %s at %.2f s of audio",
+                    session.session_id,
+                    fault.action,
+                    session.seconds,
+                )
                 if fault.action in ("drop", "close"):
                     if not await self._send(ws, session, injected):
                         return
@@ -354,15 +413,86 @@ class Emulator:
         try:
             for item in outputs:
                 if isinstance(item, Close):
+                    logger.debug(
+                        "%s: closing with %d %s", session.session_id, item.code, item.reason
+                    )
                     await ws.aclose(item.code, item.reason)
                     return False
                 text = item if isinstance(item, str) else json.dumps(item)
                 await ws.send_message(text)
+                if logger.isEnabledFor(logging.DEBUG):
+                    logger.debug("%s: sent %s", session.session_id, _describe_sent(item))
                 if self.on_send is not None:
                     self.on_send(session.session_id, text)
         except ConnectionClosed:
             return False
         return True
+
+
+def _peer(remote: object) -> str:
+    """``address:port`` of a TCP peer; other streams (in memory) have none."""
+    address = getattr(remote, "address", None)
+    port = getattr(remote, "port", None)
+    if address is None or port is None:
+        return "a stream in memory"
+    return f"[{address}]:{port}" if getattr(address, "version", 4) == 6 else f"{address}:{port}"
+
+
+def _describe_params(params: ServerParams) -> str:
+    """What a session was asked for, for the log."""
+    parts = [f"language {params.language}", f"{params.encoding.value} {params.sample_rate} Hz"]
+    flags = (
+        "word_timestamps",
+        "sentence_timestamps",
+        "diarize",
+        "full_transcript",
+        "redact_pii",
+        "redact_pci",
+        "vad_events",
+    )
+    parts += [name for name in flags if getattr(params, name)]
+    if not params.endpointing:
+        parts.append("no endpointing")
+    elif params.eou_timeout_ms != attrs.fields(ServerParams).eou_timeout_ms.default:
+        parts.append(f"eou_timeout_ms {params.eou_timeout_ms}")
+    if params.max_words is not None:
+        parts.append(f"max_words {params.max_words}")
+    return ", ".join(parts)
+
+
+def _control_name(text: str) -> str:
+    """A control message by its type (cut short: it is the client's text)."""
+    try:
+        kind = json.loads(text).get("type")
+    except (ValueError, AttributeError):
+        kind = None
+    return (
+        str(kind)[:40]
+        if isinstance(kind, str)
+        else f"a text frame that is no control message ({len(text)} characters)"
+    )
+
+
+def _describe_sent(item: dict[str, Any] | str) -> str:
+    if isinstance(item, str):
+        return f"a malformed frame ({len(item)} characters, fault injection)"
+    kind = item.get("type", "error")
+    if kind in ("speech_started", "speech_ended"):
+        return f"{kind} at {item['timestamp']:.2f} s"
+    if kind == "transcription":
+        flags = [
+            name
+            for name, on in (
+                ("final" if item["is_final"] else "interim", True),
+                ("from_finalize", item.get("from_finalize")),
+                ("is_last", item["is_last"]),
+            )
+            if on
+        ]
+        text = item["transcript"]
+        shown = repr(text if len(text) <= 60 else text[:57] + "...")
+        return f"transcription ({', '.join(flags)}) {shown}"
+    return f"{kind}: {item.get('message') or item.get('error')}"
 
 
 async def _abort(ws: WebSocketConnection) -> None:

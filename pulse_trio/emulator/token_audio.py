@@ -32,13 +32,10 @@ from collections.abc import Iterable, Iterator
 
 import attrs
 
-from pulse_core import Encoding, OggPageSplitter
-from pulse_trio._g711 import (
-    alaw_to_linear16,
-    linear16_to_alaw,
-    linear16_to_mulaw,
-    mulaw_to_linear16,
-)
+from pulse_core import Encoding
+from pulse_trio._g711 import linear16_to_alaw, linear16_to_mulaw
+
+from ._samples import OPUS_TOC, OPUS_TOKEN_RATE, WireSamples
 
 __all__ = [
     "LEVEL_BASE",
@@ -57,10 +54,7 @@ SYMBOL_SECONDS = 0.01
 LEVEL_BASE = 2000
 LEVEL_STEP = 1900
 SILENCE_BELOW = 1000
-OPUS_TOKEN_RATE = 8000
 OPUS_FRAME_SECONDS = 0.02
-# CELT fullband, 20 ms frames, one frame per packet (RFC 6716 section 3.1).
-OPUS_TOC = 31 << 3
 
 
 @attrs.frozen
@@ -228,10 +222,9 @@ class TokenDecoder:
         self, encoding: Encoding | str = Encoding.LINEAR16, sample_rate: int = 16000
     ) -> None:
         self.encoding = Encoding(encoding)
-        self.rate = OPUS_TOKEN_RATE if self.encoding.compressed else sample_rate
+        self._wire = WireSamples(self.encoding, sample_rate)
+        self.rate = self._wire.rate
         self._symbol = max(2, round(self.rate * SYMBOL_SECONDS))
-        self._pending = b""
-        self._ogg = OggPageSplitter() if self.encoding is Encoding.OGG_OPUS else None
         self._samples = 0  # samples seen
         self._run_sign = 0  # 0: silence
         self._run_length = 0
@@ -246,44 +239,13 @@ class TokenDecoder:
         return self._samples / self.rate
 
     def feed(self, data: bytes) -> list[DecodedWord]:
-        return list(self._feed_samples(self._to_samples(data)))
+        return list(self._feed_samples(self._wire.feed(data)))
 
     def end_word(self) -> list[DecodedWord]:
         """Close the word in progress, if any."""
         words = list(self._close_run())
         word = self._finish_word()
         return words + ([word] if word else [])
-
-    def _to_samples(self, data: bytes) -> array.array[int]:
-        encoding = self.encoding
-        if encoding is Encoding.OPUS:
-            pcm = mulaw_to_linear16(data[1:]) if data and data[0] == OPUS_TOC else b""
-        elif encoding is Encoding.OGG_OPUS:
-            assert self._ogg is not None
-            pcm = b"".join(
-                mulaw_to_linear16(_page_body(page)[1:])
-                for page, ticks in self._ogg.feed(data)
-                if ticks >= 0
-            )
-        else:
-            data = self._pending + data
-            width = encoding.sample_width or 1
-            usable = len(data) - len(data) % width
-            self._pending = data[usable:]
-            data = data[:usable]
-            if encoding is Encoding.MULAW:
-                pcm = mulaw_to_linear16(data)
-            elif encoding is Encoding.ALAW:
-                pcm = alaw_to_linear16(data)
-            elif encoding is Encoding.LINEAR32:
-                wide = array.array("i")
-                wide.frombytes(data)
-                return array.array("h", (value >> 16 for value in wide))
-            else:
-                pcm = data
-        samples = array.array("h")
-        samples.frombytes(pcm)
-        return samples
 
     def _feed_samples(self, samples: array.array[int]) -> Iterator[DecodedWord]:
         half = self._symbol // 2
@@ -322,8 +284,3 @@ class TokenDecoder:
         raw = bytes((nibbles[i] << 4) | nibbles[i + 1] for i in range(0, len(nibbles) - 1, 2))
         text = raw.decode("utf-8", errors="replace")
         return DecodedWord(text, self._word_start / self.rate, self._word_end / self.rate)
-
-
-def _page_body(page: bytes) -> bytes:
-    segments = page[26]
-    return page[27 + segments :]

@@ -82,7 +82,7 @@ def test_drive_engine_example_runs_a_whole_session() -> None:
 def test_pulse_emulator_command_serves_a_session() -> None:
     async def scenario() -> None:
         process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "pulse_trio", "emulator", "--port", "0"],
+            [sys.executable, "-m", "pulse_trio", "emulator", "--engine", "token", "--port", "0"],
             stderr=subprocess.PIPE,
             cwd=ROOT,
         )

@@ -778,9 +778,10 @@ async def test_the_key_is_never_logged(autojump_clock: Any, caplog: Any) -> None
         await speak(session, "log everything")
     records = [r for r in caplog.records if r.name.startswith("pulse_trio")]
     assert records
-    for record in records:
+    for record in records:  # the emulator's (pulse_trio.emulator) too
         assert KEY not in record.getMessage()
-        assert getattr(record, "session_id", None) == session.id
+        if record.name == "pulse_trio":
+            assert getattr(record, "session_id", None) == session.id
 
 
 async def test_server_text_echoing_the_key_is_logged_redacted(

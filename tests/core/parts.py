@@ -1,5 +1,5 @@
 """What the engine does between its parts, for tests that drive the parts
-on their own (pulse_core/_connection.py)."""
+on their own (pulse_core/_connection.py, pulse_core/_outbound.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def add_frame(
     live: bool = False,
     timeline: Timeline | None = None,
 ) -> Frame:
-    """Add a cut frame as ``PulseConnection._add_frame`` does; returns it.
+    """Add a cut frame as ``Outbound.frames`` does; returns it.
 
     ``live``: a socket is open; ``streaming``: the frame goes out on it now
     (not held back by a settings drain), so the ledger counts it as sent and

@@ -674,6 +674,24 @@ def test_close_timeout_during_the_first_attempt_abandons_it() -> None:
     assert h.conn.state is State.FAILED
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a second close() while reconnecting restarts close_timeout, "
+    "though close() is documented as idempotent (PROTOCOL §6 rule 8)",
+)
+def test_a_second_close_while_reconnecting_keeps_the_first_deadline() -> None:
+    h = Harness(max_chunk_delay=0, close_timeout=2.0, connect_timeout=10.0)
+    h.conn.start(0.0)
+    h.send(SECOND)
+    h.conn.close(0.5)
+    h.conn.close(1.5)
+    h.collect()
+    assert h.conn.next_deadline() == 2.5
+    _, events = h.tick(2.5)
+    assert kinds(events) == ["AudioDropped", "Closed"]
+    assert h.conn.state is State.FAILED
+
+
 def test_server_closing_during_close_with_everything_confirmed_is_the_end() -> None:
     h = Harness()
     h.open()

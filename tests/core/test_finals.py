@@ -19,7 +19,8 @@ Invariants checked (pulse_core/_finals.py):
   connection transcribed is a repeat (within the service's 10 ms rounding);
   pieces of one stretch in any order, finals that only overlap it, finals
   without times, and finals of a new connection are not; at most
-  ``MAX_SPANS`` spans are kept, the earliest forgotten first.
+  ``MAX_SPANS`` spans are kept, the earliest forgotten first; a repeat is
+  worded with its span in session time.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pulse_core._finals import (
     MAX_SPANS,
     Transcribed,
     confirmed_upto,
+    repeat,
     transcript,
     within_connection,
 )
@@ -309,6 +311,17 @@ def test_a_final_seen_again_is_a_repeat() -> None:
     assert said.spans == 1
 
 
+def test_a_repeat_is_worded_in_session_time() -> None:
+    said = Transcribed()
+    timeline = Timeline(TPS)
+    timeline.restart(16000, 8000)  # the connection began 2 s into the session
+    assert repeat(said, spoken(0.25, 0.75), 1, timeline) is None
+    assert repeat(said, spoken(0.25, 0.75), 1, timeline) == (
+        "a final repeating words already transcribed (2.25-2.75 s)"
+    )
+    assert repeat(said, spoken(0.25, 0.75), 2, timeline) is None  # a new connection
+
+
 def test_pieces_of_one_stretch_in_any_order_are_not_repeats() -> None:
     said = Transcribed()
     assert said.repeats(spoken(0.5, 1.0), 1) is None
@@ -343,6 +356,17 @@ def test_rounding_is_not_new_audio() -> None:
     assert said.repeats(spoken(0.10, 1.02), 1) is None  # 20 ms beyond: new speech
     assert said.repeats(spoken(1.025, 1.5), 1) is None  # 5 ms gap: one stretch now
     assert said.spans == 1
+
+
+def test_a_short_final_right_after_the_transcribed_words_is_new_audio() -> None:
+    """Within rounding of the last span's end, but outside it: 5 ms of new
+    speech, not a repeat; the same 5 ms again is one."""
+    said = Transcribed()
+    assert said.repeats(spoken(0.0, 0.5), 1) is None
+    assert said.repeats(spoken(0.5, 0.505, words=1), 1) is None
+    assert said.repeats(spoken(0.5, 0.505, words=1), 1) == (0.5, 0.505)
+    assert said.repeats(spoken(0.2, 0.2, words=1), 1) == (0.2, 0.2)  # an instant, inside
+    assert said.repeats(spoken(0.0, 0.0, words=1), 1) is None  # at its edge: not inside
 
 
 def test_finals_without_times_are_never_repeats() -> None:

@@ -18,6 +18,8 @@ Invariants checked (pulse_core/_turns.py):
   owed request already covers it;
 * at most ``max_pending`` requests are unanswered (``make_room`` times out the
   oldest); ``end`` times out what is in flight, and what is owed when told to;
+* ``expire`` times out what is due, oldest first, and stops at a request sent
+  on the judged socket with nothing heard there since: the socket is stalled;
 * TTFS latency: nearest-rank percentiles over the latest samples, mean and
   maximum over all, and the count over budget.
 """
@@ -81,9 +83,75 @@ def test_next_and_due_follow_the_oldest_unanswered_request() -> None:
     assert turns.next() is sent  # in flight comes before owed (it is older)
     assert turns.due(TIMEOUT - 0.001) is None
     assert turns.due(TIMEOUT) is sent
-    assert (turns.pending, turns.awaiting, turns.owed, turns.any_sent) == (2, True, True, True)
+    assert (turns.pending, turns.awaiting, turns.owed) == (2, True, True)
     turns.time_out(TIMEOUT, sent, "test")
     assert turns.next() is owed and turns.due(1.0 + TIMEOUT) is owed
+
+
+def test_the_deadline_is_that_of_the_next_unanswered_request() -> None:
+    turns = make()
+    assert turns.deadline() is None
+    sent = send(turns, 1.0, 10)
+    owed = request(turns, 2.0, 20)
+    turns.owe(owed)
+    assert turns.deadline() == 1.0 + TIMEOUT
+    turns.time_out(1.0 + TIMEOUT, sent, "test")  # an orphan waits for nothing
+    assert turns.deadline() == 2.0 + TIMEOUT
+    turns.time_out(2.0 + TIMEOUT, owed, "test")
+    assert turns.deadline() is None
+
+
+# -- expiry and the stalled socket ---------------------------------------------------
+
+
+def test_expire_times_out_everything_due_oldest_first() -> None:
+    turns = make()
+    a = send(turns, 0.0, 10)
+    b = request(turns, 1.0, 20)
+    turns.owe(b)
+    expired, stalled = turns.expire(1.0 + TIMEOUT, heard=None)
+    reason = "no final within finalize_timeout"
+    assert expired == [
+        FinalizeTimedOut(turn=a.turn, waited=1.0 + TIMEOUT, reason=reason),
+        FinalizeTimedOut(turn=b.turn, waited=TIMEOUT, reason=reason),
+    ]
+    assert not stalled
+    c = send(turns, 3.0, 30)
+    assert turns.expire(3.0 + TIMEOUT - 0.001, heard=None) == ([], False)
+    assert [event.turn for event in turns.expire(3.0 + TIMEOUT, heard=None)[0]] == [c.turn]
+
+
+@pytest.mark.parametrize(
+    ("heard_when_sent", "heard_now", "stalled"), [(0, 0, True), (3, 3, True), (0, 1, False)]
+)
+def test_a_request_sent_with_nothing_heard_since_finds_the_socket_stalled(
+    heard_when_sent: int, heard_now: int, stalled: bool
+) -> None:
+    turns = make()
+    a = request(turns, 0.0, 10)
+    turns.sent(0.0, a, heard=heard_when_sent)
+    b = send(turns, 0.5, 20)
+    expired, found = turns.expire(TIMEOUT + 1.0, heard=heard_now)
+    assert found is stalled
+    # A stall stops the expiry there: the engine replaces the socket first.
+    assert [event.turn for event in expired] == ([a.turn] if stalled else [a.turn, b.turn])
+
+
+def test_only_a_request_sent_on_a_judged_socket_can_find_it_stalled() -> None:
+    turns = make()
+    owed = request(turns, 0.0, 10)
+    turns.owe(owed)  # never sent: says nothing about any socket
+    assert turns.expire(TIMEOUT, heard=0) == (
+        [
+            FinalizeTimedOut(
+                turn=owed.turn, waited=TIMEOUT, reason="no final within finalize_timeout"
+            )
+        ],
+        False,
+    )
+    sent = send(turns, 10.0, 20)
+    assert sent.heard == 0
+    assert turns.expire(10.0 + TIMEOUT, heard=None)[1] is False  # no socket is judged
 
 
 # -- answers --------------------------------------------------------------------
@@ -134,7 +202,7 @@ def test_a_timed_out_request_in_flight_is_an_orphan_answered_late() -> None:
     timed_out = turns.time_out(5.5, a, "no final")
     assert timed_out == FinalizeTimedOut(turn=a.turn, waited=5.5, reason="no final")
     assert a.timed_out
-    assert (turns.pending, turns.timed_out, turns.awaiting, turns.any_sent) == (1, 1, True, True)
+    assert (turns.pending, turns.timed_out, turns.awaiting) == (1, 1, True)
     # The orphan stays at the head: the next unanswered request is b.
     assert turns.next() is b
     late = turns.answer(6.0, True)
@@ -148,9 +216,10 @@ def test_with_only_orphans_in_flight_nothing_awaits_but_a_final_is_still_paired(
     turns = make()
     a = send(turns, 0.0, 10)
     turns.time_out(5.0, a, "no final")
-    assert not turns.awaiting and turns.any_sent and turns.next() is None
+    assert not turns.awaiting and turns.next() is None
+    # A final without from_finalize is paired only while something is in flight.
     assert turns.answer(6.0, None) == Answer(a.turn, 10, late=True, latency=None)
-    assert not turns.any_sent
+    assert turns.answer(6.5, None) is None
 
 
 def test_an_owed_request_that_times_out_is_forgotten() -> None:
@@ -176,7 +245,7 @@ def test_a_socket_ending_owes_its_requests_again_ahead_of_newer_ones() -> None:
     c = request(turns, 3.0, 40)
     turns.owe(c)
     turns.socket_ended()
-    assert (turns.any_sent, turns.awaiting, turns.pending) == (False, False, 3)
+    assert (turns.awaiting, turns.pending) == (False, 3)
     assert a.sent_at is None and b.sent_at is None
     assert [r.turn for r in turns.take_owed()] == [a.turn, b.turn, c.turn]
     # The orphan's answer can no longer come.
@@ -267,7 +336,8 @@ def test_end_times_out_what_is_in_flight_and_owed_when_told() -> None:
     turns.owe(b)
     ended = turns.end(6.0, "closed", owed=False)
     assert ended == [FinalizeTimedOut(turn=a.turn, waited=5.0, reason="closed")]
-    assert (turns.timed_out, turns.pending, turns.any_sent, turns.owed) == (2, 1, False, True)
+    assert (turns.timed_out, turns.pending, turns.owed) == (2, 1, True)
+    assert turns.answer(6.5, None) is None  # nothing in flight, not even the orphan
     ended = turns.end(7.0, "failed", owed=True)
     assert ended == [FinalizeTimedOut(turn=b.turn, waited=5.0, reason="failed")]
     assert (turns.timed_out, turns.pending, turns.owed) == (3, 0, False)

@@ -25,6 +25,10 @@ messages that client is known to send.
       /tmp/pipecat-venv/bin/pip install pipecat-ai
       PULSE_PIPECAT_PYTHON=/tmp/pipecat-venv/bin/python pytest tests/emulator/test_compat.py
 
+Each client also gets a speech case: the shipped sample (examples/speech.wav)
+through the emulator's speech engine, which needs the ``local`` extra (skipped
+without it), scored by word error rate against examples/speech.txt.
+
 Every session is bounded in time (``trio.fail_after`` outside, ``asyncio``
 timeouts inside the clients) and uses only the loopback interface.
 """
@@ -47,7 +51,9 @@ import trio
 from trio_websocket import WebSocketConnection, WebSocketRequest
 
 from pulse_trio.emulator import Emulator, ServerSession
+from pulse_trio.emulator._engines import speech_engine_missing
 from pulse_trio.emulator.token_audio import encode
+from tests.speech import REFERENCE, sample_sentences, word_error_rate
 
 TURNS = (["hello", "world"], ["second", "turn"])
 SAMPLE_RATE = 16000
@@ -58,6 +64,20 @@ LEGACY_WEBSOCKETS = pytest.mark.filterwarnings(
     "ignore:websockets.legacy is deprecated:DeprecationWarning",
     "ignore:websockets.exceptions.InvalidStatusCode is deprecated:DeprecationWarning",
 )
+
+
+needs_speech = pytest.mark.skipif(
+    speech_engine_missing() is not None, reason="the local extra is not installed"
+)
+
+
+async def speech_emulator() -> RecordingEmulator:
+    """A recording emulator with the speech engine, its model loaded."""
+    from pulse_trio.emulator import WhisperEngine  # noqa: PLC0415 - the extra's
+
+    engine = WhisperEngine()
+    await engine.prepare()
+    return RecordingEmulator(engine=engine)
 
 
 def token_turn(words: list[str]) -> bytes:
@@ -205,6 +225,39 @@ def run_sdk_session(sdk: SimpleNamespace, url: str, **options: Any) -> list[Any]
     return asyncio.run(session())
 
 
+def run_sdk_speech(sdk: SimpleNamespace, url: str) -> list[Any]:
+    """The speech sample a sentence at a time: finalize after each but the last,
+    then close_stream. Returns every event received."""
+
+    async def session() -> list[Any]:
+        events: list[Any] = []
+        client = sdk_client(sdk, url)
+        async with asyncio.timeout(90):
+            stream = sdk.stream_speech_to_text(
+                client, language="en", sample_rate=SAMPLE_RATE, encoding="linear16"
+            )
+            async with stream as socket:
+
+                async def consume() -> None:
+                    async for event in socket:
+                        events.append(event)
+                        if getattr(event, "is_last", False):
+                            return
+
+                consumer = asyncio.create_task(consume())
+                sentences = sample_sentences()
+                for index, audio in enumerate(sentences):
+                    for start in range(0, len(audio), 4096):
+                        await socket.send_audio_chunk_out(audio[start : start + 4096])
+                    if index < len(sentences) - 1:
+                        await socket.send_finalize_signal(sdk.FinalizeSignal(type="finalize"))
+                await socket.send_close_stream(sdk.CloseStream(type="close_stream"))
+                await consumer
+        return events
+
+    return asyncio.run(session())
+
+
 def open_sdk_stream(sdk: SimpleNamespace, url: str, key: str, *, raw: bool = False) -> Any:
     """Open a stream, close it at once; return the exception raised, or None.
 
@@ -262,6 +315,29 @@ async def test_smallestai_sdk_session_gets_exactly_the_words(sdk: SimpleNamespac
     assert connection.texts == [FINALIZE, CLOSE_STREAM]
     assert b"".join(connection.binary) == b"".join(token_turn(words) for words in TURNS)
     assert connection.close_code == 1000
+
+
+@LEGACY_WEBSOCKETS
+@needs_speech
+async def test_smallestai_sdk_session_hears_speech(sdk: SimpleNamespace) -> None:
+    async with trio.open_nursery() as nursery:
+        emulator = await nursery.start((await speech_emulator()).serve)
+        with trio.fail_after(120):
+            events = await in_thread(run_sdk_speech, sdk, emulator.url())
+        nursery.cancel_scope.cancel()
+
+    finals = [event for event in events if event.is_final]
+    heard = " ".join(event.transcript for event in finals if event.transcript)
+    assert word_error_rate(REFERENCE, heard) <= 0.10, heard
+    # One final per finalize (two), then the last sentence's with is_last.
+    assert [(event.from_finalize, event.is_last) for event in finals] == [
+        (True, False),
+        (True, False),
+        (False, True),
+    ]
+    assert all(event.transcript for event in finals)
+    (handshake,) = emulator.handshakes_seen
+    assert handshake.query["encoding"] == "linear16"
 
 
 @LEGACY_WEBSOCKETS
@@ -483,6 +559,35 @@ async def test_pipecat_smallest_stt_gets_exactly_the_words(
         # What follows the audio is keepalive: 100 ms of 16-bit zero samples a frame.
         assert frames
         assert all(frame == bytes(SAMPLE_RATE // 5) for frame in frames)
+
+
+@needs_speech
+async def test_pipecat_smallest_stt_hears_speech(pipecat_python: str, tmp_path: Path) -> None:
+    driver = tmp_path / "pipecat_driver.py"
+    driver.write_text(PIPECAT_DRIVER)
+    turns = json.dumps([audio.hex() for audio in sample_sentences()]).encode()
+    async with trio.open_nursery() as nursery:
+        emulator = await nursery.start((await speech_emulator()).serve)
+        with trio.fail_after(180):
+            process = await trio.run_process(
+                [pipecat_python, str(driver), emulator.url(), str(SAMPLE_RATE)],
+                stdin=turns,
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+                cwd=tmp_path,
+            )
+        nursery.cancel_scope.cancel()
+
+    stdout = process.stdout.decode(errors="replace")
+    stderr = process.stderr.decode(errors="replace")
+    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+    assert process.returncode == 0 and lines, f"driver failed:\n{stdout}\n{stderr[-4000:]}"
+    result = json.loads(lines[-1].removeprefix("RESULT "))
+    assert result["errors"] == []
+    heard = " ".join(text for text in result["finals"] if text)
+    assert word_error_rate(REFERENCE, heard) <= 0.10, result
+    assert len([text for text in result["finals"] if text]) == 3, result
 
 
 def test_pipecat_driver_compiles() -> None:
