@@ -20,7 +20,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import attrs
-import trio
 
 from pulse_core import AudioDropped, Closed, Event, Transcript
 from tests.hostile import KEY
@@ -142,12 +141,9 @@ def key_pieces(text: str) -> list[str]:
     return sorted({KEY[i : i + 8] for i in range(len(KEY) - 7) if KEY[i : i + 8] in text})
 
 
-def everything_said(
-    outcome: Outcome, records: Iterable[logging.LogRecord], *, past_cancelled: bool = True
-) -> str:
+def everything_said(outcome: Outcome, records: Iterable[logging.LogRecord]) -> str:
     """All text pulse showed: exception (its whole chain), events (fields,
-    repr, raw), log records. ``past_cancelled=False`` leaves out what lies
-    behind a ``trio.Cancelled`` in the chain (where a known leak is)."""
+    repr, raw), log records."""
     parts: list[str] = []
     # The exception, and all a traceback of it shows: its cause and context,
     # and every exception in a group, each with its own chain.
@@ -159,8 +155,6 @@ def everything_said(
             continue
         seen.add(id(error))
         parts += [str(error), repr(error), repr(getattr(error, "failure", None))]
-        if isinstance(error, trio.Cancelled) and not past_cancelled:
-            continue
         if isinstance(error, BaseExceptionGroup):
             todo += error.exceptions
         todo += [e for e in (error.__cause__, error.__context__) if e is not None]

@@ -90,11 +90,6 @@ MAX_SECONDS = 3.0
 
 # -- the application's plan ---------------------------------------------------------
 
-#: The fewest samples a plan speaks at once: over the 10 ms within which a final
-#: of new audio next to transcribed audio is taken for a repeat, while
-#: test_a_short_final_after_another_is_no_repeat is a known failure (1 once fixed).
-SHORTEST = 161
-
 
 @attrs.frozen
 class Speak:
@@ -485,8 +480,8 @@ def plans(draw: st.DrawFn) -> tuple[Step, ...]:
         kind = draw(
             st.sampled_from(["speak"] * 4 + ["finalize"] * 2 + ["pause", "switch", "await"])
         )
-        if kind == "speak" and room > SHORTEST:
-            samples = draw(st.integers(SHORTEST, min(room, 16000)))
+        if kind == "speak" and room > 0:
+            samples = draw(st.integers(1, min(room, 16000)))
             room -= samples
             steps.append(Speak(samples, draw(st.sampled_from([101, 640, 3200, 4096, 8191, 65536]))))
         elif kind == "finalize":

@@ -312,8 +312,7 @@ def check(schedule: Schedule, played: Played) -> None:
     assert played.closing <= most, f"closing took {played.closing:.2f} s (at most {most:.2f})"
     assert played.peak <= MEMORY, f"the session took {played.peak / (1 << 20):.1f} MiB"
     # 5. The key never shows.
-    said = everything_said(outcome, played.records, past_cancelled=not KNOWN_CHAIN_LEAK)
-    leaks = key_pieces(said)
+    leaks = key_pieces(everything_said(outcome, played.records))
     assert leaks == [], f"the key shows: {leaks}"
 
 
@@ -348,13 +347,6 @@ SCHEDULES = settings(
 #: Actions that trip a known bug, left out of the draw until it is fixed (each
 #: has its strict xfail in test_hostile_today.py, the fix takes it off this list).
 KNOWN: frozenset[type] = frozenset()
-
-
-#: While test_the_key_never_shows_in_a_failure_raised_into_a_waiting_block is
-#: a known failure, the key check does not read behind the ``trio.Cancelled``
-#: in the chain of the exception raised into a waiting block, where that leak
-#: is (the fix sets this to False).
-KNOWN_CHAIN_LEAK = True
 
 
 @SCHEDULES
