@@ -26,6 +26,7 @@ __all__ = [
     "AfterAudio",
     "AfterSeconds",
     "Close",
+    "Delay",
     "Error",
     "Fault",
     "Final",
@@ -185,11 +186,14 @@ class Raw:
 class Final:
     """A final covering the audio since the previous final (the server's
     trivial recognition), with optional lies: ``words`` replaces the word times
-    (connection seconds; ``None`` keeps the true ones)."""
+    (connection seconds; ``None`` keeps the true ones). With ``covers=False``
+    the final covers nothing: the audio stays for the next final, so a lie in
+    ``words`` loses none of it."""
 
     is_last: bool = False
     from_finalize: bool | None = None
     words: tuple[tuple[float, float], ...] | None = None
+    covers: bool = True
 
 
 @attrs.frozen
@@ -244,6 +248,15 @@ class SlowRead:
     rate: float
 
 
+@attrs.frozen
+class Delay:
+    """Wait ``seconds`` before the next action. A fault on what the server
+    read (audio, finalize, close_stream, the client's close) holds the reading
+    up meanwhile: a slow answer from a busy server."""
+
+    seconds: float
+
+
 def _actions(value: Action | Sequence[Action]) -> tuple[Action, ...]:
     return tuple(value) if isinstance(value, Sequence) else (value,)
 
@@ -269,6 +282,7 @@ Action: TypeAlias = (
     | Hangup
     | HalfOpen
     | SlowRead
+    | Delay
     | Together
 )
 

@@ -64,6 +64,7 @@ from .script import (
     AfterAudio,
     AfterSeconds,
     Close,
+    Delay,
     Error,
     Fault,
     Final,
@@ -135,6 +136,9 @@ class FinalSent:
     is_last: bool
     from_finalize: bool | None
     text: str
+    #: ``close_stream`` messages the connection had received when it was sent
+    #: (an ``is_last`` with none answers no close_stream).
+    close_streams: int = 0
 
 
 @attrs.define(eq=False)
@@ -546,6 +550,8 @@ class _Connection:
                 self.read_scope.cancel()
         elif isinstance(action, SlowRead):
             self.read_rate = action.rate
+        elif isinstance(action, Delay):
+            await trio.sleep(action.seconds)
         elif isinstance(action, Together):
             outer, self.batch = self.batch, bytearray()
             try:
@@ -592,6 +598,8 @@ class _Connection:
 
     async def send_final(self, action: Final) -> None:
         first, last = self.final_mark, self.ticks
+        if not action.covers:
+            last = first
         self.final_mark = last
         words = self._words(first, last)
         if action.words is not None:
@@ -608,10 +616,21 @@ class _Connection:
         self.final_mark = last
         pieces = max(1, action.pieces)
         bounds = [first + (last - first) * i // pieces for i in range(pieces + 1)]
-        for low, high in reversed(list(itertools.pairwise(bounds))):
-            await self._emit(
-                self._words(low, high), low, high, is_last=False, from_finalize=action.from_finalize
-            )
+        # One write for all of them: the pieces took their audio at once, so
+        # no other final (nor a hang-up) may come between them.
+        outer, self.batch = self.batch, bytearray()
+        try:
+            for low, high in reversed(list(itertools.pairwise(bounds))):
+                await self._emit(
+                    self._words(low, high),
+                    low,
+                    high,
+                    is_last=False,
+                    from_finalize=action.from_finalize,
+                )
+        finally:
+            held, self.batch = self.batch, outer
+        await self._write_raw(bytes(held))
 
     async def _emit(
         self,
@@ -645,6 +664,7 @@ class _Connection:
                 is_last=is_last,
                 from_finalize=from_finalize,
                 text=transcript[:_PREVIEW],
+                close_streams=self.record.close_streams,
             )
         )
         await self.send(TEXT, text.encode("utf-8"))

@@ -22,17 +22,15 @@ import json
 import logging
 import tracemalloc
 import wave
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import attrs
 import pytest
 import trio
 
 from pulse_core import (
     AudioDropped,
-    Closed,
     ConnectionFailed,
     Disconnected,
     Event,
@@ -52,6 +50,7 @@ from pulse_trio import (
 )
 from tests.command import closed_port, pulse
 from tests.hostile import KEY, speech
+from tests.hostile.checks import Outcome, assert_every_sample_once, everything_said, key_pieces
 from tests.hostile.script import (
     AfterAudio,
     Close,
@@ -104,24 +103,6 @@ def bug(reason: str) -> pytest.MarkDecorator:
     """Mark a test that fails on today's code for ``reason`` (strict: once the
     bug is fixed the test passes, and the mark must come off)."""
     return pytest.mark.xfail(strict=True, reason="BUG: " + reason)
-
-
-@attrs.define
-class Outcome:
-    events: list[Event]
-    error: BaseException | None
-
-    def of(self, kind: type[Any]) -> list[Any]:
-        return [e for e in self.events if isinstance(e, kind)]
-
-    @property
-    def finals(self) -> list[Transcript]:
-        return [e for e in self.of(Transcript) if e.is_final]
-
-    @property
-    def closed(self) -> Closed | None:
-        closed = self.of(Closed)
-        return closed[-1] if closed else None
 
 
 #: What the application does in the session; it may look at the server too.
@@ -198,62 +179,6 @@ def say(seconds: float) -> Body:
         await speak(session, seconds)
 
     return body
-
-
-def spans(outcome: Outcome) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
-    """(word spans of every final, ranges reported dropped), in session seconds."""
-    words = [
-        (w.start, w.end)
-        for t in outcome.finals
-        for w in t.words
-        if w.start is not None and w.end is not None
-    ]
-    dropped = [(d.start, d.end) for d in outcome.of(AudioDropped)]
-    return words, dropped
-
-
-def assert_every_sample_once(outcome: Outcome, seconds: float) -> None:
-    """Each instant of the session's audio is in exactly one final's words, or
-    reported in an AudioDropped (the server's words tile the audio it got)."""
-    words, dropped = spans(outcome)
-    covered = sorted(words + dropped)
-    edge = 0.0
-    for start, end in covered:
-        assert start <= edge + 1e-3, (
-            f"audio {edge:.3f}-{start:.3f} s was never transcribed nor reported dropped"
-        )
-        edge = max(edge, end)
-    assert edge >= seconds - 1e-3, (
-        f"audio {edge:.3f}-{seconds:.3f} s was never transcribed nor reported dropped"
-    )
-    reach = 0.0
-    for start, end in sorted(words):
-        assert start >= reach - 1e-3, f"audio at {start:.3f}-{reach:.3f} s transcribed twice"
-        reach = max(reach, end)
-
-
-def key_pieces(text: str) -> list[str]:
-    """Every 8-character piece of the key found in ``text``."""
-    return sorted({KEY[i : i + 8] for i in range(len(KEY) - 7) if KEY[i : i + 8] in text})
-
-
-def everything_said(outcome: Outcome, records: Iterable[logging.LogRecord]) -> str:
-    """All text pulse showed: exception, events (fields, repr, raw), log records."""
-    parts: list[str] = []
-    error = outcome.error
-    while error is not None:
-        parts += [str(error), repr(error), repr(getattr(error, "failure", None))]
-        if isinstance(error, BaseExceptionGroup):
-            parts += [repr(e) for e in error.exceptions]
-        error = error.__cause__ or error.__context__
-    for event in outcome.events:
-        parts.append(repr(event))
-        parts += [repr(value) for value in attrs.asdict(event, recurse=False).values()]
-        parts.append(repr(getattr(event, "raw", None)))
-    for record in records:
-        parts.append(record.getMessage())
-        parts.append(repr(record.__dict__))
-    return "\n".join(parts)
 
 
 def wav_file(path: Path, seconds: float) -> Path:
@@ -1200,3 +1125,86 @@ async def test_a_final_split_in_two_transcribes_nothing_twice() -> None:
     assert [(f.first, f.last) for f in server.connections[0].finals] == [(8000, 16000), (0, 8000)]
     assert bytes(server.connections[1].audio) == speech(1.0, offset=1.0)
     assert_every_sample_once(outcome, 2.0)
+
+
+# -- found by the generated schedules (test_schedules.py) ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        pytest.param(
+            Script(faults=[Fault(AfterAudio(1), Close(code=1008, reason="bye {key}"))]),
+            id="close-reason",
+        ),
+        pytest.param(
+            Script(handshake=refuse(401, body=b"unknown key {key_head}...")), id="401-body"
+        ),
+        pytest.param(Script(handshake=redirect("ws://127.0.0.1:1/?token={key}")), id="location"),
+    ],
+)
+async def test_the_key_never_shows_in_a_failure_raised_into_a_waiting_block(
+    script: Script, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Point 5: the server ends every connection with the key in what it
+    sends (a close reason until pulse gives up, a refusal, a redirect) while
+    the block waits. The session's failure cancels the block while the reader
+    handles trio-websocket's exception; the SessionFailedError raised must not
+    carry that exception in its chain (a traceback an application logs would
+    show the key)."""
+    caplog.set_level(logging.DEBUG)
+
+    async def body(session: Session, server: HostileServer) -> None:
+        await speak(session, 0.5, finalize=False)
+        await trio.sleep(LIMIT)  # until the failure cancels the block
+
+    _, outcome = await against(then=script, body=body, attempts=2)
+    assert isinstance(outcome.error, SessionFailedError), repr(outcome.error)
+    assert key_pieces(everything_said(outcome, caplog.records)) == []
+
+
+@bug(
+    "a final confirms all the audio before its last word, so finals sent latest first and cut "
+    "short by a reset lose the audio of those never read, unreported"
+)
+async def test_finals_out_of_order_cut_by_a_reset_lose_nothing() -> None:
+    """After two seconds the server sends its automatic finals for them latest
+    first (four pieces, in one write), then resets the connection: pulse reads
+    the first pieces before the reset discards the rest. No final covered the
+    earlier audio, so it must be replayed (or reported dropped); pulse took the
+    latest piece's last word as confirming everything before it."""
+    first = Script(
+        faults=[
+            Fault(
+                AfterAudio(2 * BYTES_PER_SECOND),
+                [SplitFinals(pieces=4, from_finalize=False), Hangup(reset=True)],
+            )
+        ]
+    )
+
+    async def body(session: Session, server: HostileServer) -> None:
+        await session.send_audio(speech(2.5))
+        assert await server.wait_for(lambda: len(server.upgraded) == 2)
+
+    server, outcome = await against(first, body=body)
+    assert outcome.error is None, repr(outcome.error)
+    assert server.connections[0].ended == "reset"
+    assert_every_sample_once(outcome, 2.5)
+
+
+async def test_a_short_final_after_another_is_no_repeat() -> None:
+    """Half a second of speech is finalized and answered; 5 ms more follow, and
+    the answer to close_stream transcribes them: a word from 0.5 to 0.505 s,
+    next to the words already transcribed but new audio (PROTOCOL §5: only a
+    final wholly within transcribed audio repeats it)."""
+
+    async def body(session: Session, server: HostileServer) -> None:
+        heard = seen(session, Transcript)
+        await speak(session, 0.5)
+        await heard.wait()
+        await session.send_audio(speech(0.005, offset=0.5))
+
+    _, outcome = await against(Script(), body=body)
+    assert outcome.error is None, repr(outcome.error)
+    assert not outcome.of(MalformedMessage), outcome.of(MalformedMessage)
+    assert_every_sample_once(outcome, 0.505)

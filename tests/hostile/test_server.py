@@ -43,6 +43,7 @@ from tests.hostile.script import (
     AfterAudio,
     AfterSeconds,
     Close,
+    Delay,
     Error,
     Fault,
     Final,
@@ -404,9 +405,9 @@ async def test_a_whole_session_round_trip() -> None:
     assert record.pings_received == 1
     assert record.client_close == (1000, "")
     assert record.ended == "closed"
-    assert [(f.first, f.last, f.is_last) for f in record.finals] == [
-        (0, 40000, False),
-        (40000, 44000, True),
+    assert [(f.first, f.last, f.is_last, f.close_streams) for f in record.finals] == [
+        (0, 40000, False, 0),
+        (40000, 44000, True, 1),
     ]
 
 
@@ -726,6 +727,31 @@ async def test_finals_can_lie() -> None:
     assert ranges == [(0, 16000), (24000, 32000), (16000, 24000), (32000, 48000)]
 
 
+async def test_a_lying_final_may_cover_nothing() -> None:
+    """``Final(covers=False)``: the bogus final takes no audio, so the next
+    final covers all of it, with its true words."""
+    script = Script(
+        faults=[
+            Fault(
+                OnFinalize(1),
+                Final(words=((-5.0, -4.0),), from_finalize=True, covers=False),
+                replace=True,
+            )
+        ]
+    )
+    async with serving(script) as server, client_of(server) as client:
+        await client.upgrade()
+        await client.send(BINARY, b"\x00" * 32000)
+        await client.send_json({"type": "finalize"})
+        bogus = await client.json()
+        assert [(w["start"], w["end"]) for w in bogus["words"]] == [(-5.0, -4.0)]
+        await client.send_json({"type": "finalize"})
+        true = await client.json()
+        assert [(w["start"], w["end"]) for w in true["words"]] == [(0.0, 0.5), (0.5, 1.0)]
+    ranges = [(f.first, f.last) for f in server.connections[0].finals]
+    assert ranges == [(0, 0), (0, 16000)]
+
+
 async def test_a_reset_at_a_byte_count() -> None:
     script = Script(faults=[Fault(AfterAudio(10_000), Hangup(reset=True))])
     async with serving(script) as server, client_of(server) as client:
@@ -772,6 +798,21 @@ async def test_slow_reads_pace_the_client() -> None:
         assert trio.current_time() - start >= 0.09  # 20 KB at 200 KB/s: 0.1 s
 
 
+async def test_a_delay_holds_the_answer_back() -> None:
+    script = Script(
+        faults=[Fault(OnFinalize(1), [Delay(0.2), Final(from_finalize=True)], replace=True)]
+    )
+    async with serving(script) as server, client_of(server) as client:
+        await client.upgrade()
+        await client.send(BINARY, b"\x00" * 3200)
+        start = trio.current_time()
+        await client.send_json({"type": "finalize"})
+        answer = await client.json()
+        assert trio.current_time() - start >= 0.2
+        assert answer["from_finalize"] is True
+    assert [(f.first, f.last) for f in server.connections[0].finals] == [(0, 1600)]
+
+
 async def test_timed_faults_and_raw_frames() -> None:
     script = Script(
         faults=[
@@ -809,6 +850,23 @@ async def test_together_writes_its_actions_in_one_send() -> None:
         kinds = [s.opcode for s in record.sent]
         assert kinds[-2:] == [TEXT, PING]
         assert record.writes == writes + 1  # both frames in one write
+
+
+async def test_split_finals_go_out_in_one_write() -> None:
+    """The pieces of a split take their audio at once, so they go out at once:
+    no other final (an ``is_last`` answering close_stream, say) and no hang-up
+    can come between them."""
+    script = Script(faults=[Fault(OnFinalize(1), SplitFinals(pieces=3), replace=True)])
+    async with serving(script) as server, client_of(server) as client:
+        await client.upgrade()
+        await client.send(PING, b"settle")
+        assert await client.message() == (PONG, b"settle")
+        writes = server.connections[0].writes
+        await client.send(BINARY, b"\x00" * 4800)
+        await client.send_json({"type": "finalize"})
+        pieces = [await client.json() for _ in range(3)]
+        assert [p["words"][0]["start"] for p in pieces] == [0.1, 0.05, 0.0]
+        assert server.connections[0].writes == writes + 1
 
 
 async def test_records_are_bounded() -> None:
