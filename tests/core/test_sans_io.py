@@ -102,8 +102,11 @@ def run_fresh(script: str) -> list[str]:
     The interpreter itself loads ``time`` while starting (zipimport), so the
     scripts compare against what is loaded before their imports.
     """
+    # Where this interpreter finds the dependencies (a virtual environment
+    # made with --system-site-packages finds them outside its own purelib).
+    found = [entry for entry in sys.path if entry and Path(entry).is_dir()]
     paths = dict.fromkeys(
-        [str(ROOT), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+        [str(ROOT), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *found]
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     result = subprocess.run(
