@@ -1,28 +1,31 @@
 """The emulator against Pulse clients this project did not write.
 
-These tests are opt-in: each runs a real session of a third-party client against
-the emulator on loopback (127.0.0.1) and checks that the client gets exactly the
-words encoded as token audio, and that the emulator saw the handshake and the
-messages that client is known to send.
+Each test runs a real session of a third-party client against the emulator on
+loopback (127.0.0.1) and checks that the client gets exactly the words encoded
+as token audio, and that the emulator saw the handshake and the messages that
+client is known to send. ``.ci/run`` installs both clients, so in CI none of
+these tests is skipped; elsewhere each is skipped when its client is missing.
 
-* ``smallestai`` (Smallest AI's Python SDK): the tests run when the package is
-  importable (``pip install smallestai``) and are skipped otherwise. The SDK is
-  an asyncio client; it runs in a worker thread with its own event loop while
-  the emulator runs in the test's trio loop.
+* ``smallestai`` (Smallest AI's Python SDK, ``.ci/sdk-requirements.txt``): the
+  tests run when the package is importable and are skipped otherwise. The SDK
+  is an asyncio client; it runs in a worker thread with its own event loop
+  while the emulator runs in the test's trio loop.
 
 * Pipecat's ``SmallestSTTService`` (package ``pipecat-ai``, module
   ``pipecat.services.smallest.stt``): Pipecat is not installed next to this
-  project. Its test runs only when the environment variable
+  project. Its tests run only when the environment variable
   ``PULSE_PIPECAT_PYTHON`` names a Python interpreter that has ``pipecat-ai``
-  installed, and is skipped otherwise. It writes a small driver script to a
-  temporary directory and runs it with that interpreter as a subprocess; the
-  driver builds a pipeline (service, then a collector), feeds token audio as
+  installed, and are skipped otherwise; ``.ci/run`` creates that interpreter
+  (``.ci/pipecat-venv``, from ``.ci/pipecat-requirements.txt``) and sets the
+  variable. Each test writes a small driver script to a temporary directory
+  and runs it with that interpreter as a subprocess; the driver builds a
+  pipeline (service, then a collector), feeds token audio as
   ``InputAudioRawFrame``s, ends each turn with ``VADUserStoppedSpeakingFrame``
   (which is what makes the service send ``finalize``), and prints what it
-  collected. To set it up::
+  collected. To set it up by hand::
 
       python -m venv /tmp/pipecat-venv
-      /tmp/pipecat-venv/bin/pip install pipecat-ai
+      /tmp/pipecat-venv/bin/pip install -r .ci/pipecat-requirements.txt .
       PULSE_PIPECAT_PYTHON=/tmp/pipecat-venv/bin/python pytest tests/emulator/test_compat.py
 
 Each client also gets a speech case: the shipped sample (examples/speech.wav)
