@@ -36,7 +36,7 @@ name a ``pulse_core.Settings`` field (``eou_timeout_ms``, ``vad_events``,
 (reconnect policy, ``replay_seconds``, timeouts) go in ``connection_options``
 as ``pulse_core.ConnectionConfig`` fields.
 
-Run it with ``examples/`` on ``sys.path`` (it imports ``asyncio_transport``)
+Run it from the repository's root (it imports ``examples.asyncio_transport``)
 in an environment with ``pipecat-ai``, ``websockets`` and pulse installed::
 
     stt = PulseSTTService(
@@ -54,12 +54,6 @@ import os
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
-from asyncio_transport import (
-    AsyncioSession,
-    AuthenticationError,
-    SessionFailedError,
-    open_session,
-)
 from loguru import logger
 from pipecat import version as pipecat_version
 from pipecat.frames.frames import (
@@ -84,6 +78,12 @@ from pipecat.utils.tracing.service_decorators import traced_stt
 from pipecat.utils.types import is_given
 
 import pulse_core
+from examples.asyncio_transport import (
+    AsyncioSession,
+    AuthenticationError,
+    SessionFailedError,
+    open_session,
+)
 from pulse_core import (
     AudioDropped,
     Closed,
@@ -150,7 +150,9 @@ class PulseSTTService(STTService):
     Event handlers: ``on_connected(service)`` and ``on_disconnected(service)``
     for every socket, reconnects included; ``on_connection_error(service,
     error)`` for every attempt that failed (the engine retries unless the
-    failure is permanent).
+    failure is permanent); ``on_pulse_event(service, event)`` for every
+    ``pulse_core`` event, in order, before the service acts on it (run in
+    line: a slow handler holds the session's events back, not loses them).
     """
 
     Settings = SmallestSTTSettings
@@ -218,6 +220,7 @@ class PulseSTTService(STTService):
         self._session: AsyncioSession | None = None
         self._runner: asyncio.Task[None] | None = None
         self._leave = asyncio.Event()
+        self._register_event_handler("on_pulse_event", sync=True)
 
     def can_generate_metrics(self) -> bool:
         """TTFS (Pipecat's STT "TTFB") and usage metrics are reported."""
@@ -390,6 +393,7 @@ class PulseSTTService(STTService):
     # -- what the session says -------------------------------------------------------
 
     async def _on_event(self, event: pulse_core.Event) -> None:
+        await self._call_event_handler("on_pulse_event", event)
         if isinstance(event, Transcript):
             await self._on_transcript(event)
         elif isinstance(event, Connected):

@@ -16,7 +16,8 @@ as 20 ms ``InputAudioRawFrame``s, as a transport sends it) and prints one line
 ``RESULT {json}``: ``seen`` (every transcription, error and end frame that
 reached the collector, in order), ``handlers`` (the service's event handlers
 as they were called), ``ttfs`` (the TTFS metrics reported) and
-``ttfs_p99_latency`` (from the service's metadata frame).
+``ttfs_p99_latency`` (from the service's metadata frame); ``timed_out`` when
+the program's ``timeout`` (30 s) ran out first.
 """
 
 import asyncio
@@ -46,10 +47,9 @@ from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-sys.path.insert(0, str(EXAMPLES))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository's root
 
-from pipecat_stt import PulseSTTService  # noqa: E402 - needs examples/ on the path
+from examples.pipecat_stt import PulseSTTService
 
 logger.remove()
 logger.add(sys.stderr, level=os.environ.get("DRIVER_LOG", "WARNING"))
@@ -166,8 +166,11 @@ async def main(program: dict) -> dict:
         await runner.add_workers(worker)
         await runner.run()
 
-    async with asyncio.timeout(program.get("timeout", 60)):
-        await asyncio.gather(run(), feed())
+    try:
+        async with asyncio.timeout(program.get("timeout", 30)):
+            await asyncio.gather(run(), feed())
+    except TimeoutError:
+        result["timed_out"] = True  # what was seen so far is still printed
     return result
 
 

@@ -55,7 +55,7 @@ async def drive(
 ) -> dict[str, Any]:
     """Run the driver with ``steps`` against ``emulator``; return its result."""
     program = {"base_url": emulator.url(), "sample_rate": 16000, "steps": steps, **program}
-    with trio.fail_after(90):
+    with trio.fail_after(60):
         process = await trio.run_process(
             [python, str(DRIVER)],
             stdin=json.dumps(program).encode(),
@@ -70,6 +70,7 @@ async def drive(
     lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
     assert process.returncode == 0 and lines, f"driver failed:\n{stdout}\n{stderr[-4000:]}"
     result: dict[str, Any] = json.loads(lines[-1].removeprefix("RESULT "))
+    assert not result.get("timed_out"), f"the driver timed out: {result}\n{stderr[-4000:]}"
     return result
 
 
