@@ -16,8 +16,9 @@ as 20 ms ``InputAudioRawFrame``s, as a transport sends it) and prints one line
 ``RESULT {json}``: ``seen`` (every transcription, error and end frame that
 reached the collector, in order), ``handlers`` (the service's event handlers
 as they were called), ``ttfs`` (the TTFS metrics reported) and
-``ttfs_p99_latency`` (from the service's metadata frame); ``timed_out`` when
-the program's ``timeout`` (30 s) ran out first.
+``ttfs_p99_latency`` (from the service's metadata frame); ``timed_out`` says
+what was being waited for when a ``wait_finals`` step (20 s) or the program's
+``timeout`` (30 s) ran out.
 """
 
 import asyncio
@@ -137,11 +138,15 @@ async def main(program: dict) -> dict:
                     VADUserStoppedSpeakingFrame(stop_secs=0.2, timestamp=time.time())
                 )
             elif kind == "wait_finals":
-                async with finals:
-                    await asyncio.wait_for(
-                        finals.wait_for(lambda wanted=args[0]: final_count() >= wanted),
-                        args[1] if len(args) > 1 else 20,
-                    )
+                try:
+                    async with finals:
+                        await asyncio.wait_for(
+                            finals.wait_for(lambda wanted=args[0]: final_count() >= wanted),
+                            args[1] if len(args) > 1 else 20,
+                        )
+                except TimeoutError:
+                    result["timed_out"] = f"waiting for {args[0]} finals"
+                    break  # end the pipeline: what comes of that is seen too
             elif kind == "settings":
                 delta = PulseSTTService.Settings(**args[0])
                 await worker.queue_frame(STTUpdateSettingsFrame(delta=delta))
@@ -166,14 +171,26 @@ async def main(program: dict) -> dict:
         await runner.add_workers(worker)
         await runner.run()
 
+    tasks = [asyncio.create_task(run()), asyncio.create_task(feed())]
     try:
         async with asyncio.timeout(program.get("timeout", 30)):
-            await asyncio.gather(run(), feed())
+            await asyncio.gather(*tasks)
     except TimeoutError:
-        result["timed_out"] = True  # what was seen so far is still printed
+        result["timed_out"] = result.get("timed_out") or "the program's timeout"
+    finally:
+        for task in tasks:
+            task.cancel()
     return result
 
 
-if __name__ == "__main__":
-    outcome = asyncio.run(main(json.load(sys.stdin)))
+async def entry(program: dict) -> None:
+    """Print the result as soon as it is known, then exit at once: whatever a
+    timed-out pipeline left behind must not keep this process (and its
+    output) from the test."""
+    outcome = await main(program)
     print("RESULT " + json.dumps(outcome), flush=True)
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    asyncio.run(entry(json.load(sys.stdin)))
