@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
@@ -283,16 +284,32 @@ class PulseSTTService(STTService):
         changed = await super()._update_settings(delta)
         changes = self._pulse_changes(changed)
         session = self._session
-        if changes and session is not None and session.state not in _ENDED:
-            try:
+        try:
+            self._pulse_settings()  # every field still valid together
+            if changes and session is not None and session.state not in _ENDED:
                 await session.update_settings(**changes)
-            except ConfigurationError as exc:
-                await self.push_error(
-                    f"{self} settings not applied: {exc}",
-                    exception=exc,
-                    category=ErrorCategory.INVALID_REQUEST,
-                )
+        except ConfigurationError as exc:
+            self._revert(changed)  # what Pipecat shows stays what the session uses
+            # The application's mistake, not the service's: a permanent
+            # category would make Pipecat stop giving this service audio.
+            await self.push_error(
+                f"{self} settings not applied: {exc}",
+                exception=exc,
+                category=ErrorCategory.APPLICATION,
+            )
+            return {}
         return changed
+
+    def _revert(self, changed: Mapping[str, Any]) -> None:
+        """Put back the values ``changed`` held before an update."""
+        declared = {field.name for field in dataclasses.fields(self._settings)}
+        for name, old in changed.items():
+            if name in declared:
+                setattr(self._settings, name, old)
+            elif is_given(old):
+                self._settings.extra[name] = old
+            else:
+                self._settings.extra.pop(name, None)
 
     # -- lifecycle -------------------------------------------------------------------
 

@@ -16,7 +16,9 @@ as 20 ms ``InputAudioRawFrame``s, as a transport sends it) and prints one line
 ``RESULT {json}``: ``seen`` (every transcription, error and end frame that
 reached the collector, in order), ``handlers`` (the service's event handlers
 as they were called), ``ttfs`` (the TTFS metrics reported) and
-``ttfs_p99_latency`` (from the service's metadata frame); ``timed_out`` says
+``ttfs_p99_latency`` (from the service's metadata frame), ``settings`` (the
+service's values at the end for every field a ``settings`` step named);
+``timed_out`` says
 what was being waited for when a ``wait_finals`` step (20 s) or the program's
 ``timeout`` (30 s) ran out.
 """
@@ -119,6 +121,9 @@ async def main(program: dict) -> dict:
     def final_count() -> int:
         return sum(1 for item in result["seen"] if item[0] == "final")
 
+    def error_count() -> int:
+        return sum(1 for item in result["seen"] if item[0] == "error")
+
     async def feed():
         frame_bytes = sample_rate // 50 * 2  # 20 ms of linear16
         for step in program["steps"]:
@@ -149,10 +154,13 @@ async def main(program: dict) -> dict:
                     break  # end the pipeline: what comes of that is seen too
             elif kind == "settings":
                 delta = PulseSTTService.Settings(**args[0])
+                errors = error_count()
                 await worker.queue_frame(STTUpdateSettingsFrame(delta=delta))
                 # Audio and VAD frames are system frames: they would overtake
-                # this one. Go on once the service has applied it.
-                while any(getattr(stt.settings, k) != v for k, v in args[0].items()):
+                # this one. Go on once the service has applied it (or refused).
+                while error_count() == errors and any(
+                    getattr(stt.settings, k) != v for k, v in args[0].items()
+                ):
                     await asyncio.sleep(0.005)
             elif kind == "sleep":
                 await asyncio.sleep(args[0])
@@ -180,6 +188,8 @@ async def main(program: dict) -> dict:
     finally:
         for task in tasks:
             task.cancel()
+    changed = {name for kind, *args in program["steps"] if kind == "settings" for name in args[0]}
+    result["settings"] = {name: getattr(stt.settings, name) for name in sorted(changed)}
     return result
 
 

@@ -103,7 +103,9 @@ def test_pulse_emulator_command_serves_a_session() -> None:
                             else None
                         )
                     )
-                    await session.send_audio(encode(["served", "from", "a", "subprocess"], trail=0.2))
+                    await session.send_audio(
+                        encode(["served", "from", "a", "subprocess"], trail=0.2)
+                    )
             assert finals == ["served from a subprocess"]
         finally:
             process.terminate()

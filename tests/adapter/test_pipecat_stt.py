@@ -187,6 +187,29 @@ async def test_a_settings_change_mid_turn_finishes_the_turn_first(pipecat_python
     assert b"".join(new.binary) == SECOND
 
 
+async def test_a_settings_change_pulse_refuses_is_an_error_and_changes_nothing(
+    pipecat_python: str,
+) -> None:
+    steps = [
+        *turn(FIRST, stop=False),
+        ["settings", {"numerals": "sometimes", "diarize": True}],
+        *turn(SECOND),
+        ["end"],
+    ]
+    result, emulator = await serve_and_drive(pipecat_python, steps)
+
+    (error,) = of_kind(result, "error")
+    assert "settings not applied" in error
+    assert "numerals" in error
+    # The session goes on as it was, every word transcribed (the service is
+    # still usable: Pipecat gave it the second turn's audio), on one
+    # connection that never sent diarize.
+    assert " ".join(of_kind(result, "final")).split() == " ".join(WORDS).split()
+    (handshake,) = emulator.handshakes_seen
+    assert handshake.query["diarize"] == "false"
+    assert result["settings"] == {"numerals": "auto", "diarize": False}
+
+
 async def test_end_frame_sends_close_stream_and_pushes_the_last_final_first(
     pipecat_python: str,
 ) -> None:
