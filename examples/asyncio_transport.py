@@ -547,6 +547,8 @@ class AsyncioSession:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(link.ws.close(code, reason), _CLOSE_WAIT)
         finally:
+            if link.ws is not None:
+                link.ws.transport.abort()  # a peer that never answered the close: cut it
             for task in (link.task, *link.tasks):
                 if task is not None and task is not asyncio.current_task():
                     task.cancel()
