@@ -197,7 +197,8 @@ def _engine_input(
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, ssl.SSLCertVerificationError):
-            reason = f"the server's TLS certificate failed verification: {seen.verify_message}"
+            shown = getattr(seen, "verify_message", None) or str(seen)
+            reason = f"the server's TLS certificate failed verification: {shown}"
             return "connection_failed", {"status": None, "reason": reason, "permanent": True}
         seen = seen.__cause__ or seen.__context__
     if isinstance(exc, UnicodeError | InvalidURI):
