@@ -223,6 +223,15 @@ class _RedactingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
             self.logger.log(level, self._redact(text), **kwargs)
 
 
+class _connect(connect):  # noqa: N801 (websockets' own class is lower case)
+    """websockets' ``connect`` without following redirects: a redirect is the
+    engine's to judge (a final refusal, PROTOCOL §6 rule 5), and following one
+    would carry the ``Authorization`` header to a host nobody chose."""
+
+    def process_redirect(self, exc: Exception) -> Exception | str:
+        return exc
+
+
 # -- the session -------------------------------------------------------------------
 
 
@@ -469,12 +478,14 @@ class AsyncioSession:
         name, arguments = engine_input(exc, link.ws is not None, self._conn.redactor.text)
         self._report(link, name, **arguments)
         self._abandon(link)
+        if link.ws is not None:
+            link.ws.transport.abort()  # gone already, or unusable: free the socket
 
     # -- the tasks --------------------------------------------------------------------
 
     async def _run_link(self, link: _Link, command: Connect) -> None:
         try:
-            ws = await connect(
+            ws = await _connect(
                 command.url,
                 additional_headers=list(command.headers),
                 ssl=self._ssl_context if command.url.startswith("wss://") else None,

@@ -237,3 +237,39 @@ def test_bounds_are_checked_before_any_connection(bound: str) -> None:
         with pytest.raises(ConfigurationError):
             _run(main())
     assert log.handshakes == 0
+
+
+def test_a_redirect_is_not_followed_it_is_the_engine_s_to_judge() -> None:
+    async def main() -> tuple[int, list[Event]]:
+        requests = 0
+
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal requests
+            requests += 1
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(
+                b"HTTP/1.1 301 Moved Permanently\r\nLocation: ws://127.0.0.1:9/elsewhere\r\n"
+                b"Content-Length: 0\r\n\r\n"
+            )
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        events: list[Event] = []
+        try:
+            with pytest.raises(SessionFailedError) as caught:
+                async with open_session(
+                    KEY, base_url=f"ws://127.0.0.1:{port}", reconnect={"base_delay": 0.01}
+                ) as session:
+                    session.event_handler("on_event")(events.append)
+                    await asyncio.sleep(5)
+            assert "301" in str(caught.value)
+        finally:
+            server.close()
+            await server.wait_closed()
+        return requests, events
+
+    requests, events = _run(main())
+    assert requests == 1  # neither retried nor followed
+    assert isinstance(events[-1], Closed)
