@@ -39,6 +39,8 @@ async def run_steps(target: Target, opener: Opener = open_session) -> Observed:
                 **target.options,
             ) as session:
                 session.event_handler("on_event")(events.append)
+                connected = asyncio.Event()
+                session.event_handler("on_connected")(lambda _event: connected.set())
                 for step in target.steps:
                     if step.op == "audio":
                         size = target.chunk_bytes
@@ -52,6 +54,8 @@ async def run_steps(target: Target, opener: Opener = open_session) -> Observed:
                         await session.update_settings(**step.changes)
                     elif step.op == "wait":
                         await asyncio.sleep(step.seconds)
+                    elif step.op == "wait_connected":
+                        await connected.wait()
                     elif step.op == "close":
                         break
                     else:

@@ -197,7 +197,8 @@ def _engine_input(
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, ssl.SSLCertVerificationError):
-            reason = f"the server's TLS certificate failed verification: {seen.verify_message}"
+            shown = getattr(seen, "verify_message", None) or str(seen)
+            reason = f"the server's TLS certificate failed verification: {shown}"
             return "connection_failed", {"status": None, "reason": reason, "permanent": True}
         seen = seen.__cause__ or seen.__context__
     if isinstance(exc, UnicodeError | InvalidURI):
@@ -220,6 +221,15 @@ class _RedactingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
             text = str(msg) % args if args else str(msg)
             kwargs.pop("exc_info", None)  # a traceback could hold the server's text
             self.logger.log(level, self._redact(text), **kwargs)
+
+
+class _connect(connect):  # noqa: N801 (websockets' own class is lower case)
+    """websockets' ``connect`` without following redirects: a redirect is the
+    engine's to judge (a final refusal, PROTOCOL §6 rule 5), and following one
+    would carry the ``Authorization`` header to a host nobody chose."""
+
+    def process_redirect(self, exc: Exception) -> Exception | str:
+        return exc
 
 
 # -- the session -------------------------------------------------------------------
@@ -468,12 +478,14 @@ class AsyncioSession:
         name, arguments = engine_input(exc, link.ws is not None, self._conn.redactor.text)
         self._report(link, name, **arguments)
         self._abandon(link)
+        if link.ws is not None:
+            link.ws.transport.abort()  # gone already, or unusable: free the socket
 
     # -- the tasks --------------------------------------------------------------------
 
     async def _run_link(self, link: _Link, command: Connect) -> None:
         try:
-            ws = await connect(
+            ws = await _connect(
                 command.url,
                 additional_headers=list(command.headers),
                 ssl=self._ssl_context if command.url.startswith("wss://") else None,
@@ -547,6 +559,8 @@ class AsyncioSession:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(link.ws.close(code, reason), _CLOSE_WAIT)
         finally:
+            if link.ws is not None:
+                link.ws.transport.abort()  # a peer that never answered the close: cut it
             for task in (link.task, *link.tasks):
                 if task is not None and task is not asyncio.current_task():
                     task.cancel()
