@@ -12,8 +12,9 @@ the ``Observed`` it prints. There, ``PulseSTTService`` sits in a pipeline
 * ``update_settings``: ``STTUpdateSettingsFrame``; audio and VAD frames are
   system frames, which overtake it in a pipeline, so the next step waits until
   the service has applied it;
-* ``wait``: a pause; ``close``: ``EndFrame`` (the session ends with
-  ``close_stream`` and its last final).
+* ``wait``: a pause; ``wait_connected``: until the service's
+  ``on_pulse_event`` handler has seen ``Connected``; ``close``: ``EndFrame``
+  (the session ends with ``close_stream`` and its last final).
 
 What the application observed: the text of every ``TranscriptionFrame`` that
 reached the end of the pipeline, every ``pulse_core`` event the service had
@@ -36,6 +37,7 @@ from typing import Any
 
 import attrs
 
+from pulse_core import Connected
 from pulse_trio.emulator.scenarios import Observed, Target, observe
 
 __all__ = ["factory"]
@@ -136,7 +138,14 @@ async def _run(target: Target) -> Observed:
         settings=settings(target.settings),
         connection_options=target.options,
     )
-    stt.add_event_handler("on_pulse_event", lambda _service, event: events.append(event))
+    connected = asyncio.Event()
+
+    def on_pulse_event(_service: Any, event: Any) -> None:
+        events.append(event)
+        if isinstance(event, Connected):
+            connected.set()
+
+    stt.add_event_handler("on_pulse_event", on_pulse_event)
     worker = PipelineWorker(
         Pipeline([Errors(), stt, Collect()]),
         params=PipelineParams(audio_in_sample_rate=target.sample_rate),
@@ -162,6 +171,8 @@ async def _run(target: Target) -> Observed:
                     await asyncio.sleep(0.005)
             elif step.op == "wait":
                 await asyncio.sleep(step.seconds)
+            elif step.op == "wait_connected":
+                await connected.wait()
             elif step.op == "close":
                 break
             else:

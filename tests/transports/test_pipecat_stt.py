@@ -1,7 +1,7 @@
 """examples/pipecat_stt.py: a Pipecat STT service on pulse's engine, in a pipeline.
 
 Pipecat is not installed next to pulse, so each test runs
-``tests/adapter/pipecat_driver.py`` as a subprocess with the interpreter
+``tests/transports/pipecat_driver.py`` as a subprocess with the interpreter
 ``PULSE_PIPECAT_PYTHON`` names (``.ci/run`` creates one; skipped when unset),
 against the emulator on loopback, and checks what reached the end of the
 pipeline and what the emulator received. The driver runs this checkout's

@@ -23,7 +23,9 @@ from examples import pipecat_scenarios
 from pulse_trio.emulator.scenarios import SCENARIOS, Scenario, run_scenario
 
 #: The steps the factory turns into frames.
-EXPRESSED = frozenset({"audio", "speech_stopped", "finalize", "update_settings", "wait", "close"})
+EXPRESSED = frozenset(
+    {"audio", "speech_stopped", "finalize", "update_settings", "wait", "wait_connected", "close"}
+)
 
 
 @pytest.fixture
