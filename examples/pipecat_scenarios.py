@@ -11,7 +11,7 @@ the ``Observed`` it prints. There, ``PulseSTTService`` sits in a pipeline
   one way a Pipecat pipeline ends a turn; the service finalizes on it);
 * ``update_settings``: ``STTUpdateSettingsFrame``; audio and VAD frames are
   system frames, which overtake it in a pipeline, so the next step waits until
-  the service has applied it;
+  the service has applied it (or refused it with an ``ErrorFrame``);
 * ``wait``: a pause; ``wait_connected``: until the service's
   ``on_pulse_event`` handler has seen ``Connected``; ``close``: ``EndFrame``
   (the session ends with ``close_stream`` and its last final).
@@ -166,8 +166,9 @@ async def _run(target: Target) -> Observed:
             elif step.op in ("speech_stopped", "finalize"):
                 await worker.queue_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
             elif step.op == "update_settings":
+                refused = len(errors)
                 await worker.queue_frame(STTUpdateSettingsFrame(delta=settings(step.changes)))
-                while not applied(step.changes):
+                while not applied(step.changes) and len(errors) == refused:
                     await asyncio.sleep(0.005)
             elif step.op == "wait":
                 await asyncio.sleep(step.seconds)
