@@ -14,6 +14,7 @@ import ssl
 from typing import Any
 
 import pytest
+import trustme
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosedError, InvalidStatus, InvalidURI
 from websockets.frames import Close
@@ -273,3 +274,46 @@ def test_a_redirect_is_not_followed_it_is_the_engine_s_to_judge() -> None:
     requests, events = _run(main())
     assert requests == 1  # neither retried nor followed
     assert isinstance(events[-1], Closed)
+
+
+def _tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext, ssl.SSLContext]:
+    """The emulator's server context, a client context that trusts it, and one
+    that trusts another CA."""
+    ca, other = trustme.CA(), trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server)
+    trusting = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ca.configure_trust(trusting)
+    untrusting = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    other.configure_trust(untrusting)
+    return server, trusting, untrusting
+
+
+def test_wss_carries_the_session_and_an_unknown_certificate_is_final() -> None:
+    server, trusting, untrusting = _tls_contexts()
+    with serving(ssl_context=server) as (url, log):
+        assert url.startswith("wss://")
+
+        async def transcribe(context: ssl.SSLContext) -> list[str]:
+            finals: list[str] = []
+            async with open_session(KEY, base_url=url, ssl_context=context) as session:
+                session.event_handler("on_final_transcript")(lambda e: finals.append(e.text))
+                await session.send_audio(encode("over tls", trail=0.3))
+                await session.speech_stopped()
+            return [text for text in finals if text]
+
+        assert _run(transcribe(trusting)) == ["over tls"]
+        with pytest.raises(SessionFailedError, match="certificate failed verification"):
+            _run(transcribe(untrusting))
+    assert log.handshakes == 1  # the refused certificate was not retried
+
+
+def test_an_ssl_context_for_a_plain_url_is_refused_up_front() -> None:
+    async def main() -> None:
+        async with open_session(
+            KEY, base_url="ws://127.0.0.1:9", ssl_context=ssl.create_default_context()
+        ):
+            pass
+
+    with pytest.raises(ConfigurationError, match="ssl_context"):
+        _run(main())
