@@ -216,6 +216,11 @@ def _valid_host(host: str) -> bool:
     else:
         return True
     name = host[:-1] if host.endswith(".") else host  # a fully qualified name
+    if not name.isascii():
+        try:  # an internationalised name is dialled as its IDNA form
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            return False
     return 0 < len(name) <= 253 and all(_LABEL.fullmatch(label) for label in name.split("."))
 
 

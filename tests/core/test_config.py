@@ -492,6 +492,7 @@ def test_base_url_needs_a_websocket_scheme_and_host(base_url: str) -> None:
         "wss://" + "a" * 64 + ".example.com",
         "wss://" + ".".join(["abcdefghij"] * 24),  # 263 characters
         "wss://...",
+        "wss://" + "ü" * 70 + ".example",  # IDNA cannot encode it
     ],
 )
 def test_base_url_host_must_be_a_name_or_an_address(base_url: str) -> None:
@@ -506,6 +507,7 @@ def test_base_url_host_must_be_a_name_or_an_address(base_url: str) -> None:
     [
         "wss://api.smallest.ai.",
         "wss://xn--bcher-kva.example",
+        "wss://bücher.example",
         "wss://10.0.0.7:443",
         "wss://[2001:db8::1]",
         "wss://" + "a" * 63 + ".example.com",
