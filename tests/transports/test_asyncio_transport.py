@@ -317,3 +317,45 @@ def test_an_ssl_context_for_a_plain_url_is_refused_up_front() -> None:
 
     with pytest.raises(ConfigurationError, match="ssl_context"):
         _run(main())
+
+
+def test_debug_logging_of_a_whole_session_never_shows_the_key(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    with serving() as (url, _log):
+
+        async def main() -> None:
+            async with open_session(KEY, base_url=url) as session:
+                await session.send_audio(encode("logged", trail=0.3))
+                await session.speech_stopped()
+
+        _run(main())
+    lines = [record.getMessage() for record in caplog.records]
+    assert any(line.startswith("> Authorization") for line in lines)  # websockets logs headers
+    assert not [line for line in lines if KEY[:8] in line or KEY[-8:] in line]
+
+
+def test_past_event_buffer_handlers_get_every_event_and_a_late_iterator_is_refused() -> None:
+    with serving() as (url, _log):
+
+        async def main() -> tuple[list[Event], LocalProtocolError | None]:
+            seen: list[Event] = []
+            refused = None
+            async with open_session(KEY, base_url=url, event_buffer=4) as session:
+                session.event_handler("on_event")(seen.append)
+                await session.send_audio(encode("more events than the buffer holds", trail=0.3))
+                await session.speech_stopped()
+                await session.aclose()
+                try:
+                    async for _ in session.events():
+                        pass
+                except LocalProtocolError as exc:
+                    refused = exc
+            return seen, refused
+
+        seen, refused = _run(main())
+    assert refused is not None and "overflowed" in str(refused)
+    finals = [e.text for e in seen if isinstance(e, Transcript) and e.is_final and e.text]
+    assert finals == ["more events than the buffer holds"]
+    assert len(seen) > 4 and isinstance(seen[-1], Closed)
