@@ -488,7 +488,6 @@ class AsyncioSession:
             ws = await _connect(
                 command.url,
                 additional_headers=list(command.headers),
-                ssl=self._ssl_context if command.url.startswith("wss://") else None,
                 open_timeout=None,  # the engine's connect_timeout: it sends CloseConnection
                 ping_interval=None,  # keepalive and liveness are the engine's
                 close_timeout=_CLOSE_WAIT,
@@ -497,6 +496,8 @@ class AsyncioSession:
                 compression=None,
                 proxy=None,
                 logger=self._ws_logger,
+                # wss:// verifies against the system's CAs unless a context is given.
+                **({"ssl": self._ssl_context} if self._ssl_context is not None else {}),
             )
         except Exception as exc:
             self._edge(link, exc)
@@ -688,6 +689,10 @@ async def open_session(
     for name, value in (("outgoing_buffer", outgoing_buffer), ("event_buffer", event_buffer)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigurationError(name, value, "an integer of at least 1")
+    if ssl_context is not None and config.resolved_base_url.startswith("ws://"):
+        raise ConfigurationError(
+            "ssl_context", "<SSLContext>", "a wss:// base_url (ws:// is never encrypted)"
+        )
     conn = PulseConnection(config, jitter=random.Random())
     session = AsyncioSession(
         conn, ssl_context=ssl_context, outgoing_buffer=outgoing_buffer, event_buffer=event_buffer

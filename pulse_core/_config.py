@@ -202,6 +202,28 @@ def _check_api_key(instance: object, attribute: attrs.Attribute[Any], value: obj
         )
 
 
+# A DNS name (RFC 1123 section 2.1): dot-separated labels of letters, digits
+# and inner hyphens, 63 characters at most each.
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def _valid_host(host: str) -> bool:
+    """Whether ``host`` (as ``urlsplit`` gives it) is an IP address or a DNS name."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return True
+    name = host[:-1] if host.endswith(".") else host  # a fully qualified name
+    if not name.isascii():
+        try:  # an internationalised name is dialled as its IDNA form
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            return False
+    return 0 < len(name) <= 253 and all(_LABEL.fullmatch(label) for label in name.split("."))
+
+
 def _valid_port(parts: SplitResult) -> bool:
     try:
         port = parts.port
@@ -326,6 +348,8 @@ class ConnectionConfig:
             )
         if not _valid_port(parts):
             raise ConfigurationError("base_url", shown, "a port from 1 to 65535")
+        if not _valid_host(parts.hostname):
+            raise ConfigurationError("base_url", shown, "a host name or IP address")
         if parts.scheme == "ws" and not self.allow_insecure and not _is_loopback(parts.hostname):
             raise ConfigurationError(
                 "base_url",

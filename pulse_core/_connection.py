@@ -31,7 +31,7 @@ from ._commands import CLOSE_STREAM, CloseConnection, Command, Connect, SendPing
 from ._config import ConnectionConfig
 from ._errors import LocalProtocolError
 from ._events import Connected, Disconnected, Event, MalformedMessage, ServerError, SessionSummary
-from ._finals import Transcribed, confirmed_upto, repeat, transcript
+from ._finals import Transcribed, confirmed_upto, repeat, spoken, transcript
 from ._inbound import malformed, read
 from ._ledger import AudioLedger
 from ._liveness import LIVENESS_PING, Check, Liveness
@@ -590,9 +590,17 @@ class PulseConnection:
         if message.is_final:
             self._tally.final()
             answer = self._turns.answer(now, message.from_finalize)
-            upto = confirmed_upto(message, answer, self._timeline, self._ledger, closing=closing)
+            ledger = self._ledger
+            words = spoken(message, self._timeline)
+            if words is not None:
+                ledger.heard(*words)  # it may lie in audio passed over (PROTOCOL §9)
+            upto = confirmed_upto(message, answer, self._timeline, ledger, closing=closing)
             if upto is not None:
-                self._ledger.confirm(upto)
+                first = words[0] if words is not None and answer is None else None
+                ledger.confirm(upto, first_word=first)
+            if answer is not None:
+                # The server has transcribed all before the finalize (§6 rule 3).
+                ledger.covered(answer.position)
         self._emit(transcript(message, answer, self._timeline, connection))
         if message.is_last and closing:
             self._close_complete(now)
@@ -619,6 +627,7 @@ class PulseConnection:
         """``is_last`` arrived: every final is in."""
         self._events += self._turns.end(now, "session ended before its final", owed=False)
         self._ledger.confirm(self._ledger.received)
+        self._ledger.covered(self._ledger.received)
         self._commands.append(CloseConnection(code=1000, reason="session closed"))
         self._disconnected(1000, "session closed", local=True, will_reconnect=False)
         self._end(now, Ending.clean())

@@ -187,6 +187,9 @@ class DropReason(enum.StrEnum):
     SESSION_FAILED = "session_failed"
     #: ``close()`` came before ``start()``: the audio was never sent.
     NOT_STARTED = "not_started"
+    #: The server sent finals out of order and the connection ended before a
+    #: final covered this audio: a final for it may never have been sent.
+    OUT_OF_ORDER = "out_of_order"
 
 
 @attrs.frozen(kw_only=True)

@@ -11,7 +11,10 @@ reconnect (not far enough), so the rule lives here, in one place:
 * word timestamps say exactly how far any final reaches (the last word's end);
 * ``is_last`` covers everything, but only as the answer to ``close_stream``
   (mid-session it is taken as an ordinary final);
-* nothing beyond what the live socket was sent is ever confirmed.
+* nothing beyond what the live socket was sent is ever confirmed;
+* the audio an automatic final steps over before its first word is silence,
+  as finals come in audio order; a final that proves otherwise makes the
+  ledger report what was stepped over if the socket ends first (:func:`spoken`).
 
 Server times are checked first (:func:`within_connection`): a time a little
 outside the audio the connection carried is clamped; one far outside makes
@@ -43,6 +46,7 @@ __all__ = [
     "Transcribed",
     "confirmed_upto",
     "repeat",
+    "spoken",
     "transcript",
     "within_connection",
 ]
@@ -108,6 +112,17 @@ def confirmed_upto(
     if coverage is None:
         return None
     return min(coverage, ledger.sent_upto)
+
+
+def spoken(message: TranscriptionMessage, timeline: Timeline) -> tuple[int, int] | None:
+    """The session ticks from a final's first word to its last (``None``: its
+    words carry no times). What lies before the first word and after what was
+    confirmed is *passed over* (``AudioLedger.confirm``); a final whose words
+    lie in audio passed over arrived out of order (PROTOCOL §9)."""
+    start, end = _span(message.words)
+    if start is None or end is None:
+        return None
+    return round(timeline.session_ticks(start)), round(timeline.session_ticks(end, end=True))
 
 
 class Transcribed:

@@ -27,7 +27,14 @@ Invariants:
   ``AudioDropped`` (through ``on_drop``); a frame the live socket has that the bound
   evicts is only a *gap* (``gap_end``): it becomes a drop if that socket dies
   before a final confirms it;
-* drop ranges that touch and share a reason are reported as one.
+* drop ranges that touch and share a reason are reported as one;
+* ``passed``: audio before ``replay_from`` that an automatic final of the live
+  socket stepped over (between what was confirmed and its first word), at
+  most :data:`MAX_PASSED` ranges, disjoint and in order. It is taken to be
+  silence (PROTOCOL §9: finals come in audio order), unless a final of the same
+  socket lands inside it: then the server is sending finals out of order, and
+  whatever of it no final covered when that socket ends is reported dropped
+  (``DropReason.OUT_OF_ORDER``), never silently forgotten.
 
 The ledger never decides when to send: it cuts frames and the engine sends
 them, then tells the ledger (:meth:`sent`).
@@ -44,7 +51,7 @@ from ._config import ConnectionConfig
 from ._errors import LocalProtocolError
 from ._events import AudioDropped, DropReason
 
-__all__ = ["AudioLedger", "Frame"]
+__all__ = ["MAX_PASSED", "PASSED_SLACK", "AudioLedger", "Frame"]
 
 #: A frame of audio: its first and end session ticks, and its bytes.
 Frame = tuple[int, int, bytes]
@@ -53,6 +60,14 @@ Frame = tuple[int, int, bytes]
 _COMPRESSED_BYTES_PER_SECOND: Final = 64_000
 # Ogg header pages are kept for every new connection: refuse absurd ones.
 _HEADERS_LIMIT: Final = 256 * 1024
+#: Ranges of passed-over audio remembered for the live socket. Past it the
+#: earliest is forgotten: only a server sending finals out of order for a
+#: stretch older than this many gaps between finals could then lose it unreported.
+MAX_PASSED: Final = 256
+#: The service rounds its times to 10 ms (PROTOCOL §5): a gap this short
+#: before a final's first word, or a final reaching this little into one, is
+#: rounding, not audio passed over or a final out of order.
+PASSED_SLACK: Final = 0.01
 
 
 class AudioLedger:
@@ -68,7 +83,10 @@ class AudioLedger:
         "_limit",
         "_ogg",
         "_on_drop",
+        "_out_of_order",
+        "_passed",
         "_pending",
+        "_slack",
         "_tps",
         "_width",
         "dropped_bytes",
@@ -112,6 +130,10 @@ class AudioLedger:
         #: Totals of what was reported dropped.
         self.dropped_bytes = 0
         self.dropped_ticks = 0
+        # [start, end, bytes] the live socket's finals passed over, in order.
+        self._passed: list[list[int]] = []
+        self._out_of_order = False  # a final of the live socket landed in passed-over audio
+        self._slack = max(1, round(PASSED_SLACK * self._tps))
 
     # -- what is held -----------------------------------------------------------
 
@@ -267,11 +289,19 @@ class AudioLedger:
 
     # -- confirmation and loss -------------------------------------------------
 
-    def confirm(self, position: int) -> None:
-        """A delivered final covers the audio before ``position``: release it."""
+    def confirm(self, position: int, *, first_word: int | None = None) -> None:
+        """A delivered final covers the audio before ``position``: release it.
+
+        ``first_word``: where the words of an automatic final begin. The audio
+        from what was confirmed up to there is passed over: taken as silence,
+        and remembered in case a final for it arrives after all (see
+        :meth:`heard`).
+        """
         position = min(position, self.received)
         if position <= self.replay_from:
             return
+        if first_word is not None:
+            self._pass_over(self.replay_from, min(first_word, position))
         if self._gap_end > self.replay_from:
             if position >= self._gap_end:
                 self._gap_end = 0
@@ -295,9 +325,81 @@ class AudioLedger:
         for _ in range(release):
             self.retained_bytes -= len(retained.popleft()[2])
 
+    # -- audio passed over (PROTOCOL §9) ------------------------------------------
+
+    def _pass_over(self, start: int, end: int) -> None:
+        """Remember ``[start, end)``, about to be confirmed with no word in it."""
+        if end - start <= self._slack:
+            return
+        self._passed.append([start, end, self._bytes_between(start, end)])
+        if len(self._passed) > MAX_PASSED:
+            del self._passed[0]
+
+    def _bytes_between(self, low: int, high: int) -> int:
+        """Bytes of the unconfirmed audio ``[low, high)`` (``low >= replay_from``).
+
+        Compressed frames are opaque: a part of one is counted by its share of
+        the frame's ticks (so is a part of a stretch that a final covers later).
+        """
+        if self._width:
+            return (high - low) * self._width
+        total = 0
+        if self._gap_end > low:
+            # Evicted while live: its bytes are only known in sum.
+            inside = min(high, self._gap_end) - low
+            total += self._gap_bytes * inside // (self._gap_end - self.replay_from)
+        for start, end, data in self.retained:
+            if start >= high:
+                break
+            inside = min(end, high) - max(start, low)
+            if inside > 0:  # a granule-less Ogg page has no ticks of its own
+                total += len(data) * inside // (end - start)
+        return total
+
+    def heard(self, start: int, end: int) -> None:
+        """A final of the live socket transcribed ``[start, end)``: audio passed
+        over that it covers was not silence after all. One that lands in such
+        audio shows finals arriving out of order."""
+        passed = self._passed
+        if not passed or end <= passed[0][0] or start >= passed[-1][1]:
+            return
+        kept: list[list[int]] = []
+        for low, high, nbytes in passed:
+            inside = min(high, end) - max(low, start)
+            if inside <= 0:
+                kept.append([low, high, nbytes])
+                continue
+            if inside > self._slack:
+                self._out_of_order = True
+            size = high - low
+            if start > low:
+                kept.append([low, start, nbytes * (start - low) // size])
+            if end < high:
+                kept.append([end, high, nbytes * (high - end) // size])
+        # A final inside a stretch splits it in two: keep the bound.
+        self._passed = kept[-MAX_PASSED:]
+
+    def covered(self, position: int) -> None:
+        """The server says it transcribed everything before ``position`` (a
+        finalize's answer, or ``is_last``): no final is still to come for
+        audio passed over before it."""
+        self._passed = [item for item in self._passed if item[1] > position]
+        if self._passed and self._passed[0][0] < position:
+            low, high, nbytes = self._passed[0]
+            self._passed[0] = [position, high, nbytes * (high - position) // (high - low)]
+
     def socket_ended(self) -> None:
         """The live socket is gone: what it had but the buffer no longer
-        holds is lost; the next socket starts from the oldest retained frame."""
+        holds is lost; the next socket starts from the oldest retained frame.
+
+        If its finals came out of order, the audio they passed over and no
+        final covered is lost too: the earlier finals will never come.
+        """
+        if self._out_of_order:
+            for low, high, nbytes in self._passed:
+                self.note_drop(low, high, nbytes, DropReason.OUT_OF_ORDER)
+        self._passed.clear()
+        self._out_of_order = False
         if self._gap_end > self.replay_from:
             self.note_drop(
                 self.replay_from, self._gap_end, self._gap_bytes, DropReason.REPLAY_OVERFLOW

@@ -762,6 +762,16 @@ class _Transcriber:
             return EXIT_USAGE
         if len(self.drops) > 1:
             console.notice(f"in all, {sum(self.drops):.2f} s of audio will not be transcribed")
+        if self.failure is not None and not self.fed_all:
+            # The session failed while the input was still being read: what
+            # was never given to it is not in any AudioDropped, say it here.
+            total = self.source.duration
+            if total:
+                unsent = max(0.0, total - self.sent)
+                if unsent > 0:
+                    console.notice(f"the input's last {unsent:.2f} s were never sent")
+            elif not self.source.eof:
+                console.notice("the rest of the input was never sent")
         if self.args.stats and self.summary is not None:
             console.plain(stats_lines(self.summary, elapsed, finals=self.finals))
         elif self.show_progress and self.failure is None and not self.aborted:

@@ -56,6 +56,9 @@ _BOOLEANS = (
 )
 _EXTERNAL_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _SPEECH_ENDED_AFTER = 0.2
+#: Characters of ``full_transcript`` a session keeps: past it the earliest
+#: words are left out, so a long session's memory stays bounded.
+FULL_TRANSCRIPT_CHARS = 64 * 1024
 #: Models with a streaming worker. pulse-2 is offered by some clients; it is
 #: English-only (the socket is closed for other languages).
 _STREAMING_MODELS = ("pulse", "pulse-2")
@@ -286,7 +289,7 @@ class ServerSession:
         self.session_id = session_id
         self._send_from_finalize = send_from_finalize
         self._segment: list[DecodedWord] = []
-        self._finals: list[str] = []
+        self._full_transcript = ""  # the finals so far, if asked for (bounded)
         self._last_word_end: float | None = None
         self._speaking = False
         # Voice activity and the end of an utterance are decided in the audio's
@@ -434,13 +437,16 @@ class ServerSession:
             "is_last": is_last,
         }
         if is_final:
-            self._finals.append(text) if text else None
             message["language"] = self._language()
             message["languages"] = [self._language()]
         if params.full_transcript:
-            message["full_transcript"] = " ".join(
-                [*self._finals] if is_final else [*self._finals, text]
-            ).strip()
+            full = f"{self._full_transcript} {text}".strip()
+            if is_final:
+                if len(full) > FULL_TRANSCRIPT_CHARS:
+                    cut = full.find(" ", len(full) - FULL_TRANSCRIPT_CHARS)
+                    full = full[cut + 1 :] if cut >= 0 else full[-FULL_TRANSCRIPT_CHARS:]
+                self._full_transcript = full
+            message["full_transcript"] = full
         if params.word_timestamps:
             message["words"] = [
                 {

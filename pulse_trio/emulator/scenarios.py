@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import importlib
 import json
+import ssl
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -228,10 +230,14 @@ class _RecordingEmulator(Emulator):
 
 
 @contextmanager
-def serving(setup: Callable[[Emulator], None] = lambda _: None) -> Iterator[tuple[str, ServerLog]]:
+def serving(
+    setup: Callable[[Emulator], None] = lambda _: None,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+) -> Iterator[tuple[str, ServerLog]]:
     """Serve a fresh emulator on loopback in a thread of its own (its own
-    ``trio.run``), with ``setup`` (its faults) applied; yields its base URL and
-    its log, and stops it on leaving."""
+    ``trio.run``), with ``setup`` (its faults) applied, over TLS with
+    ``ssl_context``; yields its base URL and its log, and stops it on leaving."""
     log = ServerLog()
     emulator = _RecordingEmulator(log)
     setup(emulator)
@@ -241,7 +247,7 @@ def serving(setup: Callable[[Emulator], None] = lambda _: None) -> Iterator[tupl
 
     async def serve() -> None:
         async with trio.open_nursery() as nursery:
-            await nursery.start(emulator.serve)
+            await nursery.start(functools.partial(emulator.serve, ssl_context=ssl_context))
             token = trio.lowlevel.current_trio_token()
             stop.append(lambda: token.run_sync_soon(nursery.cancel_scope.cancel))
             ready.set()
@@ -259,7 +265,7 @@ def serving(setup: Callable[[Emulator], None] = lambda _: None) -> Iterator[tupl
     if failed:
         raise failed[0]
     try:
-        yield emulator.url(), log
+        yield emulator.url(secure=ssl_context is not None), log
     finally:
         stop[0]()
         thread.join(10)

@@ -21,7 +21,7 @@ import trio
 import trio.testing
 
 import pulse_trio
-from pulse_core import AudioDropped, Closed, Event
+from pulse_core import AudioDropped, Closed, Event, State
 from pulse_trio import Session, SessionFailedError, open_session
 from pulse_trio.emulator import Emulator
 from pulse_trio.emulator.token_audio import encode
@@ -187,3 +187,32 @@ async def test_a_close_without_is_last_after_every_final_raises_nothing(
     [closed] = [event for event in events if isinstance(event, Closed)]
     assert (closed.error, closed.is_last_missing) == (None, True)
     assert not [event for event in events if isinstance(event, AudioDropped)]
+
+
+async def test_a_mistaken_call_raises_its_documented_error_and_changes_nothing(
+    autojump_clock: Any,
+) -> None:
+    """README: a mistake in a call is raised by that call, at once, and the
+    session goes on as if it was never made."""
+    from pulse_core import ConfigurationError, LocalProtocolError  # noqa: PLC0415
+
+    emulator = Emulator()
+    finals: list[str] = []
+    async with open_session(KEY, base_url=URL, connector=emulator.memory_connector()) as session:
+        session.event_handler("on_final_transcript")(lambda event: finals.append(event.text))
+        with pytest.raises(ValueError, match="unknown event handler 'on_final'"):
+            session.event_handler("on_final")
+        with pytest.raises(TypeError, match="audio must be bytes-like, not str"):
+            await session.send_audio("hello")  # type: ignore[arg-type]
+        with pytest.raises(ConfigurationError) as bad:
+            await session.update_settings(language="xx-nowhere")
+        assert isinstance(bad.value, ValueError)
+        assert session.settings.language == "en"
+        await speak(session)
+        await session.speech_stopped()
+        async for _ in session.events():  # ends after Closed
+            if finals and session.state is not State.CLOSED:
+                await session.aclose()
+        with pytest.raises(LocalProtocolError):
+            await session.send_audio(b"\0\0")
+    assert [text for text in finals if text] == ["hello there"]

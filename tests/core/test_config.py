@@ -484,6 +484,43 @@ def test_base_url_needs_a_websocket_scheme_and_host(base_url: str) -> None:
 @pytest.mark.parametrize(
     "base_url",
     [
+        "wss://a..b",
+        "wss://-api.example.com",
+        "wss://api-.example.com",
+        "wss://api_example.com",
+        "wss://api example.com",
+        "wss://" + "a" * 64 + ".example.com",
+        "wss://" + ".".join(["abcdefghij"] * 24),  # 263 characters
+        "wss://...",
+        "wss://" + "ü" * 70 + ".example",  # IDNA cannot encode it
+    ],
+)
+def test_base_url_host_must_be_a_name_or_an_address(base_url: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        config(base_url=base_url)
+    assert info.value.field == "base_url"
+    assert "a host name or IP address" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        "wss://api.smallest.ai.",
+        "wss://xn--bcher-kva.example",
+        "wss://bücher.example",
+        "wss://10.0.0.7:443",
+        "wss://[2001:db8::1]",
+        "wss://" + "a" * 63 + ".example.com",
+        "wss://localhost",
+    ],
+)
+def test_base_url_hosts_that_are_names_or_addresses_are_taken(base_url: str) -> None:
+    assert config(base_url=base_url).url().startswith(base_url.rstrip("/") + "/")
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    [
         "wss://api.smallest.ai?x=1",
         "wss://api.smallest.ai/?token=abc",
         "wss://api.smallest.ai#frag",

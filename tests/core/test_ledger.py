@@ -20,7 +20,11 @@ Invariants checked (pulse_core/_ledger.py):
 * losses that touch and share a reason are reported as one; any other loss
   reports the previous one first;
 * ``replay_frames`` starts at ``replay_from`` (a partly confirmed PCM frame
-  trimmed, a compressed one whole) and ``unsent_frames`` at ``sent_upto``.
+  trimmed, a compressed one whole) and ``unsent_frames`` at ``sent_upto``;
+* audio an automatic final steps over is silence unless a final of the same
+  socket lands in it; then what no final covered is reported
+  (``DropReason.OUT_OF_ORDER``, exact bytes) when the socket ends, and a
+  finalize's answer or ``is_last`` (``covered``) ends the doubt.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from pulse_core import (
     LocalProtocolError,
     SendBinary,
 )
-from pulse_core._ledger import AudioLedger
+from pulse_core._ledger import MAX_PASSED, AudioLedger
 from pulse_core._replay import replay, send_held
 from pulse_core._timeline import Timeline
 from pulse_core._turns import Latency, Turns
@@ -869,3 +873,164 @@ def test_any_sequence_keeps_the_books(
     for op, arg in ops:
         session.step(op, arg)
     session.end()
+
+
+# -- audio passed over (PROTOCOL §9) --------------------------------------------
+
+
+def _second_of_speech(
+    encoding: str = "mulaw", **overrides: object
+) -> tuple[AudioLedger, list[AudioDropped]]:
+    """A ledger whose live socket was sent one second: 20 frames of 50 ms."""
+    ledger, drops = make(encoding, **overrides)
+    width = 2 if encoding == "linear16" else 1
+    for index in range(20):
+        add_frame(ledger, bytes([index]) * 400 * width, 400, streaming=True, live=True)
+    return ledger, drops
+
+
+def _ended(ledger: AudioLedger) -> None:
+    ledger.socket_ended()
+    ledger.report_drop()
+
+
+def test_audio_passed_over_by_finals_in_order_is_silence() -> None:
+    ledger, drops = _second_of_speech()
+    ledger.heard(2400, 4000)
+    ledger.confirm(4000, first_word=2400)  # 0-0.3 s before the first word
+    ledger.heard(4800, 6000)
+    ledger.confirm(6000, first_word=4800)  # 0.5-0.6 s
+    _ended(ledger)
+    assert drops == []
+    assert ledger.replay_from == 6000
+
+
+def test_a_final_landing_in_audio_passed_over_reports_the_rest_when_the_socket_ends() -> None:
+    ledger, drops = _second_of_speech()
+    ledger.heard(6400, 7600)
+    ledger.confirm(7600, first_word=6400)  # 0.80-0.95 s first: 0-0.8 s passed over
+    ledger.heard(2400, 4800)  # then 0.30-0.60 s: out of order
+    ledger.confirm(4800, first_word=2400)  # confirms nothing new, passes nothing over
+    assert drops == []  # not lost while the socket lives: the finals may still come
+    _ended(ledger)
+    assert spans(drops) == [
+        (0, 2400, 2400, DropReason.OUT_OF_ORDER),
+        (4800, 6400, 1600, DropReason.OUT_OF_ORDER),
+    ]
+    # Reported once: the next socket starts with nothing passed over.
+    _ended(ledger)
+    assert len(drops) == 2
+
+
+def test_finals_filling_all_audio_passed_over_leave_nothing_to_report() -> None:
+    ledger, drops = _second_of_speech()
+    ledger.confirm(7600, first_word=6400)
+    ledger.heard(3200, 6400)
+    ledger.heard(0, 3200)
+    _ended(ledger)
+    assert drops == []
+
+
+def test_a_final_within_rounding_of_audio_passed_over_is_not_out_of_order() -> None:
+    ledger, drops = _second_of_speech()  # 10 ms is 80 ticks at 8 kHz
+    ledger.confirm(4000, first_word=2400)
+    ledger.heard(2320, 3000)  # reaches 80 ticks back: the service's rounding
+    _ended(ledger)
+    assert drops == []
+    ledger, drops = _second_of_speech()
+    ledger.confirm(4000, first_word=2400)
+    ledger.heard(2300, 3000)  # 100 ticks back: out of order
+    _ended(ledger)
+    assert spans(drops) == [(0, 2300, 2300, DropReason.OUT_OF_ORDER)]
+
+
+def test_a_gap_before_a_final_no_longer_than_rounding_is_not_passed_over() -> None:
+    ledger, drops = _second_of_speech()
+    ledger.confirm(4000, first_word=80)
+    ledger.heard(0, 80)  # would land in it, but 80 ticks were never recorded
+    _ended(ledger)
+    assert drops == []
+
+
+def test_a_finalize_answer_ends_the_doubt_before_its_position() -> None:
+    ledger, drops = _second_of_speech()
+    ledger.confirm(4000, first_word=2400)  # 0-0.3 s passed over
+    ledger.confirm(7600, first_word=6400)  # 0.5-0.8 s passed over
+    ledger.heard(4400, 4800)  # out of order: lands in 0.5-0.8 s
+    ledger.covered(5200)  # the server transcribed all before 0.65 s
+    _ended(ledger)
+    assert spans(drops) == [(5200, 6400, 1200, DropReason.OUT_OF_ORDER)]
+
+
+def test_is_last_covers_everything_passed_over() -> None:
+    ledger, drops = _second_of_speech()
+    ledger.confirm(7600, first_word=6400)
+    ledger.heard(2400, 4800)
+    ledger.covered(ledger.received)
+    _ended(ledger)
+    assert drops == []
+
+
+def test_audio_passed_over_is_counted_in_bytes_of_the_encoding() -> None:
+    ledger, drops = _second_of_speech("linear16", sample_rate=8000)
+    ledger.confirm(7600, first_word=6400)
+    ledger.heard(2400, 4800)
+    _ended(ledger)
+    assert spans(drops) == [
+        (0, 2400, 4800, DropReason.OUT_OF_ORDER),
+        (4800, 6400, 3200, DropReason.OUT_OF_ORDER),
+    ]
+
+
+def test_compressed_audio_passed_over_is_counted_from_its_frames_and_the_gap() -> None:
+    # Raw Opus at 48 kHz: 60 ms packets of one byte (2880 ticks each) are
+    # opaque, so bytes are shared out by ticks; a 10-byte bound evicts the
+    # oldest while live (a gap whose bytes are only known in sum).
+    ledger, drops = make("opus", sample_rate=48000, replay_seconds=10 / 64_000)
+    for _ in range(20):
+        packet = OPUS_60MS + bytes(99)  # 100 bytes a packet
+        add_frame(ledger, packet, 2880, streaming=True, live=True)
+    assert ledger.retained_bytes == 0  # all evicted while live: one gap
+    ledger.confirm(20 * 2880, first_word=10 * 2880)
+    ledger.heard(2 * 2880, 4 * 2880)
+    _ended(ledger)
+    assert spans(drops, tps=48000) == [
+        (0, 2 * 2880, 200, DropReason.OUT_OF_ORDER),
+        (4 * 2880, 10 * 2880, 600, DropReason.OUT_OF_ORDER),
+    ]
+    ledger, drops = make("opus", sample_rate=48000, replay_seconds=1.0)
+    for _ in range(4):
+        add_frame(ledger, OPUS_60MS + bytes(99), 2880, streaming=True, live=True)
+    ledger.confirm(4 * 2880, first_word=2880 + 1440)  # a packet and a half: 150 bytes
+    _ended(ledger)
+    ledger.heard(0, 1440)  # the next socket: nothing passed over any more
+    _ended(ledger)
+    assert drops == []
+    ledger, drops = make("opus", sample_rate=48000, replay_seconds=1.0)
+    for _ in range(4):
+        add_frame(ledger, OPUS_60MS + bytes(99), 2880, streaming=True, live=True)
+    ledger.confirm(4 * 2880, first_word=2880 + 1440)  # a packet and a half: 150 bytes
+    ledger.heard(0, 1440)  # a third of what was passed over: its bytes go by ticks
+    _ended(ledger)
+    assert spans(drops, tps=48000) == [(1440, 4320, 100, DropReason.OUT_OF_ORDER)]
+
+
+def test_only_the_latest_stretches_passed_over_are_remembered() -> None:
+    ledger, drops = make("mulaw", replay_seconds=600)
+    step = 200
+    count = MAX_PASSED + 2
+    for index in range(count):
+        add_frame(ledger, b"x" * step, step, streaming=True, live=True)
+        # Each final's word is the last quarter of its frame: 150 ticks passed over.
+        ledger.confirm(step * (index + 1), first_word=step * index + 150)
+    last = step * (count - 1)
+    ledger.heard(last + 10, last + 100)  # out of order, inside the latest: splits it
+    _ended(ledger)
+    reported = spans(drops)
+    assert len(reported) == MAX_PASSED
+    # The three earliest were forgotten (two to the bound, one to the split).
+    assert reported[0] == (3 * step, 3 * step + 150, 150, DropReason.OUT_OF_ORDER)
+    assert reported[-2:] == [
+        (last, last + 10, 10, DropReason.OUT_OF_ORDER),
+        (last + 100, last + 150, 50, DropReason.OUT_OF_ORDER),
+    ]

@@ -38,6 +38,7 @@ from pulse_trio.emulator import (
     ServerParams,
     ServerSession,
     TokenEngine,
+    _protocol,
     check_request,
 )
 from pulse_trio.emulator.token_audio import encode, ogg_opus_stream, opus_packets, silence
@@ -553,6 +554,21 @@ def test_full_transcript_is_cumulative() -> None:
     s.audio(encode(["charlie"], trail=0.05))
     (last,) = finals(s.control(CLOSE_STREAM))
     assert last["full_transcript"] == "alpha bravo charlie" and last["transcript"] == "charlie"
+
+
+def test_full_transcript_keeps_its_latest_words_within_its_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_protocol, "FULL_TRANSCRIPT_CHARS", 12)
+    s = session("full_transcript=true")
+    for word in ("alpha", "bravo", "charlie"):
+        s.audio(encode([word], trail=0.05))
+        (final,) = s.control(FINALIZE)
+    # "alpha bravo charlie" is 19 characters: the earliest word goes, whole.
+    assert final["full_transcript"] == "charlie"
+    s.audio(encode(["delta"], trail=0.05))
+    (final,) = s.control(FINALIZE)
+    assert final["full_transcript"] == "delta"  # "charlie delta" is 13
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,7 @@ from pulse_core import (
     AudioDropped,
     ConnectionFailed,
     Disconnected,
+    DropReason,
     Event,
     FinalizeTimedOut,
     MalformedMessage,
@@ -1163,16 +1164,14 @@ async def test_the_key_never_shows_in_a_failure_raised_into_a_waiting_block(
     assert key_pieces(everything_said(outcome, caplog.records)) == []
 
 
-@bug(
-    "a final confirms all the audio before its last word, so finals sent latest first and cut "
-    "short by a reset lose the audio of those never read, unreported"
-)
 async def test_finals_out_of_order_cut_by_a_reset_lose_nothing() -> None:
     """After two seconds the server sends its automatic finals for them latest
     first (four pieces, in one write), then resets the connection: pulse reads
     the first pieces before the reset discards the rest. No final covered the
-    earlier audio, so it must be replayed (or reported dropped); pulse took the
-    latest piece's last word as confirming everything before it."""
+    earlier audio, so it must be replayed or reported dropped. The latest
+    piece's word makes the audio before it look like silence; the next piece
+    lands in that audio, which shows the finals out of order, so what no piece
+    covered is reported (``AudioDropped(out_of_order)``, PROTOCOL §9)."""
     first = Script(
         faults=[
             Fault(
@@ -1190,6 +1189,7 @@ async def test_finals_out_of_order_cut_by_a_reset_lose_nothing() -> None:
     assert outcome.error is None, repr(outcome.error)
     assert server.connections[0].ended == "reset"
     assert_every_sample_once(outcome, 2.5)
+    assert {drop.reason for drop in outcome.of(AudioDropped)} == {DropReason.OUT_OF_ORDER}
 
 
 async def test_a_short_final_after_another_is_no_repeat() -> None:

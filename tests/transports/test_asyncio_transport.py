@@ -14,6 +14,7 @@ import ssl
 from typing import Any
 
 import pytest
+import trustme
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosedError, InvalidStatus, InvalidURI
 from websockets.frames import Close
@@ -273,3 +274,88 @@ def test_a_redirect_is_not_followed_it_is_the_engine_s_to_judge() -> None:
     requests, events = _run(main())
     assert requests == 1  # neither retried nor followed
     assert isinstance(events[-1], Closed)
+
+
+def _tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext, ssl.SSLContext]:
+    """The emulator's server context, a client context that trusts it, and one
+    that trusts another CA."""
+    ca, other = trustme.CA(), trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server)
+    trusting = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ca.configure_trust(trusting)
+    untrusting = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    other.configure_trust(untrusting)
+    return server, trusting, untrusting
+
+
+def test_wss_carries_the_session_and_an_unknown_certificate_is_final() -> None:
+    server, trusting, untrusting = _tls_contexts()
+    with serving(ssl_context=server) as (url, log):
+        assert url.startswith("wss://")
+
+        async def transcribe(context: ssl.SSLContext) -> list[str]:
+            finals: list[str] = []
+            async with open_session(KEY, base_url=url, ssl_context=context) as session:
+                session.event_handler("on_final_transcript")(lambda e: finals.append(e.text))
+                await session.send_audio(encode("over tls", trail=0.3))
+                await session.speech_stopped()
+            return [text for text in finals if text]
+
+        assert _run(transcribe(trusting)) == ["over tls"]
+        with pytest.raises(SessionFailedError, match="certificate failed verification"):
+            _run(transcribe(untrusting))
+    assert log.handshakes == 1  # the refused certificate was not retried
+
+
+def test_an_ssl_context_for_a_plain_url_is_refused_up_front() -> None:
+    async def main() -> None:
+        async with open_session(
+            KEY, base_url="ws://127.0.0.1:9", ssl_context=ssl.create_default_context()
+        ):
+            pass
+
+    with pytest.raises(ConfigurationError, match="ssl_context"):
+        _run(main())
+
+
+def test_debug_logging_of_a_whole_session_never_shows_the_key(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    with serving() as (url, _log):
+
+        async def main() -> None:
+            async with open_session(KEY, base_url=url) as session:
+                await session.send_audio(encode("logged", trail=0.3))
+                await session.speech_stopped()
+
+        _run(main())
+    lines = [record.getMessage() for record in caplog.records]
+    assert any(line.startswith("> Authorization") for line in lines)  # websockets logs headers
+    assert not [line for line in lines if KEY[:8] in line or KEY[-8:] in line]
+
+
+def test_past_event_buffer_handlers_get_every_event_and_a_late_iterator_is_refused() -> None:
+    with serving() as (url, _log):
+
+        async def main() -> tuple[list[Event], LocalProtocolError | None]:
+            seen: list[Event] = []
+            refused = None
+            async with open_session(KEY, base_url=url, event_buffer=4) as session:
+                session.event_handler("on_event")(seen.append)
+                await session.send_audio(encode("more events than the buffer holds", trail=0.3))
+                await session.speech_stopped()
+                await session.aclose()
+                try:
+                    async for _ in session.events():
+                        pass
+                except LocalProtocolError as exc:
+                    refused = exc
+            return seen, refused
+
+        seen, refused = _run(main())
+    assert refused is not None and "overflowed" in str(refused)
+    finals = [e.text for e in seen if isinstance(e, Transcript) and e.is_final and e.text]
+    assert finals == ["more events than the buffer holds"]
+    assert len(seen) > 4 and isinstance(seen[-1], Closed)

@@ -3,8 +3,9 @@
 The Trio adapter (``pulse_trio.open_session``) and the asyncio transport
 (``examples/asyncio_transport.py``) each go through
 ``pulse_trio.emulator.scenarios.SCENARIOS`` on loopback, through the same
-runner; a transport that forgets to tell the engine its socket closed is
-failed by the kit, by name and with what was wrong.
+runner; a transport that forgets to tell the engine its socket closed, and
+one that never calls ``handle_timer``, are failed by the kit, by name and
+with what was wrong.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import asyncio
 import subprocess
 import sys
 
+import attrs
 import pytest
 
 from examples import asyncio_scenarios, asyncio_transport
 from pulse_trio.emulator.scenarios import (
     SCENARIOS,
+    Factory,
     Observed,
     Scenario,
     Step,
@@ -52,17 +55,28 @@ class _ForgetsClosedSockets(asyncio_transport.AsyncioSession):
         del link, exc
 
 
-def _broken_factory(target: Target) -> Observed:
-    original = asyncio_transport.AsyncioSession
-    asyncio_transport.AsyncioSession = _ForgetsClosedSockets  # type: ignore[misc]
-    try:
-        return asyncio.run(asyncio_scenarios.run_steps(target))
-    finally:
-        asyncio_transport.AsyncioSession = original  # type: ignore[misc]
+class _NeverCallsTheTimer(asyncio_transport.AsyncioSession):
+    """A broken transport: it never calls ``handle_timer``, so nothing the
+    engine schedules happens (liveness probes, retries, the close timeout)."""
+
+    async def _timer(self) -> None:
+        await asyncio.Event().wait()
+
+
+def _broken(session_class: type[asyncio_transport.AsyncioSession]) -> Factory:
+    def factory(target: Target) -> Observed:
+        original = asyncio_transport.AsyncioSession
+        asyncio_transport.AsyncioSession = session_class  # type: ignore[misc]
+        try:
+            return asyncio.run(asyncio_scenarios.run_steps(target))
+        finally:
+            asyncio_transport.AsyncioSession = original  # type: ignore[misc]
+
+    return factory
 
 
 def test_a_transport_that_forgets_a_closed_socket_fails_the_kit() -> None:
-    result = run_scenario(BY_NAME["reconnect_replay"], _broken_factory)
+    result = run_scenario(BY_NAME["reconnect_replay"], _broken(_ForgetsClosedSockets))
     assert not result.passed
     message = str(result)
     assert message.startswith("FAIL reconnect_replay: "), message
@@ -71,6 +85,15 @@ def test_a_transport_that_forgets_a_closed_socket_fails_the_kit() -> None:
     assert "the finals should hold exactly 'one two three four five six seven eight'" in message
     assert "the session should end with no error, not SessionFailedError" in message
     assert "at least 2 connections should open, not 1" in message
+
+
+def test_a_transport_that_never_calls_the_timer_fails_the_kit() -> None:
+    # The scenario's own time limit, shortened: the broken run ends only there.
+    silent = attrs.evolve(BY_NAME["silent_server"], timeout=8.0)
+    message = str(run_scenario(silent, _broken(_NeverCallsTheTimer)))
+    assert message.startswith("FAIL silent_server: "), message
+    assert "the session should end with no error, not TimeoutError" in message
+    assert "the silent server should be reported as such" in message
 
 
 def test_target_and_observed_round_trip_through_json() -> None:
