@@ -259,6 +259,60 @@ async def test_a_refused_key_is_one_permanent_error_and_its_audio_is_reported(
     assert emulator.sessions == []
 
 
+CONSTRUCTOR_CHECK = """
+import json
+from pipecat.transcriptions.language import Language
+from examples.pipecat_stt import PulseSTTService
+
+Settings = PulseSTTService.Settings
+stt = PulseSTTService(
+    api_key="k",
+    settings=Settings(language=Language.EN_US, keywords="NVIDIA:2,Pipecat", extra={"eou_timeout_ms": 500}),
+)
+out = {"query": dict(stt._pulse_settings().query())}
+for name, settings in {
+    "pulse-2 in Hindi": Settings(model="pulse-2", language=Language.HI),
+    "numerals": Settings(numerals="sometimes"),
+    "eou_timeout_ms": Settings(extra={"eou_timeout_ms": 5}),
+}.items():
+    try:
+        PulseSTTService(api_key="k", settings=settings)
+        out[name] = None
+    except ValueError as exc:
+        out[name] = str(exc)
+print("RESULT " + json.dumps(out))
+"""
+
+
+async def test_the_constructor_takes_pipecat_settings_and_refuses_bad_ones(
+    pipecat_python: str,
+) -> None:
+    with trio.fail_after(60):
+        process = await trio.run_process(
+            [pipecat_python, "-c", CONSTRUCTOR_CHECK],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+    stdout = process.stdout.decode(errors="replace")
+    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, process.stderr.decode(errors="replace")[-4000:]
+    result = json.loads(lines[-1].removeprefix("RESULT "))
+    query = result["query"]
+    # Pipecat's Language.EN_US is Pulse's en; extras that are Pulse parameters are sent.
+    assert query["language"] == "en"
+    assert query["keywords"] == "NVIDIA:2,Pipecat"
+    assert query["eou_timeout_ms"] == "500"
+    assert query["word_timestamps"] == "true"
+    assert query["endpointing"] == "true"  # SmallestSTTService's defaults otherwise
+    # Refused in the constructor, before any pipeline or connection.
+    assert "English-only" in result["pulse-2 in Hindi"]
+    assert "numerals" in result["numerals"]
+    assert "eou_timeout_ms" in result["eou_timeout_ms"]
+
+
 def test_the_service_and_its_driver_compile() -> None:
     # Keeps both honest where Pipecat is not installed.
     for path in (ROOT / "examples" / "pipecat_stt.py", DRIVER):
