@@ -12,6 +12,7 @@ same command measures whatever the checkout holds.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,15 +30,21 @@ def _python(venv: Path) -> Path:
 
 
 def _run(*command: str | Path) -> None:
-    print("  $", " ".join(str(part) for part in command), file=sys.stderr, flush=True)
-    subprocess.run([str(part) for part in command], check=True, stdout=subprocess.DEVNULL)
+    """Run quietly; on failure show what it said, and stop."""
+    shown = " ".join(str(part) for part in command)
+    print(f"  $ {shown}", file=sys.stderr, flush=True)
+    done = subprocess.run(
+        [str(part) for part in command], capture_output=True, text=True, check=False
+    )
+    if done.returncode:
+        sys.exit(f"{shown} failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
 
 
 def prepare(env: str, given: dict[str, str]) -> str:
     """The interpreter for ``env``: the one given with ``--python``, else the
     environment under ``bench/.venvs/``, made (and for pulse, refreshed) now."""
     if env in given:
-        return given[env]
+        return os.path.abspath(given[env])  # not resolved: a venv's python is a link
     venv = VENVS / env
     python = _python(venv)
     marker = venv / ".ready"

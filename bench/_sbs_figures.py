@@ -5,8 +5,9 @@ driver's record (what the client asked, got and spent) with the server's
 (the audio it received, when it sent each final):
 
 * ``cpu_per_audio_hour``: the client's CPU seconds (user + system, every
-  thread, from its first connection to the end of its last session) per hour
-  of audio the *server* received;
+  thread, from its first connection to the end of its last session; for a
+  run stopped at its time limit, the whole process's, start-up included) per
+  hour of audio the *server* received;
 * ``received``: the audio the server received over the audio planned (1.0:
   nothing lost or left unsent);
 * ``lag_p99``: how late behind the real-time schedule the driver got to each
@@ -55,7 +56,9 @@ def run_figures(
     delivery = [got[key] - sent[key] for key in keys if key in got and key in sent]
     finalize = [got[key] - asked[key] for key in keys if key in got and key in asked]
     lag = record.get("lag", [])
-    cpu = record.get("cpu")
+    # The driver's own window (connections to the end); the whole process's
+    # when the driver was stopped before writing it.
+    cpu = record.get("cpu", record.get("cpu_process"))
     figures: dict[str, Any] = {
         "audio_seconds": audio,
         "received": audio / planned_seconds if planned_seconds else None,
@@ -63,6 +66,7 @@ def run_figures(
         "wall": record.get("wall"),
         "cpu_per_audio_hour": cpu / (audio / 3600) if cpu is not None and audio else None,
         "finished": record.get("finished", 0),
+        "stopped": "cpu" not in record,
         "finals": sum(key in got for key in keys) / len(keys),
         "peak_rss_mb": peak_kb / 1024,
         "rss_per_session_kb": (peak_kb - idle_kb) / sessions if sessions else None,
@@ -121,12 +125,15 @@ def table(cells: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
             kept = [run.get("kept_up") for run in runs if "kept_up" in run]
             kept_text = f"{sum(map(bool, kept))}/{len(kept)}" if kept else "-"
             errors = sum(bool(run.get("errors")) for run in runs)
+            stopped = sum(bool(run.get("stopped")) for run in runs)
             lines.append(
                 "| "
                 + " | ".join(
                     [
                         workload,
-                        client + (f" ({errors} with errors)" if errors else ""),
+                        client
+                        + (f" ({errors} with errors)" if errors else "")
+                        + (f" ({stopped} stopped at the time limit)" if stopped else ""),
                         _show(spread("cpu_per_audio_hour")),
                         kept_text,
                         _show(spread("lag_p99"), 1000),

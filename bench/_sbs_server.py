@@ -9,8 +9,8 @@ listens on loopback, and on SIGTERM or SIGINT writes ``STATS.json``:
 * per connection, the audio bytes it received and when the first and last of
   them arrived (``time.time()``): the harness counts a client's CPU against
   the audio the server got, not the audio the client was given;
-* for every final it sent, its transcript and the ``time.time()`` just after
-  the send returned: the client records when it got that final, and the
+* for every final it sent, its transcript and the ``time.time()`` at which it
+  went to the socket: the client records when it got that final, and the
   difference is the delivery latency (the benchmark's transcripts are unique
   per session and turn, so the text is the key);
 * the server's own CPU seconds between the first connection and the end of
@@ -91,7 +91,7 @@ class BenchEmulator(Emulator):
     """The emulator, recording audio received and stamping each final sent."""
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(engine=_SkippingEngine(), on_send=self._sent, **kwargs)
+        super().__init__(engine=_SkippingEngine(), **kwargs)
         self.sessions: list[dict[str, Any]] = []
         self.finals: dict[str, float] = {}
         self.cpu_first: float | None = None
@@ -99,26 +99,36 @@ class BenchEmulator(Emulator):
         self.wall_first: float | None = None
         self.wall_last: float | None = None
 
-    def _sent(self, session_id: str, text: str) -> None:
-        # json.dumps writes the flag this way; interims are most messages.
-        if '"is_final": true' in text:
-            self.finals[json.loads(text)["transcript"]] = time.time()
+    def _stamp(self, outputs: list[Any]) -> list[Any]:
+        """Stamp each final as the server hands it to the socket: the send
+        follows at once, in this task. (A stamp taken after the send returned
+        could come after the client already had it, when many sessions wait
+        for the server's one core.)"""
+        now = time.time()
+        for item in outputs:
+            if isinstance(item, dict) and item.get("is_final"):
+                self.finals[item["transcript"]] = now
+        return outputs
 
     async def _run(self, ws: WebSocketConnection, session: ServerSession) -> None:
         if self.cpu_first is None:
             self.cpu_first, self.wall_first = _cpu(), time.time()
         record: dict[str, Any] = {"bytes": 0, "first": None, "last": None}
         self.sessions.append(record)
-        audio = session.audio
+        audio, control = session.audio, session.control
 
         def on_audio(data: bytes) -> list[Any]:
             now = time.time()
             if record["first"] is None:
                 record["first"] = now
             record["last"] = now
-            return audio(data)
+            return self._stamp(audio(data))
+
+        def on_control(text: str) -> list[Any]:
+            return self._stamp(control(text))
 
         session.audio = on_audio  # type: ignore[method-assign]
+        session.control = on_control  # type: ignore[method-assign]
         try:
             await super()._run(ws, session)
         finally:

@@ -2,8 +2,8 @@
 
     python bench/drivers/sdk_driver.py PLAN.json
 
-Each session is the SDK's documented helper, ``stream_speech_to_text`` on an
-``AsyncSmallestAI`` client whose every base URL is the server; it sends its
+Each session is the SDK's documented helper, ``stream_speech_to_text``, on one
+``AsyncSmallestAI`` client (shared, whose every base URL is the server); it sends its
 chunks with ``send_audio_chunk_out``, a ``FinalizeSignal`` at the end of each
 turn and ``CloseStream`` at the end, and reads the events until ``is_last``.
 """
@@ -25,10 +25,16 @@ with warnings.catch_warnings():
     from smallestai.waves.speech_to_text.types import CloseStream, FinalizeSignal
 
 
-async def session(plan: Plan, record: Record, number: int, start: float) -> None:
+def make_client(plan: Plan) -> AsyncSmallestAI:
+    """One client for every session, as an application holds one."""
     http = plan.url.replace("ws://", "http://", 1)
     environment = SmallestAIEnvironment(atoms=http, waves=http, waves_ws=plan.url, payment=http)
-    client = AsyncSmallestAI(api_key=plan.api_key, environment=environment)
+    return AsyncSmallestAI(api_key=plan.api_key, environment=environment)
+
+
+async def session(
+    plan: Plan, record: Record, number: int, start: float, client: AsyncSmallestAI
+) -> None:
     try:
         stream = stream_speech_to_text(
             client, language="en", sample_rate=plan.rate, encoding="linear16"
@@ -65,7 +71,10 @@ async def main() -> None:
     if idle_exit(plan, record):
         return
     start = record.start() + 0.5
-    await asyncio.gather(*(session(plan, record, number, start) for number in range(plan.sessions)))
+    client = make_client(plan)
+    await asyncio.gather(
+        *(session(plan, record, number, start, client) for number in range(plan.sessions))
+    )
     record.write()
 
 
