@@ -27,7 +27,7 @@ Every run is a client process of its own (pinned to core 1 where there are two)
 against a fresh emulator process (``_sbs_server.py``, pinned to core 0), over
 loopback. Each client runs in its own virtual environment (``_sbs_envs.py``);
 ``--python ENV=PATH`` reuses an interpreter instead (ENV is pulse, smallestai or
-pipecat), and ``--current`` runs the pulse drivers in this interpreter with the
+pipecat, or a client's name for its environment's), and ``--current`` runs the pulse drivers in this interpreter with the
 checkout on the path (no environment made: what the smoke test does).
 
 Output: a markdown table (medians of the repeats, min-max) and ratios of
@@ -181,7 +181,11 @@ def main() -> None:
     parser.add_argument("--workloads", nargs="+", choices=["w1", "w2"], default=["w1", "w2"])
     parser.add_argument("--quick", action="store_true", help="N = 1 and 10, 6 s, W2 60 s, once")
     parser.add_argument(
-        "--python", action="append", default=[], metavar="ENV=PATH", help="reuse an interpreter"
+        "--python",
+        action="append",
+        default=[],
+        metavar="ENV=PATH",
+        help="use this interpreter for an environment (pulse, smallestai, pipecat) or a client's",
     )
     parser.add_argument(
         "--current", action="store_true", help="pulse drivers in this interpreter, no venvs"
@@ -191,7 +195,11 @@ def main() -> None:
     if args.quick:
         args.sessions, args.seconds, args.w2_seconds, args.repeats = [1, 10], 6.0, 60.0, 1
 
-    given = dict(item.split("=", 1) for item in args.python)
+    given: dict[str, str] = {}
+    for item in args.python:
+        name, _, path = item.partition("=")
+        # A client's name stands for its environment (pulse-20ms: pulse).
+        given[CLIENTS[name][1] if name in CLIENTS else name] = path
     pythons: dict[str, str] = {}
     for client in args.clients:
         env = CLIENTS[client][1]
