@@ -1,6 +1,6 @@
 """Side by side: pulse against the smallestai SDK, Pipecat and bare WebSocket floors.
 
-    python bench/side_by_side.py                    # everything (about 25 min a repeat)
+    python bench/side_by_side.py                    # everything (3 repeats, 40 min or more each)
     python bench/side_by_side.py --quick            # every client, N = 1 and 10, 6 s
     python bench/side_by_side.py --python pipecat=/path/to/python --repeats 3
 
