@@ -102,13 +102,16 @@ async def _run(target: Target) -> Observed:
         extra = {name: value for name, value in values.items() if name not in declared}
         return PulseSTTService.Settings(**known, extra=extra)
 
-    def applied(values: dict[str, Any]) -> bool:
-        """Whether the service's settings hold ``values`` yet."""
-        store = stt.settings
-        return all(
-            (getattr(store, name) if name in declared else store.extra.get(name)) == value
-            for name, value in values.items()
-        )
+    def applied(changes: dict[str, Any]) -> bool:
+        """Whether the session uses ``changes`` yet. Pipecat's own copy of the
+        settings changes first, before the session is told."""
+        session = stt.session
+        if session is None:
+            return False
+        try:
+            return session.settings.evolve(**changes) == session.settings
+        except ValueError:
+            return False  # refused: the error frame ends the wait
 
     events: list[Any] = []
     finals: list[str] = []

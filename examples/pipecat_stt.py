@@ -223,6 +223,12 @@ class PulseSTTService(STTService):
         self._leave = asyncio.Event()
         self._register_event_handler("on_pulse_event", sync=True)
 
+    @property
+    def session(self) -> AsyncioSession | None:
+        """The live pulse session (the settings it uses, ``engine.summary()``),
+        or ``None`` before ``StartFrame`` and after the session ended."""
+        return self._session
+
     def can_generate_metrics(self) -> bool:
         """TTFS (Pipecat's STT "TTFB") and usage metrics are reported."""
         return True

@@ -121,6 +121,17 @@ async def main(program: dict) -> dict:
     def final_count() -> int:
         return sum(1 for item in result["seen"] if item[0] == "final")
 
+    def applied(changes: dict) -> bool:
+        """Whether the session uses ``changes`` (Pulse names) yet. Pipecat's
+        own copy of the settings changes first, before the session is told."""
+        session = stt.session
+        if session is None:
+            return False
+        try:
+            return session.settings.evolve(**changes) == session.settings
+        except ValueError:
+            return False  # refused: the error frame ends the wait
+
     def error_count() -> int:
         return sum(1 for item in result["seen"] if item[0] == "error")
 
@@ -157,10 +168,8 @@ async def main(program: dict) -> dict:
                 errors = error_count()
                 await worker.queue_frame(STTUpdateSettingsFrame(delta=delta))
                 # Audio and VAD frames are system frames: they would overtake
-                # this one. Go on once the service has applied it (or refused).
-                while error_count() == errors and any(
-                    getattr(stt.settings, k) != v for k, v in args[0].items()
-                ):
+                # this one. Go on once the session has it (or it was refused).
+                while error_count() == errors and not applied(args[0]):
                     await asyncio.sleep(0.005)
             elif kind == "sleep":
                 await asyncio.sleep(args[0])
