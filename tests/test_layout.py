@@ -40,6 +40,10 @@ ADAPTER = frozenset(
 )
 SHARED = frozenset({"pulse_trio._g711", "pulse_trio._websocket"})
 ENTRY_POINT = "pulse_trio.__main__"
+#: The imports by name that are allowed, and why: the scenario runner loads the
+#: factory its user names (``--factory package.module:function``), which is the
+#: user's code, not one of pulse_trio's modules.
+DYNAMIC_IMPORTS = {"pulse_trio.emulator.scenarios": ["importlib.import_module(module)"]}
 
 
 def module_name(path: Path) -> str:
@@ -147,7 +151,10 @@ def test_imports_keep_the_wings_apart(module: str) -> None:
         and getattr(node.func, "id", getattr(node.func, "attr", ""))
         in ("__import__", "import_module")
     ]
-    assert dynamic == [], f"{module} imports by name at run time, out of these rules' sight"
+    allowed = DYNAMIC_IMPORTS.get(module, [])
+    assert [call for call in dynamic if call not in allowed] == [], (
+        f"{module} imports by name at run time, out of these rules' sight"
+    )
 
 
 @pytest.mark.parametrize(

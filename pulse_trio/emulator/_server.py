@@ -34,6 +34,8 @@ __all__ = ["Emulator", "Fault", "Faults"]
 logger = logging.getLogger("pulse_trio.emulator")
 #: Seconds a client has to send its upgrade request (a silent one is let go).
 _HANDSHAKE_TIMEOUT: Final = 60.0
+#: Seconds a connection that went silent (``Faults.silence``) is held open, unread.
+SILENT_FOR: Final = 60.0
 #: The concurrency limit when the engine does not set one.
 _MAX_SESSIONS: Final = 100
 
@@ -51,7 +53,8 @@ class Fault:
     ``after_bytes`` or ``at_seconds`` (audio received on that connection) say
     when; ``action`` is one of ``drop`` (no close frame), ``close`` (close with
     ``code``), ``error`` (send an error in ``shape`` 1, 2 or 3), ``malformed``
-    (send ``text``), ``stall`` (stop answering).
+    (send ``text``), ``stall`` (stop answering), ``silence`` (stop reading too,
+    so that pings go unanswered).
     """
 
     action: str
@@ -131,6 +134,13 @@ class Faults:
     def stall(self, *, after_bytes: int | None = None, at_seconds: float | None = None) -> None:
         """Stop answering (keep the socket open, send nothing more)."""
         self._pending.append(Fault("stall", after_bytes=after_bytes, at_seconds=at_seconds))
+
+    def silence(self, *, after_bytes: int | None = None, at_seconds: float | None = None) -> None:
+        """Go silent as a dead peer or a black-holed path does: stop reading, so
+        that once a message or two more arrive nothing is answered, pings
+        included (a ``stall`` still answers pings). The connection is held
+        open, unread, for ``SILENT_FOR`` seconds, then cut."""
+        self._pending.append(Fault("silence", after_bytes=after_bytes, at_seconds=at_seconds))
 
     def next_refusal(self) -> tuple[int, float | None] | None:
         return self._refusals.pop(0) if self._refusals else None
@@ -390,6 +400,12 @@ class Emulator:
                         await _abort(ws)
                     else:
                         await ws.aclose(fault.code, "fault injection")
+                    return
+                if fault.action == "silence":
+                    # The connection's reader queues one message, then stops
+                    # reading the socket: nothing is answered, not even a ping.
+                    await trio.sleep(SILENT_FOR)
+                    await _abort(ws)
                     return
                 if fault.action == "stall":
                     stalled = True

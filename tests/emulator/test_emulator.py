@@ -193,8 +193,14 @@ def test_the_key_is_checked_before_the_parameters() -> None:
         ("model=pulse&language=en&endpointing=True", "endpointing must be true or false"),
         ("model=pulse&language=en&vad_events=", "vad_events must be true or false"),
         ("model=pulse&language=en&redact_pii=1", "redact_pii must be true, false or a list"),
-        ("model=pulse&language=en&eou_timeout_ms=99", "eou_timeout_ms must be between 100 and 10000"),
-        ("model=pulse&language=en&eou_timeout_ms=10001", "eou_timeout_ms must be between 100 and 10000"),
+        (
+            "model=pulse&language=en&eou_timeout_ms=99",
+            "eou_timeout_ms must be between 100 and 10000",
+        ),
+        (
+            "model=pulse&language=en&eou_timeout_ms=10001",
+            "eou_timeout_ms must be between 100 and 10000",
+        ),
         ("model=pulse&language=en&eou_timeout_ms=soon", "eou_timeout_ms must be an integer"),
         ("model=pulse&language=en&max_words=0", "max_words must be at least 1"),
         ("model=pulse&language=en&max_words=-3", "max_words must be at least 1"),
@@ -727,7 +733,9 @@ class Refusal:
     body: bytes
 
 
-async def rejected(emulator: Emulator, query: str = "model=pulse&language=en", **kw: Any) -> Refusal:
+async def rejected(
+    emulator: Emulator, query: str = "model=pulse&language=en", **kw: Any
+) -> Refusal:
     """The HTTP refusal of a handshake that must be refused."""
     try:
         async with dial(emulator, query, **kw):
@@ -787,7 +795,13 @@ async def test_a_whole_session_over_the_socket() -> None:
         (LIVE, "language=en", HEADERS, 400, b"model is required"),
         (LIVE, "model=pulse-pro", HEADERS, 400, PULSE_PRO.encode()),
         (LIVE, "model=pulse&language=en&sample_rate=12345", HEADERS, 400, b"sample_rate"),
-        (LIVE, "model=pulse&language=en&diarize=TRUE", HEADERS, 400, b"diarize must be true or false"),
+        (
+            LIVE,
+            "model=pulse&language=en&diarize=TRUE",
+            HEADERS,
+            400,
+            b"diarize must be true or false",
+        ),
     ],
 )
 async def test_refusals_on_the_wire(
@@ -1018,6 +1032,24 @@ async def test_stall_stops_all_answers_but_keeps_the_socket_open() -> None:
                 with trio.move_on_after(0.1) as still_quiet:
                     await ws.get_message()
                 assert still_quiet.cancelled_caught
+
+
+async def test_silence_leaves_even_pings_unanswered() -> None:
+    with trio.fail_after(5):
+        async with serving(Emulator()) as emulator:
+            emulator.faults.silence(after_bytes=6400)
+            async with dial(emulator) as ws:
+                await ws.send_message(encode(["before"], trail=0.05))
+                assert json.loads(await ws.get_message())["transcript"] == "before"
+                with trio.move_on_after(0.5) as answered:
+                    await ws.ping(b"before the silence")
+                assert not answered.cancelled_caught  # a stall would answer from here on too
+                await send_all(ws, [encode(["after"], trail=0.4), FINALIZE, CLOSE_STREAM])
+                with trio.move_on_after(0.3) as unanswered:
+                    await ws.ping(b"into the silence")
+                assert unanswered.cancelled_caught
+                assert ws.closed is None  # still open
+                await ws._stream.aclose()  # a close handshake would wait for nothing
 
 
 async def test_faults_wait_for_their_moment() -> None:
