@@ -30,6 +30,11 @@ both sides.
   fails the connection itself, delivers what arrived before, and keeps the
   close this side sent in :func:`violation`, so that the caller can tell it
   from the peer's.
+* **One write for many messages.** ``send_message`` takes the stream lock and
+  writes the stream once per message, each a trip through the scheduler;
+  :func:`send_messages` frames several messages through the same wsproto
+  connection and writes them with one ``send_all`` under the same lock, taking
+  the lock without a schedule point when nobody holds it.
 * **Closing while the peer's close frame is being answered.** Once the peer's
   close frame is read, ``aclose()`` returns at once, before the reader task has
   written the answer; a caller that then closes the stream or cancels the
@@ -39,7 +44,7 @@ both sides.
 
 This leans on trio-websocket internals (the reader task, the handshake
 events, the close reason, the message buffer, the wsproto connection, four
-event handlers), the same ones its own
+event handlers, the stream lock), the same ones its own
 ``wrap_client_stream`` and ``wrap_server_stream`` use;
 ``tests/adapter/test_websocket.py`` fails if an upgrade changes them.
 """
@@ -47,6 +52,7 @@ event handlers), the same ones its own
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from typing import Final, NoReturn
 
 import h11
@@ -64,7 +70,14 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Ping, RejectData, TextMessage
 
-__all__ = ["REFUSAL_BODY_LIMIT", "HandshakeFailed", "open_client", "open_server", "violation"]
+__all__ = [
+    "REFUSAL_BODY_LIMIT",
+    "HandshakeFailed",
+    "open_client",
+    "open_server",
+    "send_messages",
+    "violation",
+]
 
 #: Bytes of a refusal's body kept (enough for any error message a server sends).
 REFUSAL_BODY_LIMIT: Final = 64 * 1024
@@ -133,6 +146,44 @@ class _Connection(WebSocketConnection):
                 self._reject_status, self._reject_headers, body=self._reject_body
             )
         await super()._handle_reject_data_event(event)
+
+
+async def send_messages(ws: WebSocketConnection, messages: Sequence[str | bytes]) -> None:
+    """Send ``messages`` in order, as ``send_message`` would one by one, but
+    with one write to the stream.
+
+    Safe beside the connection's reader and ``aclose()`` for the reasons
+    ``send_message`` is: the close reason is checked and every message framed
+    with no schedule point in between (a close sets the reason before its close
+    frame is framed, so no message is framed after one), and the bytes are
+    written under the stream lock that every write of the connection takes, in
+    the order it was taken. A broken stream is handled as ``_send`` handles it.
+    Raises ``ConnectionClosed`` as ``send_message`` does. A connection that is
+    not one of ours gets ``send_message`` per message.
+    """
+    if not isinstance(ws, _Connection):
+        for message in messages:
+            await ws.send_message(message)
+        return
+    if ws._close_reason:
+        raise ConnectionClosed(ws._close_reason)
+    framing = ws._wsproto
+    data = b"".join(
+        framing.send(TextMessage(data=m) if isinstance(m, str) else BytesMessage(data=m))
+        for m in messages
+    )
+    lock = ws._stream_lock
+    try:
+        lock.acquire_nowait()
+    except trio.WouldBlock:
+        await lock.acquire()
+    try:
+        await ws._stream.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        await ws._abort_web_socket()
+        raise ConnectionClosed(ws._close_reason) from None
+    finally:
+        lock.release()
 
 
 def violation(ws: WebSocketConnection | None) -> CloseReason | None:
