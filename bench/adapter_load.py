@@ -79,7 +79,9 @@ def start_emulator(port: int, sessions: int, path: str | None) -> subprocess.Pop
     ]  # fmt: skip
     if hasattr(os, "sched_setaffinity"):
         command = ["taskset", "-c", "0", *command]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
