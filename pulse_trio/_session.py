@@ -472,7 +472,9 @@ class Session:
         timer = self._timer_scope
         if timer is not None:
             deadline = self._conn.next_deadline()
-            if deadline is not None and deadline < timer.deadline:
+            if deadline is None:
+                deadline = math.inf
+            if deadline != timer.deadline:
                 timer.deadline = deadline  # the timer wakes then, not now
 
     def _route(self, command: Command) -> None:
@@ -728,10 +730,11 @@ class Session:
         """Call ``handle_timer`` once the engine's deadline has passed, never before.
 
         The timer sleeps in one cancel scope whose deadline is the engine's;
-        ``_pump`` moves that deadline earlier when an input brings the engine's
-        earlier, and leaves it alone otherwise (most inputs push a deadline back,
-        the keepalive's say, or leave it be), so an input wakes no task. Woken
-        at a deadline the engine has since moved later, it only sleeps again.
+        ``_pump`` moves that deadline when an input moves the engine's, earlier
+        or later (a frame cut by size drops the coalescing deadline, a frame
+        sent pushes the keepalive back), which wakes no task: the timer wakes
+        only when a deadline of the engine's has passed. Should it wake at one
+        the engine has since moved later, it only sleeps again.
         """
         while True:
             deadline = self._conn.next_deadline()
