@@ -22,6 +22,8 @@ Printed, over the streaming phase only (connecting and closing excluded):
   for the slowest session and the median (1.00 keeps up; less falls behind);
 * **late p50/p99**: how late a chunk went out past the moment its audio was
   spoken, in milliseconds;
+* **CPU**: the cores this process used while streaming, and the emulator's (near
+  1.00, the emulator is what falls behind, not the client);
 * **KiB/session**: this process's resident set growth from before the sessions
   opened to the end of streaming, per session, and the part of it that is
   audio the engine holds for replay (``PulseConnection.buffered_bytes``).
@@ -34,6 +36,7 @@ emulator's, the same for both).
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import resource
 import signal
@@ -188,20 +191,40 @@ async def bare_client(load: Load, index: int) -> None:
             nursery.cancel_scope.cancel()
 
 
-async def run(args: argparse.Namespace, url: str) -> dict[str, float]:
+def process_cpu_seconds(pid: int | None) -> float:
+    """A child's CPU time (user + system), from /proc; 0 where there is none."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (OSError, TypeError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def run(args: argparse.Namespace, url: str, server: int | None) -> dict[str, float]:
     load = Load(args, url)
     client = pulse_client if args.client == "pulse" else bare_client
+    # Loaded before the baseline: what code takes is not memory per session.
+    for name in ("pulse_trio._session", "trio_websocket"):
+        importlib.import_module(name)
     rss0 = rss_kib()
     async with trio.open_nursery() as nursery:
         for index in range(args.sessions):
             nursery.start_soon(client, load, index)
         await load.all_open.wait()
         await trio.sleep_until(load.start)
-        cpu0, wall0 = cpu_seconds(), time.monotonic()
+        cpu0, wall0, server0 = cpu_seconds(), time.monotonic(), process_cpu_seconds(server)
         while len(load.ratios) < args.sessions:
             await trio.sleep(0.05)
         cpu = cpu_seconds() - cpu0
         wall = time.monotonic() - wall0
+        server_cpu = process_cpu_seconds(server) - server0
+        if os.environ.get("ADAPTER_LOAD_TRACEMALLOC"):
+            import tracemalloc
+
+            top = tracemalloc.take_snapshot().statistics("lineno")[:25]
+            for stat in top:
+                print(f"{stat.size / 1024 / args.sessions:8.1f} KiB/session  {stat.traceback}")
         rss = rss_kib() - rss0
         # Closing is not measured: the sessions end when the nursery does.
     failed = load.failed
@@ -210,6 +233,7 @@ async def run(args: argparse.Namespace, url: str) -> dict[str, float]:
     return {
         "cpu_per_audio_hour": cpu / audio_hours,
         "cpu_share": cpu / wall,
+        "server_share": server_cpu / wall,
         "real_time_min": min(load.ratios),
         "real_time_median": statistics.median(load.ratios),
         "late_p50_ms": 1000 * late[len(late) // 2] if load.lateness else 0.0,
@@ -239,7 +263,11 @@ def main() -> None:
         emulator = start_emulator(port, args.sessions, args.emulator_path)
         url = f"ws://127.0.0.1:{port}"
     try:
-        figures = trio.run(run, args, url)
+        if os.environ.get("ADAPTER_LOAD_TRACEMALLOC"):
+            import tracemalloc
+
+            tracemalloc.start()
+        figures = trio.run(run, args, url, emulator.pid if emulator is not None else None)
     finally:
         if emulator is not None:
             emulator.send_signal(signal.SIGINT)
@@ -251,7 +279,7 @@ def main() -> None:
     print(
         f"{args.client} N={args.sessions} {args.chunk_ms} ms ({code}): "
         f"CPU-s/audio-h {figures['cpu_per_audio_hour']:.1f}  "
-        f"CPU {figures['cpu_share']:.2f} core  "
+        f"CPU {figures['cpu_share']:.2f} core (emulator {figures['server_share']:.2f})  "
         f"real time min {figures['real_time_min']:.3f} median {figures['real_time_median']:.3f}  "
         f"late p50 {figures['late_p50_ms']:.1f} p99 {figures['late_p99_ms']:.1f} ms  "
         f"KiB/session {figures['kib_per_session']:.0f} "
