@@ -85,7 +85,7 @@ from ._connector import Connector, close_transport, default_connector
 from ._errors import SessionFailedError, error_for
 from ._log_redaction import hide_key_in_logs, stop_hiding
 from ._transport_errors import EXPECTED, WRITE_ENDED, engine_input, first, is_transport_error
-from ._websocket import send_messages, violation
+from ._websocket import hung_up, send_messages, violation
 
 __all__ = ["HANDLER_EVENTS", "Session", "open_session"]
 
@@ -288,12 +288,13 @@ class Session:
         none of ``data`` was taken, and once it returns all of it was. It is a
         cancel point (a cancelled caller gets ``Cancelled`` before anything is
         taken, also while it waits for room) but, unlike most of trio's
-        functions, not always a schedule point: when the audio sent before has
-        been written, it takes ``data`` and returns without letting other tasks
-        run first, so a live source sending a chunk every 20 ms costs no trip
-        through the scheduler per chunk. When earlier audio is still waiting to
-        be written (a source sending faster than real time), it lets other
-        tasks run before returning, as it does whenever it waits for room.
+        functions, not always a schedule point: when the session is connected
+        and the audio sent before has been written, it takes ``data`` and
+        returns without letting other tasks run first, so a live source sending
+        a chunk every 20 ms costs no trip through the scheduler per chunk.
+        While connecting, or while earlier audio is still waiting to be written
+        (a source sending faster than real time), it lets other tasks run
+        before returning, as it does whenever it waits for room.
         """
         if not isinstance(data, bytes | bytearray | memoryview):
             raise TypeError(f"audio must be bytes-like, not {type(data).__name__}")
@@ -305,9 +306,11 @@ class Session:
             # cancellation win, so the failure is raised once every event is delivered.
             await trio.lowlevel.checkpoint_if_cancelled()
             self._raise_if_failed()
-        behind = self._outgoing_bytes
+        link = self._link
+        # Connected, with what came before written: nothing for other tasks to catch up on.
+        caught_up = not self._outgoing_bytes and link is not None and link.ws is not None
         self._input(self._conn.send_audio, data)
-        if behind:
+        if not caught_up:
             # Taken: a cancellation now must not make the caller think otherwise.
             await trio.lowlevel.cancel_shielded_checkpoint()
 
@@ -652,6 +655,11 @@ class Session:
                 # written (RFC 6455 §5.5.1): _close_link ends this link.
                 await trio.sleep_forever()
             self._link_closed(link, exc)
+            if violation(link.ws) is not None and link.ws is not None:
+                # This side failed it: the server reads the close frame, then
+                # hangs up; closing first could reset the close frame away.
+                with trio.move_on_after(_DISCONNECT_TIMEOUT):
+                    await hung_up(link.ws)
 
     def _link_failed(self, link: _Link, exc: BaseException) -> None:
         """``exc`` ended ``link``: tell the engine (if it still cares)."""

@@ -73,6 +73,7 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, RejectData, Text
 __all__ = [
     "REFUSAL_BODY_LIMIT",
     "HandshakeFailed",
+    "hung_up",
     "open_client",
     "open_server",
     "send_messages",
@@ -124,7 +125,8 @@ class _Connection(WebSocketConnection):
     async def _fail(self, why: CloseReason) -> NoReturn:
         """Fail the WebSocket connection (RFC 6455 §7.1.7): send a close frame
         with ``why`` (unless one went out already), hand over the messages that
-        arrived before, and read nothing more."""
+        arrived before, and deliver nothing more (a client reads on until the
+        server hangs up)."""
         self._violation = why
         self._message_parts = []
         self._message_size = 0
@@ -134,6 +136,15 @@ class _Connection(WebSocketConnection):
             with contextlib.suppress(ConnectionClosed):  # the stream is gone: nothing to tell
                 await self._send(CloseConnection(code=why.code, reason=why.reason))
         await self._close_web_socket(why.code, why.reason)
+        if self.is_client:
+            # Read on, delivering nothing, until the server hangs up (RFC 6455
+            # §7.1.1: a client waits for the server to close TCP; see
+            # ``hung_up``, whose caller bounds the wait). Closing the socket with
+            # what the server sent meanwhile unread resets it, and the server
+            # may then never read the close frame.
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                while await self._stream.receive_some(self._receive_buffer_size):
+                    pass
         self._close_handshake.set()
         # Raised to the reader task, which stops reading at once.
         raise ConnectionClosed(self._close_reason)
@@ -184,6 +195,13 @@ async def send_messages(ws: WebSocketConnection, messages: Sequence[str | bytes]
         raise ConnectionClosed(ws._close_reason) from None
     finally:
         lock.release()
+
+
+async def hung_up(ws: WebSocketConnection) -> None:
+    """Wait until the close handshake is over: for a connection this side
+    failed, until the server has hung up after reading its close frame."""
+    if isinstance(ws, _Connection):
+        await ws._close_handshake.wait()
 
 
 def violation(ws: WebSocketConnection | None) -> CloseReason | None:

@@ -852,6 +852,8 @@ async def test_send_audio_takes_all_or_nothing_and_yields_only_when_behind(
 ) -> None:
     emulator = Emulator()
     async with session_with(emulator, chunk_bytes=640) as (session, events):
+        with trio.testing.assert_checkpoints():
+            await session.send_audio(bytes(640))  # connecting: other tasks run
         await trio.sleep(0.1)  # connected: whole frames are written at once
         taken = session.engine.summary().audio_seconds_sent
         with trio.CancelScope() as scope:
@@ -862,7 +864,7 @@ async def test_send_audio_takes_all_or_nothing_and_yields_only_when_behind(
         assert session.engine.summary().audio_seconds_sent == taken
 
         # A cancel point and a schedule point both (trio.testing's "checkpoint")
-        # only while audio sent before is still waiting to be written; with
+        # only while connecting or while audio sent before is still unwritten; with
         # nothing behind, a cancel point only (trio counts it), no schedule point.
         with (
             pytest.raises(AssertionError, match="did not yield"),

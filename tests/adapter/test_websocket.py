@@ -371,8 +371,7 @@ async def test_send_messages_writes_them_at_once_and_the_peer_reads_each() -> No
     async def server(stream: trio.abc.Stream) -> None:
         async with trio.open_nursery() as nursery:
             ws = await (await open_server(nursery, stream)).accept()
-            for _ in range(3):
-                received.append(await ws.get_message())
+            received.extend([await ws.get_message() for _ in range(3)])
             nursery.cancel_scope.cancel()
 
     async def body(ws: WebSocketConnection) -> None:
