@@ -29,7 +29,9 @@ both sides.
   instead, wsproto pull request #100, is still open). :class:`_Connection`
   fails the connection itself, delivers what arrived before, and keeps the
   close this side sent in :func:`violation`, so that the caller can tell it
-  from the peer's.
+  from the peer's. A client then reads on, delivering nothing, until the
+  server hangs up (:func:`hung_up`; RFC 6455 §7.1.1): closing the socket with
+  unread data resets it, and the server could lose the close frame.
 * **One write for many messages.** ``send_message`` takes the stream lock and
   writes the stream once per message, each a trip through the scheduler;
   :func:`send_messages` frames several messages through the same wsproto
