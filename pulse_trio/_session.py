@@ -17,7 +17,8 @@ waits there. The tasks under the session:
 Buffers and their bounds: audio waiting to be written (``outgoing_buffer``
 bytes; ``send_audio`` waits when full), events on their way to handlers and
 ``events()`` (``event_buffer`` events and ``event_buffer_bytes`` bytes in all,
-the forwarder's queue and those kept for ``events()`` together; see
+the forwarder's queue and those kept for ``events()`` together, and no more
+than ``unread_event_bytes`` kept for an iterator not yet opened; see
 ``Session.events``; while reading waits, the WebSocket below holds what
 arrived unread too, up to 16 messages with the default connector), and
 everything inside the engine (bounded by its configuration, and drained by
@@ -84,7 +85,7 @@ from ._connector import Connector, close_transport, default_connector
 from ._errors import SessionFailedError, error_for
 from ._log_redaction import hide_key_in_logs, stop_hiding
 from ._transport_errors import EXPECTED, WRITE_ENDED, engine_input, first, is_transport_error
-from ._websocket import violation
+from ._websocket import hung_up, send_messages, violation
 
 __all__ = ["HANDLER_EVENTS", "Session", "open_session"]
 
@@ -114,6 +115,8 @@ _DISCONNECT_TIMEOUT = 2.0
 #: What an event counts for at least: the object and its small fields (a short
 #: transcript with its ``raw`` mapping takes about 0.9 KiB).
 _EVENT_BYTES = 1024
+#: Bytes of audio the writer puts in one write at most (a few seconds of it).
+_WRITE_BATCH = 64 * 1024
 
 
 def _message_bytes(message: str | bytes) -> int:
@@ -190,8 +193,9 @@ class _Keeping(enum.Enum):
     READING = "events() is already being iterated (events are kept for one iterator)"
     OVERFLOWED = (
         "events() was opened after more events went unread than the session keeps "
-        "(event_buffer={events}, event_buffer_bytes={bytes}): it stopped keeping them "
-        "for an iterator (handlers got every one); open events() sooner, or raise the bounds"
+        "for an iterator not yet opened (unread_event_bytes={unread}, event_buffer={events}, "
+        "event_buffer_bytes={bytes}): it stopped keeping them for one (handlers got every "
+        "one); open events() sooner, or raise the bounds"
     )
     ENDED = "events() was already iterated (events are kept for one iterator)"
 
@@ -222,6 +226,7 @@ class Session:
         outgoing_buffer: int,
         event_buffer: int,
         event_buffer_bytes: int,
+        unread_event_bytes: int,
     ) -> None:
         self._conn = conn
         self._connector = connector
@@ -241,11 +246,13 @@ class Session:
         self._kept_bytes = 0
         self._event_buffer = event_buffer
         self._event_buffer_bytes = event_buffer_bytes
+        self._unread_event_bytes = unread_event_bytes
         self._keeping = _Keeping.UNTIL_READ
         self._taken = _Signal()  # an event left the session: there may be room
         self._handlers: dict[str, list[Handler]] = collections.defaultdict(list)
         self._wake_forwarder = trio.Event()
-        self._wake_timer = trio.Event()
+        #: The scope the timer sleeps in, its deadline the engine's (``_timer``).
+        self._timer_scope: trio.CancelScope | None = None
         self._events_done = trio.Event()  # the forwarder delivered Closed
         self._closing_links = 0
         self._links_closed = trio.Event()
@@ -275,7 +282,20 @@ class Session:
         return self._conn
 
     async def send_audio(self, data: bytes | bytearray | memoryview) -> None:
-        """Queue audio; waits while ``outgoing_buffer`` bytes are still being written."""
+        """Queue audio; waits while ``outgoing_buffer`` bytes are still being written.
+
+        Audio is never half-taken: if this raises (``Cancelled`` included),
+        none of ``data`` was taken, and once it returns all of it was. It is a
+        cancel point (a cancelled caller gets ``Cancelled`` before anything is
+        taken, also while it waits for room) but, unlike most of trio's
+        functions, not always a schedule point: when the session is connected
+        and the audio sent before has been written, it takes ``data`` and
+        returns without letting other tasks run first, so a live source sending
+        a chunk every 20 ms costs no trip through the scheduler per chunk.
+        While connecting, or while earlier audio is still waiting to be written
+        (a source sending faster than real time), it lets other tasks run
+        before returning, as it does whenever it waits for room.
+        """
         if not isinstance(data, bytes | bytearray | memoryview):
             raise TypeError(f"audio must be bytes-like, not {type(data).__name__}")
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -286,9 +306,13 @@ class Session:
             # cancellation win, so the failure is raised once every event is delivered.
             await trio.lowlevel.checkpoint_if_cancelled()
             self._raise_if_failed()
+        link = self._link
+        # Connected, with what came before written: nothing for other tasks to catch up on.
+        caught_up = not self._outgoing_bytes and link is not None and link.ws is not None
         self._input(self._conn.send_audio, data)
-        # Taken: a cancellation now must not make the caller think otherwise.
-        await trio.lowlevel.cancel_shielded_checkpoint()
+        if not caught_up:
+            # Taken: a cancellation now must not make the caller think otherwise.
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def speech_started(self) -> None:
         """Local VAD heard speech begin."""
@@ -330,8 +354,12 @@ class Session:
         """The engine's events, in order, ending after ``Closed``.
 
         Events are kept for one iterator from the start of the session, so one
-        opened after entering the ``async with`` block still gets
-        ``Connected`` and the first transcripts. The session holds at most
+        opened soon after entering the ``async with`` block still gets
+        ``Connected`` and the first transcripts: until an iterator is opened,
+        the session keeps at most ``unread_event_bytes`` (64 KiB) of them for
+        it, counted as below; past that it stops keeping them (see the second
+        case below), so that an application of handlers only pays no memory
+        for an iterator it never opens. The session holds at most
         ``event_buffer`` events and ``event_buffer_bytes`` bytes of them, on
         their way to handlers and to this iterator together (each event counts
         1 KiB, plus an estimate of what the server message it came from takes
@@ -342,8 +370,9 @@ class Session:
         * while an iterator is open, the session stops reading from the server
           (back-pressure) until the iterator catches up: read slowly, it still
           gets every event, in order;
-        * while none is open (handlers only), the session does not wait: it
-          stops keeping events for an iterator and frees those it kept, and
+        * while none has been opened (handlers only), the session does not
+          wait: at these bounds, or past ``unread_event_bytes`` of kept events,
+          it stops keeping events for an iterator and frees those it kept, and
           handlers still get every event. An iterator opened after that raises
           ``LocalProtocolError`` at once, as does one opened while another is
           open or after one has ended (from then on events are not kept).
@@ -356,7 +385,9 @@ class Session:
         if self._keeping is not _Keeping.UNTIL_READ:
             raise LocalProtocolError(
                 self._keeping.value.format(
-                    events=self._event_buffer, bytes=self._event_buffer_bytes
+                    events=self._event_buffer,
+                    bytes=self._event_buffer_bytes,
+                    unread=self._unread_event_bytes,
                 )
             )
         self._keeping = _Keeping.READING
@@ -441,7 +472,13 @@ class Session:
                         trio.lowlevel.current_trio_token().run_sync_soon(self.body_scope.cancel)
             self._events.extend(events)
             self._wake_forwarder.set()
-        self._wake_timer.set()
+        timer = self._timer_scope
+        if timer is not None:
+            deadline = self._conn.next_deadline()
+            if deadline is None:
+                deadline = math.inf
+            if deadline != timer.deadline:
+                timer.deadline = deadline  # the timer wakes then, not now
 
     def _route(self, command: Command) -> None:
         assert self._nursery is not None
@@ -509,29 +546,48 @@ class Session:
 
     async def _writer(self, link: _Link, ws: WebSocketConnection, nursery: trio.Nursery) -> None:
         """Write ``link``'s outbox in order. Runs inside the link's cancel scope,
-        so closing the link cancels a write that the network is holding up."""
+        so closing the link cancels a write that the network is holding up.
+
+        Whatever messages are waiting go out in one write (``send_messages``,
+        up to ``_WRITE_BATCH`` bytes of audio), so a writer that falls behind
+        catches up with fewer trips through the scheduler, not more."""
+        outbox = link.outbox
         while not link.abandoned:
-            while link.outbox and not link.abandoned:
-                command = link.outbox.popleft()
-                try:
+            while outbox and not link.abandoned:
+                command = outbox[0]
+                if isinstance(command, SendPing):
+                    outbox.popleft()
+                    # A ping waits for its pong: never hold the audio up for it.
+                    nursery.start_soon(self._ping, link, ws, command.payload)
+                    continue
+                batch: list[str | bytes] = []
+                texts: list[str] = []
+                audio = 0
+                while outbox and audio < _WRITE_BATCH:
+                    command = outbox[0]
                     if isinstance(command, SendBinary):
-                        try:
-                            await ws.send_message(command.data)
-                        finally:
-                            self._outgoing_bytes -= len(command.data)
-                            self._space.raise_()
+                        audio += len(command.data)
+                        batch.append(command.data)
                     elif isinstance(command, SendText):
-                        await ws.send_message(command.text)
-                        self._log.debug("sent %s", command.text)  # our own control messages
+                        batch.append(command.text)
+                        texts.append(command.text)
                     else:
-                        # A ping waits for its pong: never hold the audio up for it.
-                        nursery.start_soon(self._ping, link, ws, command.payload)
+                        break
+                    outbox.popleft()
+                try:
+                    await send_messages(ws, batch)
                 except WRITE_ENDED:
                     # The reader reports the close, once it has handed the engine
                     # every message that arrived before it.
                     return
+                finally:
+                    if audio:
+                        self._outgoing_bytes -= audio
+                        self._space.raise_()
+                for text in texts:
+                    self._log.debug("sent %s", text)  # our own control messages
             link.wake = trio.Event()
-            if not link.outbox:
+            if not outbox:
                 await link.wake.wait()
 
     async def _ping(self, link: _Link, ws: WebSocketConnection, payload: bytes) -> None:
@@ -599,6 +655,11 @@ class Session:
                 # written (RFC 6455 §5.5.1): _close_link ends this link.
                 await trio.sleep_forever()
             self._link_closed(link, exc)
+            if violation(link.ws) is not None and link.ws is not None:
+                # This side failed it: the server reads the close frame, then
+                # hangs up; closing first could reset the close frame away.
+                with trio.move_on_after(_DISCONNECT_TIMEOUT):
+                    await hung_up(link.ws)
 
     def _link_failed(self, link: _Link, exc: BaseException) -> None:
         """``exc`` ended ``link``: tell the engine (if it still cares)."""
@@ -674,16 +735,24 @@ class Session:
         return count > self._event_buffer or size > self._event_buffer_bytes
 
     async def _timer(self) -> None:
+        """Call ``handle_timer`` once the engine's deadline has passed, never before.
+
+        The timer sleeps in one cancel scope whose deadline is the engine's;
+        ``_pump`` moves that deadline when an input moves the engine's, earlier
+        or later (a frame cut by size drops the coalescing deadline, a frame
+        sent pushes the keepalive back), which wakes no task: the timer wakes
+        only when a deadline of the engine's has passed. Should it wake at one
+        the engine has since moved later, it only sleeps again.
+        """
         while True:
-            self._wake_timer = trio.Event()
             deadline = self._conn.next_deadline()
-            if deadline is None:
-                await self._wake_timer.wait()
-                continue
-            with trio.move_on_at(deadline) as scope:
-                await self._wake_timer.wait()
-            if scope.cancelled_caught:
+            if deadline is not None and deadline <= trio.current_time():
                 self._input(self._conn.handle_timer)
+                continue
+            with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
+                self._timer_scope = scope
+                await trio.sleep_forever()
+            self._timer_scope = None
 
     async def _forwarder(self) -> None:
         self._forwarder_task = trio.lowlevel.current_task()
@@ -703,18 +772,22 @@ class Session:
 
     def _feed(self, event: Event, size: int) -> None:
         """Keep ``event`` for ``events()`` if the session still keeps events;
-        with no iterator open, stop keeping them once over the bounds."""
+        with no iterator opened yet, stop keeping them once past
+        ``unread_event_bytes`` or the bounds (an application of handlers only
+        then holds no events once its handlers are done with them)."""
         if self._keeping in (_Keeping.UNTIL_READ, _Keeping.READING):
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 self._events_in.send_nowait(event)  # takes any number: bounded by counting
                 self._kept.append(size)
                 self._kept_bytes += size
-            if self._keeping is _Keeping.UNTIL_READ and self._over_bounds():
+            if self._keeping is _Keeping.UNTIL_READ and (
+                self._kept_bytes > self._unread_event_bytes or self._over_bounds()
+            ):
                 self._log.debug(
-                    "more than %d events or %d bytes went unread from events(); "
+                    "more than %d bytes of events (or more than the event_buffer bounds) "
+                    "went unread from events() before one was opened; "
                     "no longer keeping events for it",
-                    self._event_buffer,
-                    self._event_buffer_bytes,
+                    self._unread_event_bytes,
                 )
                 self._stop_keeping(_Keeping.OVERFLOWED)
         else:
@@ -853,6 +926,7 @@ async def open_session(
     outgoing_buffer: int = 1 << 20,
     event_buffer: int = 1024,
     event_buffer_bytes: int = 8 << 20,
+    unread_event_bytes: int = 64 << 10,
     **options: Any,
 ) -> AsyncIterator[Session]:
     """Open a Pulse transcription session.
@@ -870,9 +944,11 @@ async def open_session(
     way to handlers and ``events()``. Past them, with an ``events()`` iterator
     open, it stops reading from the server until the iterator catches up;
     with none open, it stops keeping events for one (handlers still get every
-    event, a later ``events()`` raises ``LocalProtocolError``). See
-    ``Session.events``. Each must be an integer of at least 1, or
-    ``ConfigurationError`` is raised before any connection.
+    event, a later ``events()`` raises ``LocalProtocolError``).
+    ``unread_event_bytes`` (64 KiB): the most, in the same count, kept for an
+    ``events()`` iterator not yet opened; past it the session stops keeping
+    them, as at the bounds. See ``Session.events``. Each must be an integer of
+    at least 1, or ``ConfigurationError`` is raised before any connection.
     """
     key = api_key if api_key is not None else os.environ.get("SMALLEST_API_KEY")
     if not key:
@@ -891,6 +967,7 @@ async def open_session(
         ("outgoing_buffer", outgoing_buffer),
         ("event_buffer", event_buffer),
         ("event_buffer_bytes", event_buffer_bytes),
+        ("unread_event_bytes", unread_event_bytes),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigurationError(name, value, "an integer of at least 1")
@@ -907,6 +984,7 @@ async def open_session(
         outgoing_buffer=outgoing_buffer,
         event_buffer=event_buffer,
         event_buffer_bytes=event_buffer_bytes,
+        unread_event_bytes=unread_event_bytes,
     )
     hiding = hide_key_in_logs(conn.redactor)  # the stack's own DEBUG lines (§6 rule 12)
     try:

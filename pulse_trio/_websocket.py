@@ -29,7 +29,14 @@ both sides.
   instead, wsproto pull request #100, is still open). :class:`_Connection`
   fails the connection itself, delivers what arrived before, and keeps the
   close this side sent in :func:`violation`, so that the caller can tell it
-  from the peer's.
+  from the peer's. A client then reads on, delivering nothing, until the
+  server hangs up (:func:`hung_up`; RFC 6455 §7.1.1): closing the socket with
+  unread data resets it, and the server could lose the close frame.
+* **One write for many messages.** ``send_message`` takes the stream lock and
+  writes the stream once per message, each a trip through the scheduler;
+  :func:`send_messages` frames several messages through the same wsproto
+  connection and writes them with one ``send_all`` under the same lock, taking
+  the lock without a schedule point when nobody holds it.
 * **Closing while the peer's close frame is being answered.** Once the peer's
   close frame is read, ``aclose()`` returns at once, before the reader task has
   written the answer; a caller that then closes the stream or cancels the
@@ -39,7 +46,7 @@ both sides.
 
 This leans on trio-websocket internals (the reader task, the handshake
 events, the close reason, the message buffer, the wsproto connection, four
-event handlers), the same ones its own
+event handlers, the stream lock), the same ones its own
 ``wrap_client_stream`` and ``wrap_server_stream`` use;
 ``tests/adapter/test_websocket.py`` fails if an upgrade changes them.
 """
@@ -47,6 +54,7 @@ event handlers), the same ones its own
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from typing import Final, NoReturn
 
 import h11
@@ -64,7 +72,15 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Ping, RejectData, TextMessage
 
-__all__ = ["REFUSAL_BODY_LIMIT", "HandshakeFailed", "open_client", "open_server", "violation"]
+__all__ = [
+    "REFUSAL_BODY_LIMIT",
+    "HandshakeFailed",
+    "hung_up",
+    "open_client",
+    "open_server",
+    "send_messages",
+    "violation",
+]
 
 #: Bytes of a refusal's body kept (enough for any error message a server sends).
 REFUSAL_BODY_LIMIT: Final = 64 * 1024
@@ -111,7 +127,8 @@ class _Connection(WebSocketConnection):
     async def _fail(self, why: CloseReason) -> NoReturn:
         """Fail the WebSocket connection (RFC 6455 §7.1.7): send a close frame
         with ``why`` (unless one went out already), hand over the messages that
-        arrived before, and read nothing more."""
+        arrived before, and deliver nothing more (a client reads on until the
+        server hangs up)."""
         self._violation = why
         self._message_parts = []
         self._message_size = 0
@@ -121,6 +138,15 @@ class _Connection(WebSocketConnection):
             with contextlib.suppress(ConnectionClosed):  # the stream is gone: nothing to tell
                 await self._send(CloseConnection(code=why.code, reason=why.reason))
         await self._close_web_socket(why.code, why.reason)
+        if self.is_client:
+            # Read on, delivering nothing, until the server hangs up (RFC 6455
+            # §7.1.1: a client waits for the server to close TCP; see
+            # ``hung_up``, whose caller bounds the wait). Closing the socket with
+            # what the server sent meanwhile unread resets it, and the server
+            # may then never read the close frame.
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                while await self._stream.receive_some(self._receive_buffer_size):
+                    pass
         self._close_handshake.set()
         # Raised to the reader task, which stops reading at once.
         raise ConnectionClosed(self._close_reason)
@@ -133,6 +159,51 @@ class _Connection(WebSocketConnection):
                 self._reject_status, self._reject_headers, body=self._reject_body
             )
         await super()._handle_reject_data_event(event)
+
+
+async def send_messages(ws: WebSocketConnection, messages: Sequence[str | bytes]) -> None:
+    """Send ``messages`` in order, as ``send_message`` would one by one, but
+    with one write to the stream.
+
+    Safe beside the connection's reader and ``aclose()`` for the reasons
+    ``send_message`` is: the close reason is checked and every message framed
+    with no schedule point in between (a close sets the reason before its close
+    frame is framed, so no message is framed after one), and the bytes are
+    written under the stream lock that every write of the connection takes, in
+    the order it was taken. A broken stream is handled as ``_send`` handles it.
+    Raises ``ConnectionClosed`` as ``send_message`` does. A connection that is
+    not one of ours gets ``send_message`` per message.
+    """
+    if not isinstance(ws, _Connection):
+        for message in messages:
+            await ws.send_message(message)
+        return
+    if ws._close_reason:
+        raise ConnectionClosed(ws._close_reason)
+    framing = ws._wsproto
+    data = b"".join(
+        framing.send(TextMessage(data=m) if isinstance(m, str) else BytesMessage(data=m))
+        for m in messages
+    )
+    lock = ws._stream_lock
+    try:
+        lock.acquire_nowait()
+    except trio.WouldBlock:
+        await lock.acquire()
+    try:
+        await ws._stream.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        await ws._abort_web_socket()
+        raise ConnectionClosed(ws._close_reason) from None
+    finally:
+        lock.release()
+
+
+async def hung_up(ws: WebSocketConnection) -> None:
+    """Wait until the close handshake is over: for a connection this side
+    failed, until the server has hung up after reading its close frame."""
+    if isinstance(ws, _Connection):
+        await ws._close_handshake.wait()
 
 
 def violation(ws: WebSocketConnection | None) -> CloseReason | None:

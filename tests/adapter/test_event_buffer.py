@@ -87,7 +87,11 @@ async def test_a_handler_only_session_keeps_no_more_than_the_bounds(
     seen: list[int] = []
     most = (0, 0)
     async with open_session(
-        KEY, base_url=URL, connector=emulator.memory_connector(), event_buffer_bytes=bound
+        KEY,
+        base_url=URL,
+        connector=emulator.memory_connector(),
+        event_buffer_bytes=bound,
+        unread_event_bytes=bound,
     ) as session:
 
         def watch(event: Event) -> None:
@@ -110,6 +114,37 @@ async def test_a_handler_only_session_keeps_no_more_than_the_bounds(
     # At most one server message's events beyond the bound, at any moment.
     assert most[1] <= bound + cost(64_000)
     assert held(session) == (0, 0)
+
+
+async def test_a_handler_only_session_keeps_little_for_an_iterator_it_never_opens(
+    autojump_clock: Any,
+) -> None:
+    # 60 interims of 2,000 characters, about 190 KiB as the session counts
+    # them: with the default bounds it keeps 64 KiB of them at most for an
+    # events() not yet opened, then none.
+    emulator = Emulator()
+    inject(emulator, 60, 2_000)
+    seen: list[int] = []
+    most = 0
+    async with open_session(KEY, base_url=URL, connector=emulator.memory_connector()) as session:
+
+        def watch(event: Event) -> None:
+            nonlocal most
+            most = max(most, session._kept_bytes)
+            if (n := number(event)) is not None:
+                seen.append(n)
+
+        session.event_handler("on_event")(watch)
+        await session.send_audio(encode(["go"], trail=0.1))
+        with trio.fail_after(5):
+            while len(seen) < 60:
+                await trio.sleep(0.01)
+        assert held(session) == (0, 0)  # handlers are done: nothing is held for events()
+        with pytest.raises(LocalProtocolError, match="unread_event_bytes=65536"):
+            async for _ in session.events():
+                pass
+    assert seen == list(range(60))  # handlers got every one, in order
+    assert 0 < most <= 64 << 10
 
 
 async def test_the_count_bound_holds_for_small_events(autojump_clock: Any) -> None:
@@ -286,7 +321,9 @@ async def test_an_iterator_opened_after_the_block_gets_the_events_kept(
 
 
 @pytest.mark.parametrize("value", [0, -1, 1.5, True, "1024", None])
-@pytest.mark.parametrize("name", ["event_buffer", "event_buffer_bytes", "outgoing_buffer"])
+@pytest.mark.parametrize(
+    "name", ["event_buffer", "event_buffer_bytes", "unread_event_bytes", "outgoing_buffer"]
+)
 async def test_buffer_sizes_are_checked_before_connecting(name: str, value: Any) -> None:
     emulator = Emulator()
     with pytest.raises(ConfigurationError) as info:

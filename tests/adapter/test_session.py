@@ -21,6 +21,7 @@ from trio_websocket import CloseReason, ConnectionClosed, ConnectionRejected
 
 import pulse_core._config
 from pulse_core import (
+    Closed,
     ConfigurationError,
     Connected,
     ConnectionFailed,
@@ -107,6 +108,37 @@ async def test_finalize_gives_one_finalized_transcript_per_turn(autojump_clock: 
     assert all(e.latency is not None and e.latency < 0.5 for e in answers)
     summary = session.engine.summary()
     assert summary.latency.count == 2 and summary.finalized_turns == 2
+
+
+async def test_the_timer_calls_the_engine_at_its_deadlines_never_before(
+    autojump_clock: Any,
+) -> None:
+    # Coalescing, keepalive and finalize deadlines, moved earlier and later by
+    # audio: each handle_timer comes once the deadline the engine asked for has
+    # passed, and none comes before it.
+    emulator = Emulator()
+    calls: list[tuple[float, float | None]] = []
+    async with session_with(
+        emulator, keepalive_interval=0.5, max_chunk_delay=0.05, chunk_bytes=640
+    ) as (session, events):
+        engine = session.engine
+        handle_timer = engine.handle_timer
+
+        def spy(now: float) -> None:
+            calls.append((now, engine.next_deadline()))
+            handle_timer(now)
+
+        engine.handle_timer = spy  # type: ignore[method-assign]
+        for _ in range(5):  # whole frames, each pushing the keepalive back before it is due
+            await trio.sleep(0.4)
+            await session.send_audio(bytes(640))
+        await speak(session, "tick tock", chunk=100, pace=0.013)  # partial frames: coalescing
+        await trio.sleep(2.0)  # keepalives
+        await session.speech_stopped()
+        await trio.sleep(0.5)
+    assert len(calls) >= 4
+    assert all(deadline is not None and now >= deadline for now, deadline in calls), calls
+    assert finals(events) == ["tick tock"]
 
 
 async def test_keepalive_after_idle(autojump_clock: Any) -> None:
@@ -824,3 +856,38 @@ async def test_send_audio_waits_when_the_outgoing_buffer_is_full(autojump_clock:
 
 def _unused(_: Callable[..., Any]) -> None:  # keeps the import list honest for mypy
     pass
+
+
+async def test_send_audio_takes_all_or_nothing_and_yields_only_when_behind(
+    autojump_clock: Any,
+) -> None:
+    emulator = Emulator()
+    async with session_with(emulator, chunk_bytes=640) as (session, events):
+        with trio.testing.assert_checkpoints():
+            await session.send_audio(bytes(640))  # connecting: other tasks run
+        await trio.sleep(0.1)  # connected: whole frames are written at once
+        taken = session.engine.summary().audio_seconds_sent
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await session.send_audio(bytes(640))  # a cancel point: raises, takes nothing
+        assert scope.cancelled_caught
+        await trio.sleep(0.1)
+        assert session.engine.summary().audio_seconds_sent == taken
+
+        # A cancel point and a schedule point both (trio.testing's "checkpoint")
+        # only while connecting or while audio sent before is still unwritten; with
+        # nothing behind, a cancel point only (trio counts it), no schedule point.
+        with (
+            pytest.raises(AssertionError, match="did not yield"),
+            trio.testing.assert_checkpoints(),
+        ):
+            await session.send_audio(bytes(640))
+        with trio.testing.assert_checkpoints():
+            await session.send_audio(bytes(640))  # the first is not written yet
+        with trio.CancelScope() as scope:
+            await session.send_audio(bytes(640))
+            scope.cancel()  # taken: the cancellation comes at the next checkpoint
+            await trio.sleep(0)
+        await trio.sleep(0.1)
+        assert session.engine.summary().audio_seconds_sent == taken + 3 * 0.02
+    assert kinds(events, Closed) == ["Closed"]

@@ -198,16 +198,19 @@ class SlowUplink:
         ssl_context: ssl.SSLContext | None,
     ) -> WebSocketConnection:
         ws = await default_connector(nursery, url, headers, ssl_context)
-        send = ws.send_message
+        # Below the WebSocket: the session's writer frames its messages itself
+        # and writes the stream (``_websocket.send_messages``).
+        stream = ws._stream
+        send = stream.send_all
 
-        async def send_message(message: str | bytes) -> None:
+        async def send_all(data: bytes | bytearray | memoryview) -> None:
             if self.armed:
                 self.armed = False
                 self.writing.set()
                 await trio.sleep(self.delay)
-            await send(message)
+            await send(data)
 
-        ws.send_message = send_message  # type: ignore[method-assign]
+        stream.send_all = send_all  # type: ignore[method-assign]
         return ws
 
 

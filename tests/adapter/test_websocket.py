@@ -27,6 +27,7 @@ from pulse_trio._websocket import (
     HandshakeFailed,
     open_client,
     open_server,
+    send_messages,
     violation,
 )
 
@@ -345,3 +346,59 @@ async def test_aclose_returns_once_the_peers_close_frame_is_answered() -> None:
         server_stream=server_stream,
     )
     assert answers == [1000]
+
+
+# -- several messages in one write ------------------------------------------------------------
+
+
+class CountedWrites(SlowWrites):
+    """A stream that counts its writes (and does not slow them)."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        super().__init__(inner, 0.0)
+        self.writes = 0
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes += 1
+        await self.inner.send_all(data)
+
+
+async def test_send_messages_writes_them_at_once_and_the_peer_reads_each() -> None:
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    counted = CountedWrites(client_stream)
+    received: list[str | bytes] = []
+
+    async def server(stream: trio.abc.Stream) -> None:
+        async with trio.open_nursery() as nursery:
+            ws = await (await open_server(nursery, stream)).accept()
+            received.extend([await ws.get_message() for _ in range(3)])
+            nursery.cancel_scope.cancel()
+
+    async def body(ws: WebSocketConnection) -> None:
+        before = counted.writes
+        await send_messages(ws, [b"\x01\x02", '{"type":"finalize"}', b"\x03" * 300])
+        assert counted.writes == before + 1
+        while len(received) < 3:
+            await trio.sleep(0.001)
+
+    await client_against(server, body, client_stream=counted, server_stream=server_stream)
+    assert received == [b"\x01\x02", '{"type":"finalize"}', b"\x03" * 300]
+
+
+async def test_send_messages_after_the_close_raises_and_writes_nothing() -> None:
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    counted = CountedWrites(client_stream)
+
+    async def server(stream: trio.abc.Stream) -> None:
+        await stream.send_all(switching(await read_request(stream)))
+        await trio.sleep_forever()
+
+    async def body(ws: WebSocketConnection) -> None:
+        with trio.move_on_after(0.05):
+            await ws.aclose()  # the server never answers: the close is under way
+        before = counted.writes
+        with pytest.raises(ConnectionClosed):
+            await send_messages(ws, [b"\x01\x02"])
+        assert counted.writes == before
+
+    await client_against(server, body, client_stream=counted, server_stream=server_stream)

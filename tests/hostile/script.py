@@ -204,10 +204,12 @@ class RepeatFinal:
 @attrs.frozen(kw_only=True)
 class SplitFinals:
     """Cover the pending audio with ``pieces`` finals, sent in reverse order
-    (the latest audio first)."""
+    (the latest audio first). With ``sent``, only that many of them (the
+    latest) go out: the rest are never sent."""
 
     pieces: int = 2
     from_finalize: bool | None = None
+    sent: int | None = None
 
 
 @attrs.frozen(kw_only=True)

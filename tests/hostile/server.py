@@ -620,7 +620,8 @@ class _Connection:
         # no other final (nor a hang-up) may come between them.
         outer, self.batch = self.batch, bytearray()
         try:
-            for low, high in reversed(list(itertools.pairwise(bounds))):
+            latest_first = list(reversed(list(itertools.pairwise(bounds))))
+            for low, high in latest_first[: action.sent]:
                 await self._emit(
                     self._words(low, high),
                     low,
