@@ -1212,7 +1212,7 @@ async def test_finals_out_of_order_never_finished_report_what_they_stepped_over(
         await session.send_audio(speech(2.5))
         assert await server.wait_for(lambda: len(server.upgraded) == 2)
 
-    server, outcome = await against(first, body=body)
+    _, outcome = await against(first, body=body)
     assert outcome.error is None, repr(outcome.error)
     drops = outcome.of(AudioDropped)
     assert drops and {drop.reason for drop in drops} == {DropReason.OUT_OF_ORDER}, drops
