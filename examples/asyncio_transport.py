@@ -55,7 +55,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConcurrencyError, ConnectionClosed, InvalidStatus, InvalidURI
 
 from pulse_core import (
-    AudioDropped,
+    HANDLER_EVENTS,
     CloseConnection,
     Closed,
     Command,
@@ -64,25 +64,17 @@ from pulse_core import (
     Connected,
     ConnectionConfig,
     ConnectionFailed,
-    Disconnected,
     Event,
-    FinalizeTimedOut,
     LocalProtocolError,
-    MalformedMessage,
     PulseConnection,
     PulseError,
-    Reconnecting,
     SendBinary,
     SendPing,
     SendText,
-    ServerError,
     Settings,
-    SettingsApplied,
-    SpeechEnded,
-    SpeechStarted,
     State,
-    Transcript,
-    UnhandledMessage,
+    check_handler_name,
+    handler_names,
 )
 
 __all__ = [
@@ -96,24 +88,6 @@ __all__ = [
 
 logger = logging.getLogger("pulse_asyncio")
 
-#: Handler names, as ``pulse_trio.HANDLER_EVENTS`` has them.
-HANDLER_EVENTS: Mapping[str, tuple[type, ...]] = {
-    "on_connected": (Connected,),
-    "on_disconnected": (Disconnected,),
-    "on_connection_error": (ConnectionFailed,),
-    "on_reconnecting": (Reconnecting,),
-    "on_transcript": (Transcript,),
-    "on_interim_transcript": (Transcript,),
-    "on_final_transcript": (Transcript,),
-    "on_speech_started": (SpeechStarted,),
-    "on_speech_ended": (SpeechEnded,),
-    "on_server_error": (ServerError, MalformedMessage, UnhandledMessage),
-    "on_audio_dropped": (AudioDropped,),
-    "on_finalize_timeout": (FinalizeTimedOut,),
-    "on_settings_applied": (SettingsApplied,),
-    "on_closed": (Closed,),
-    "on_event": (object,),
-}
 #: Seconds the close handshake of a connection the engine closed may take.
 _CLOSE_WAIT = 2.0
 #: Frames websockets holds read but not yet taken (it stops reading past them).
@@ -348,8 +322,7 @@ class AsyncioSession:
     def event_handler(self, name: str) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
         """Register a handler (sync or async) by event name, as a decorator. A
         handler that raises is logged; the session goes on."""
-        if name not in HANDLER_EVENTS:
-            raise ValueError(f"unknown event handler {name!r}; one of {', '.join(HANDLER_EVENTS)}")
+        check_handler_name(name)
 
         def register(handler: Callable[[Any], Any]) -> Callable[[Any], Any]:
             self._handlers[name].append(handler)
@@ -610,15 +583,8 @@ class AsyncioSession:
         self._taken.raise_()
 
     async def _dispatch(self, event: Event) -> None:
-        for name, kinds in HANDLER_EVENTS.items():
-            if not isinstance(event, kinds) or not self._handlers.get(name):
-                continue
-            if isinstance(event, Transcript) and (
-                (name == "on_final_transcript" and not event.is_final)
-                or (name == "on_interim_transcript" and event.is_final)
-            ):
-                continue
-            for handler in self._handlers[name]:
+        for name in handler_names(event):  # pulse_core says which handlers get it
+            for handler in self._handlers.get(name, ()):
                 try:
                     result = handler(event)
                     if inspect.isawaitable(result):

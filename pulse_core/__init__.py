@@ -30,6 +30,7 @@ from ._events import (
     Transcript,
     UnhandledMessage,
 )
+from ._handlers import HANDLER_EVENTS, check_handler_name, handler_names
 from ._languages import CURRENT_STREAMING_LANGUAGES, Language, Region
 from ._messages import (
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -53,6 +54,7 @@ __all__ = [
     "CURRENT_STREAMING_LANGUAGES",
     "DEFAULT_BASE_URL",
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "HANDLER_EVENTS",
     "LEGACY_PATH",
     "LIVE_PATH",
     "SAMPLE_RATES",
@@ -105,6 +107,8 @@ __all__ = [
     "Utterance",
     "Word",
     "__version__",
+    "check_handler_name",
+    "handler_names",
     "opus_packet_ticks",
     "parse_server_message",
 ]

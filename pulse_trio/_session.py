@@ -49,6 +49,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from pulse_core import (
+    HANDLER_EVENTS,
     AudioDropped,
     CloseConnection,
     Closed,
@@ -61,7 +62,6 @@ from pulse_core import (
     Disconnected,
     Encoding,
     Event,
-    FinalizeTimedOut,
     LocalProtocolError,
     MalformedMessage,
     OggPageSplitter,
@@ -72,12 +72,9 @@ from pulse_core import (
     SendText,
     ServerError,
     Settings,
-    SettingsApplied,
-    SpeechEnded,
-    SpeechStarted,
     State,
-    Transcript,
-    UnhandledMessage,
+    check_handler_name,
+    handler_names,
     opus_packet_ticks,
 )
 
@@ -93,24 +90,6 @@ logger = logging.getLogger("pulse_trio")
 
 Handler: TypeAlias = Callable[[Any], Any]
 
-#: Handler names (the service-event names Pipecat users know, and more).
-HANDLER_EVENTS: Mapping[str, tuple[type, ...]] = {
-    "on_connected": (Connected,),
-    "on_disconnected": (Disconnected,),
-    "on_connection_error": (ConnectionFailed,),
-    "on_reconnecting": (Reconnecting,),
-    "on_transcript": (Transcript,),
-    "on_interim_transcript": (Transcript,),
-    "on_final_transcript": (Transcript,),
-    "on_speech_started": (SpeechStarted,),
-    "on_speech_ended": (SpeechEnded,),
-    "on_server_error": (ServerError, MalformedMessage, UnhandledMessage),
-    "on_audio_dropped": (AudioDropped,),
-    "on_finalize_timeout": (FinalizeTimedOut,),
-    "on_settings_applied": (SettingsApplied,),
-    "on_closed": (Closed,),
-    "on_event": (object,),
-}
 _DISCONNECT_TIMEOUT = 2.0
 #: What an event counts for at least: the object and its small fields (a short
 #: transcript with its ``raw`` mapping takes about 0.9 KiB).
@@ -341,8 +320,7 @@ class Session:
         ``on_final_transcript`` gets finals only and ``on_interim_transcript``
         interims only. A handler that raises is logged; the session goes on.
         """
-        if name not in HANDLER_EVENTS:
-            raise ValueError(f"unknown event handler {name!r}; one of {', '.join(HANDLER_EVENTS)}")
+        check_handler_name(name)
 
         def register(handler: Handler) -> Handler:
             self._handlers[name].append(handler)
@@ -804,16 +782,8 @@ class Session:
         self._taken.raise_()
 
     async def _dispatch(self, event: Event) -> None:
-        for name, kinds in HANDLER_EVENTS.items():
-            handlers = self._handlers.get(name)
-            if not handlers or not isinstance(event, kinds):
-                continue
-            if isinstance(event, Transcript) and (
-                (name == "on_final_transcript" and not event.is_final)
-                or (name == "on_interim_transcript" and event.is_final)
-            ):
-                continue
-            for handler in handlers:
+        for name in handler_names(event):  # the rule is pulse_core's (_handlers.py)
+            for handler in self._handlers.get(name, ()):
                 try:
                     result = handler(event)
                     if inspect.isawaitable(result):
