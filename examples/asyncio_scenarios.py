@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from examples.asyncio_transport import AsyncioSession, open_session
 from pulse_core import Event
-from pulse_trio.emulator.scenarios import Observed, Target, observe
+from pulse_trio.emulator.scenarios import Observed, Target, observe, play
 
 __all__ = ["factory", "run_steps"]
 
@@ -41,25 +41,7 @@ async def run_steps(target: Target, opener: Opener = open_session) -> Observed:
                 session.event_handler("on_event")(events.append)
                 connected = asyncio.Event()
                 session.event_handler("on_connected")(lambda _event: connected.set())
-                for step in target.steps:
-                    if step.op == "audio":
-                        size = target.chunk_bytes
-                        for start in range(0, len(step.audio), size):
-                            await session.send_audio(step.audio[start : start + size])
-                    elif step.op == "speech_stopped":
-                        await session.speech_stopped()
-                    elif step.op == "finalize":
-                        await session.finalize()
-                    elif step.op == "update_settings":
-                        await session.update_settings(**step.changes)
-                    elif step.op == "wait":
-                        await asyncio.sleep(step.seconds)
-                    elif step.op == "wait_connected":
-                        await connected.wait()
-                    elif step.op == "close":
-                        break
-                    else:
-                        raise ValueError(f"unknown step {step.op!r}")
+                await play(target, session, sleep=asyncio.sleep, connected=connected.wait)
     except Exception as exc:  # the session's documented error, or the timeout
         error = exc
     return observe(events, error)

@@ -35,7 +35,7 @@ import json
 import ssl
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeAlias
 
@@ -58,6 +58,7 @@ __all__ = [
     "Target",
     "main",
     "observe",
+    "play",
     "run_all",
     "run_scenario",
     "serving",
@@ -536,6 +537,41 @@ def run_all(factory: Factory, names: Sequence[str] = ()) -> list[Result]:
     return [run_scenario(scenario, factory) for scenario in chosen]
 
 
+# -- carrying out the steps ---------------------------------------------------------------
+
+
+async def play(
+    target: Target,
+    session: Any,
+    *,
+    sleep: Callable[[float], Awaitable[object]],
+    connected: Callable[[], Awaitable[object]],
+) -> None:
+    """Carry out ``target.steps`` on ``session``, any session with
+    ``pulse_trio.Session``'s methods, whatever its event loop: ``sleep`` and
+    ``connected`` (returns once a ``Connected`` event came) are that loop's.
+    Returns at the ``close`` step or the last one; leaving the session is the
+    caller's."""
+    for step in target.steps:
+        if step.op == "audio":
+            for start in range(0, len(step.audio), target.chunk_bytes):
+                await session.send_audio(step.audio[start : start + target.chunk_bytes])
+        elif step.op == "speech_stopped":
+            await session.speech_stopped()
+        elif step.op == "finalize":
+            await session.finalize()
+        elif step.op == "update_settings":
+            await session.update_settings(**step.changes)
+        elif step.op == "wait":
+            await sleep(step.seconds)
+        elif step.op == "wait_connected":
+            await connected()
+        elif step.op == "close":
+            return
+        else:
+            raise ValueError(f"unknown step {step.op!r}")
+
+
 # -- the Trio adapter's factory ----------------------------------------------------------
 
 
@@ -557,24 +593,7 @@ def trio_factory(target: Target) -> Observed:
             session.event_handler("on_event")(events.append)
             connected = trio.Event()
             session.event_handler("on_connected")(lambda _event: connected.set())
-            for step in target.steps:
-                if step.op == "audio":
-                    for start in range(0, len(step.audio), target.chunk_bytes):
-                        await session.send_audio(step.audio[start : start + target.chunk_bytes])
-                elif step.op == "speech_stopped":
-                    await session.speech_stopped()
-                elif step.op == "finalize":
-                    await session.finalize()
-                elif step.op == "update_settings":
-                    await session.update_settings(**step.changes)
-                elif step.op == "wait":
-                    await trio.sleep(step.seconds)
-                elif step.op == "wait_connected":
-                    await connected.wait()
-                elif step.op == "close":
-                    break
-                else:
-                    raise ValueError(f"unknown step {step.op!r}")
+            await play(target, session, sleep=trio.sleep, connected=connected.wait)
 
     async def run() -> BaseException | None:
         try:
