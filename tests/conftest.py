@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -52,3 +53,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
                 f"python -m pytest '{item.nodeid}' --hypothesis-seed={seed}",
             )
         )
+
+
+@pytest.fixture
+def pipecat_python() -> str:
+    """The interpreter with pipecat-ai installed that ``PULSE_PIPECAT_PYTHON``
+    names (``.ci/run`` makes one); tests that need it are skipped without it."""
+    python = os.environ.get("PULSE_PIPECAT_PYTHON")
+    if not python:
+        pytest.skip("set PULSE_PIPECAT_PYTHON to a Python that has pipecat-ai installed")
+    if not Path(python).exists():
+        pytest.fail(f"PULSE_PIPECAT_PYTHON={python} does not exist")
+    return python

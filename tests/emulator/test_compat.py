@@ -41,7 +41,6 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import json
-import os
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -494,16 +493,6 @@ async def main():
 
 asyncio.run(main())
 '''
-
-
-@pytest.fixture
-def pipecat_python() -> str:
-    python = os.environ.get("PULSE_PIPECAT_PYTHON")
-    if not python:
-        pytest.skip("set PULSE_PIPECAT_PYTHON to a Python that has pipecat-ai installed")
-    if not Path(python).exists():
-        pytest.fail(f"PULSE_PIPECAT_PYTHON={python} does not exist")
-    return python
 
 
 async def test_pipecat_smallest_stt_gets_exactly_the_words(

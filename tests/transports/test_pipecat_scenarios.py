@@ -14,9 +14,6 @@ never a silent pass.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
 from examples import pipecat_scenarios
@@ -26,16 +23,6 @@ from pulse_trio.emulator.scenarios import SCENARIOS, Scenario, run_scenario
 EXPRESSED = frozenset(
     {"audio", "speech_stopped", "finalize", "update_settings", "wait", "wait_connected", "close"}
 )
-
-
-@pytest.fixture
-def pipecat_python() -> str:
-    python = os.environ.get("PULSE_PIPECAT_PYTHON")
-    if not python:
-        pytest.skip("set PULSE_PIPECAT_PYTHON to a Python that has pipecat-ai installed")
-    if not Path(python).exists():
-        pytest.fail(f"PULSE_PIPECAT_PYTHON={python} does not exist")
-    return python
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)

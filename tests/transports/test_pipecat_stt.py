@@ -35,16 +35,6 @@ FIRST, SECOND = (token_turn(words) for words in TURNS)
 WORDS = [" ".join(words) for words in TURNS]
 
 
-@pytest.fixture
-def pipecat_python() -> str:
-    python = os.environ.get("PULSE_PIPECAT_PYTHON")
-    if not python:
-        pytest.skip("set PULSE_PIPECAT_PYTHON to a Python that has pipecat-ai installed")
-    if not Path(python).exists():
-        pytest.fail(f"PULSE_PIPECAT_PYTHON={python} does not exist")
-    return python
-
-
 def turn(audio: bytes, *, stop: bool = True) -> list[list[Any]]:
     steps: list[list[Any]] = [["speech_started"], ["audio", audio.hex()]]
     return [*steps, ["speech_stopped"]] if stop else steps
