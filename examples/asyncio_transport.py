@@ -139,25 +139,20 @@ def engine_input(
     text the server may control, so it is passed through ``redact`` (PROTOCOL
     §6 rule 12).
     """
-    name, arguments = _engine_input(exc, opened, redact)
-    arguments["reason"] = redact(arguments["reason"])
+    name, arguments = _engine_input(exc, opened)
+    if "reason" in arguments:
+        arguments["reason"] = redact(arguments["reason"])
     return name, arguments
 
 
-def _engine_input(
-    exc: BaseException, opened: bool, redact: Callable[[str], str]
-) -> tuple[str, dict[str, Any]]:
+def _engine_input(exc: BaseException, opened: bool) -> tuple[str, dict[str, Any]]:
     if isinstance(exc, InvalidStatus):
+        # The engine words it (the body redacted, then cut) and reads Retry-After.
         response = exc.response
-        body = redact(bytes(response.body or b"").decode("utf-8", "replace").strip())[:200]
-        retry_after: float | None = None
-        with contextlib.suppress(ValueError):  # an HTTP date: leave the delay to the policy
-            value = response.headers.get("Retry-After")
-            retry_after = max(0.0, float(value)) if value is not None else None
-        return "connection_failed", {
+        return "connection_refused", {
             "status": response.status_code,
-            "reason": f"HTTP {response.status_code}" + (f": {body}" if body else ""),
-            "retry_after": retry_after,
+            "body": bytes(response.body or b""),
+            "retry_after": response.headers.get("Retry-After"),
         }
     if isinstance(exc, ConnectionClosed) and opened:
         if exc.sent is not None and (exc.rcvd is None or exc.rcvd_then_sent is False):

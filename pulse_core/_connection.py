@@ -38,7 +38,7 @@ from ._liveness import LIVENESS_PING, Check, Liveness
 from ._losses import STALLED, Loss, broke_protocol, closed_by_server, handshake, silent
 from ._messages import ErrorMessage, TranscriptionMessage
 from ._outbound import Outbound
-from ._retry import JitterSource, Retry, Verdict
+from ._retry import JitterSource, Retry, Verdict, refusal_reason, retry_after_seconds
 from ._secrets import Redactor
 from ._settings import Settings
 from ._state import SOCKET_STATES, TERMINAL_STATES, TRANSITIONS, State, Trigger
@@ -317,6 +317,26 @@ class PulseConnection:
             return  # about an attempt the engine already abandoned
         self._connect_failed(
             now, status=status, reason=reason, retry_after=retry_after, final=permanent
+        )
+
+    def connection_refused(
+        self,
+        now: float,
+        *,
+        status: int,
+        body: bytes | str = b"",
+        retry_after: str | bytes | float | None = None,
+    ) -> None:
+        """The server answered the last ``Connect`` with HTTP ``status``
+        instead of 101: ``body`` and ``retry_after`` (the ``Retry-After``
+        header) as they came. The engine words the refusal (the body redacted,
+        then cut) and reads the header (seconds; a date is left to the
+        policy), then judges it as :meth:`connection_failed` does."""
+        self.connection_failed(
+            now,
+            status=status,
+            reason=refusal_reason(self._redactor, status, body),
+            retry_after=retry_after_seconds(retry_after),
         )
 
     def connection_closed(self, now: float, *, code: int | None = None, reason: str = "") -> None:

@@ -30,13 +30,17 @@ import attrs
 
 from ._config import ReconnectPolicy
 from ._events import ConnectionFailed, Reconnecting
+from ._secrets import Redactor
 
 __all__ = [
     "CONCURRENCY_LIMIT_CLOSE",
     "PERMANENT_ERROR_CODES",
+    "REFUSAL_BODY_CHARS",
     "JitterSource",
     "Retry",
     "Verdict",
+    "refusal_reason",
+    "retry_after_seconds",
 ]
 
 #: Server error codes after which reconnecting cannot help: every new
@@ -44,6 +48,33 @@ __all__ = [
 PERMANENT_ERROR_CODES: Final = frozenset({"LANGUAGE_NOT_ENABLED_IN_REGION"})
 #: Close code the service uses when the account's concurrency limit is reached.
 CONCURRENCY_LIMIT_CLOSE: Final = 1008
+#: Characters of a refusal's body kept in its reason (after redaction).
+REFUSAL_BODY_CHARS: Final = 200
+
+
+def retry_after_seconds(value: str | bytes | float | None) -> float | None:
+    """A ``Retry-After`` header as seconds to wait (``None``: none usable).
+
+    Seconds are taken as given, a negative count as no wait; an HTTP date, or
+    anything else that is not a number, leaves the delay to the policy (the
+    engine has no wall clock to measure a date against).
+    """
+    if value is None or isinstance(value, float | int):
+        return None if value is None else max(0.0, float(value))
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    try:
+        return max(0.0, float(text.strip()))
+    except ValueError:
+        return None
+
+
+def refusal_reason(redactor: Redactor, status: int, body: bytes | str) -> str:
+    """How a refusal is worded: its status and the start of its body, the
+    key hidden *before* the body is cut, so the cut cannot leave a prefix of
+    it (PROTOCOL §6 rule 12)."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    shown = redactor.text(text.strip())[:REFUSAL_BODY_CHARS]
+    return f"HTTP {status}" + (f": {shown}" if shown else "")
 # 4xx statuses that are worth retrying: request timeout and rate limiting.
 _RETRYABLE_CLIENT_ERRORS: Final = frozenset({408, 429})
 

@@ -221,6 +221,13 @@ def _apply(engine: Any, step: Mapping[str, Any]) -> Any:
             reason=step.get("reason", ""),
             retry_after=step.get("retry_after"),
         )
+    if action == "connection_refused":
+        return engine.connection_refused(
+            now,
+            status=step["status"],
+            body=step.get("body", ""),
+            retry_after=step.get("retry_after"),
+        )
     if action == "connection_closed":
         return engine.connection_closed(now, code=step.get("code"), reason=step.get("reason", ""))
     if action == "protocol_violation":

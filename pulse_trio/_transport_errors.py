@@ -107,27 +107,29 @@ def engine_input(
     ended a connection whose WebSocket is ``ws`` (``None``: it never opened).
 
     Every ``reason`` is text the server may control: it is passed through
-    ``redact`` (PROTOCOL §6 rule 12), a refusal's body before it is cut.
+    ``redact`` (PROTOCOL §6 rule 12); a refusal's body goes to the engine whole
+    (``connection_refused``), which redacts it before it cuts it.
     """
-    name, arguments = _engine_input(exc, ws, redact)
-    arguments["reason"] = redact(arguments["reason"])
+    name, arguments = _engine_input(exc, ws)
+    if "reason" in arguments:
+        arguments["reason"] = redact(arguments["reason"])
     return name, arguments
 
 
-def _engine_input(
-    exc: BaseException, ws: WebSocketConnection | None, redact: Callable[[str], str]
-) -> tuple[str, dict[str, Any]]:
+def _engine_input(exc: BaseException, ws: WebSocketConnection | None) -> tuple[str, dict[str, Any]]:
     failed = violation(ws)
     if failed is not None:
         # This side failed the connection: the server broke the protocol.
         return "protocol_violation", {"code": failed.code, "reason": failed.reason or ""}
     if isinstance(exc, ConnectionRejected):
-        # Redacted before it is cut, so the cut leaves no prefix of the key.
-        body = redact((exc.body or b"").decode("utf-8", "replace").strip())[:200]
-        return "connection_failed", {
+        # The engine words it: the body redacted, then cut (PROTOCOL §6 rule 12).
+        retry_after = next(
+            (value for name, value in exc.headers or () if name.lower() == b"retry-after"), None
+        )
+        return "connection_refused", {
             "status": exc.status_code,
-            "reason": f"HTTP {exc.status_code}" + (f": {body}" if body else ""),
-            "retry_after": _retry_after(exc.headers),
+            "body": exc.body or b"",
+            "retry_after": retry_after,
         }
     text = _describe(exc)
     if ws is not None:
@@ -160,16 +162,6 @@ def _describe(exc: BaseException) -> str:
     if cause is not None and str(cause) and str(cause) not in text:
         text += f" ({type(cause).__name__}: {cause})"
     return text
-
-
-def _retry_after(headers: tuple[tuple[bytes, bytes], ...] | None) -> float | None:
-    for name, value in headers or ():
-        if name.lower() == b"retry-after":
-            try:
-                return max(0.0, float(value.decode("latin-1").strip()))
-            except ValueError:
-                return None  # an HTTP date: leave the delay to the policy
-    return None
 
 
 def _certificate_error(exc: BaseException) -> str | None:

@@ -30,7 +30,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pulse_core import ConnectionFailed, Reconnecting, ReconnectPolicy
-from pulse_core._retry import CONCURRENCY_LIMIT_CLOSE, PERMANENT_ERROR_CODES, Retry, Verdict
+from pulse_core._retry import (
+    CONCURRENCY_LIMIT_CLOSE,
+    PERMANENT_ERROR_CODES,
+    REFUSAL_BODY_CHARS,
+    Retry,
+    Verdict,
+    refusal_reason,
+    retry_after_seconds,
+)
+from pulse_core._secrets import Redactor
 
 
 class Draws:
@@ -420,3 +429,39 @@ def test_one_draw_per_retry_and_delays_within_the_policy(
         assert verdict.delay == pytest.approx(max(rules.delay(expected_attempt, draw), floor))
         assert raw * (1 - jitter) - 1e-9 <= verdict.delay <= max(raw, floor) + 1e-9
     assert draws.calls == scheduled
+
+
+# -- a refusal as the transport saw it -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("3", 3.0),
+        (b" 2.5 ", 2.5),
+        ("-4", 0.0),
+        ("inf", float("inf")),  # then refused for now by max_retry_after
+        ("Wed, 21 Oct 2026 07:28:00 GMT", None),  # a date: the policy's own delay
+        ("soon", None),
+        ("", None),
+        (None, None),
+        (7, 7.0),
+    ],
+)
+def test_retry_after_is_read_as_seconds(
+    header: str | bytes | int | None, seconds: float | None
+) -> None:
+    assert retry_after_seconds(header) == seconds
+
+
+def test_a_refusal_body_is_redacted_before_it_is_cut() -> None:
+    key = "sk_retry_test_key_0123456789"
+    redactor = Redactor(key)
+    # The key straddles the cut: cut first, its head would be left showing.
+    body = ("x" * (REFUSAL_BODY_CHARS - 5) + key + " more").encode()
+    reason = refusal_reason(redactor, 401, body)
+    assert reason.startswith("HTTP 401: xxx") and reason.endswith("<reda")
+    assert key[:5] not in reason  # too short a piece to be recognised once cut
+    assert len(reason) == len("HTTP 401: ") + REFUSAL_BODY_CHARS
+    assert refusal_reason(redactor, 503, b"  ") == "HTTP 503"
+    assert refusal_reason(redactor, 400, b"\xffbad") == "HTTP 400: \ufffdbad"
