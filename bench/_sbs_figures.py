@@ -18,6 +18,9 @@ driver's record (what the client asked, got and spent) with the server's
 * ``peak_rss_mb`` and ``rss_per_session_kb``: the client process's peak
   resident set, and that minus an idle interpreter's with the client library
   imported, over the sessions;
+* ``replay_kb``: the most audio a session held for replay at once (sampled
+  after every chunk sent), averaged over the sessions; only pulse holds any.
+  ``rss_per_session_kb`` less it is the memory the issue's goal is about;
 * ``delivery_p50/p99``: a final's arrival at the client minus the moment the
   server's send of it returned (same machine, same ``time.time()`` clock);
 * ``finalize_p50/p99``: a final's arrival minus the moment the driver asked
@@ -33,7 +36,7 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["ratio_rows", "run_figures", "table"]
+__all__ = ["added_rows", "ratio_rows", "run_figures", "table"]
 
 
 def _quantile(values: Sequence[float], q: float) -> float | None:
@@ -50,7 +53,8 @@ def run_figures(
     rate, sessions = plan["rate"], plan["sessions"]
     turns = max(1, round(plan["seconds"] / plan["finalize_every"]))
     planned_seconds = sessions * turns * plan["finalize_every"]
-    audio = server["bytes"] / (2 * rate)
+    # A pacing floor sends nothing: its audio is what it walked through.
+    audio = (server["bytes"] or record.get("paced", 0)) / (2 * rate)
     keys = [f"s{s} t{t}" for s in range(sessions) for t in range(turns)]
     got, asked, sent = record.get("got", {}), record.get("asked", {}), server["finals"]
     delivery = [got[key] - sent[key] for key in keys if key in got and key in sent]
@@ -70,6 +74,7 @@ def run_figures(
         "finals": sum(key in got for key in keys) / len(keys),
         "peak_rss_mb": peak_kb / 1024,
         "rss_per_session_kb": (peak_kb - idle_kb) / sessions if sessions else None,
+        "replay_kb": record.get("replay_held", 0) / 1024 / sessions if sessions else None,
         "delivery_p50": _quantile(delivery, 0.5),
         "delivery_p99": _quantile(delivery, 0.99),
         "finalize_p50": _quantile(finalize, 0.5),
@@ -112,9 +117,9 @@ def table(cells: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
     """Markdown: a row per workload and client, medians of the repeats (min-max)."""
     lines = [
         "| workload | client | CPU s / audio h | kept up | lag p99 ms | speed x | "
-        "peak RSS MB | RSS / session KB | delivery p50 / p99 ms | finalize p50 / p99 ms | "
-        "finals | server load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "peak RSS MB | RSS / session KB | of it replay KB | delivery p50 / p99 ms | "
+        "finalize p50 / p99 ms | finals | server load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for workload, clients in cells.items():
         for client, runs in clients.items():
@@ -140,6 +145,7 @@ def table(cells: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
                         _show(spread("speed"), digits=1),
                         _show(spread("peak_rss_mb")),
                         _show(spread("rss_per_session_kb")),
+                        _show(spread("replay_kb")),
                         f"{_show(spread('delivery_p50'), 1000, 1)} / "
                         f"{_show(spread('delivery_p99'), 1000, 1)}",
                         f"{_show(spread('finalize_p50'), 1000, 1)} / "
@@ -181,4 +187,66 @@ def ratio_rows(
             numbers[workload][client] = {"ratios": ratios, "median": spread and spread[0]}
             parts.append(f"/{client} {_show(spread, digits=2)}")
         lines.append(f"| {workload} | {'; '.join(parts)} |")
+    return "\n".join(lines), numbers
+
+
+#: Which pacing floor each client's event loop is measured against.
+LOOPS = {
+    "pulse-20ms": "trio-pacing",
+    "pulse-100ms": "trio-pacing",
+    "trio-websocket": "trio-pacing",
+    "smallestai": "asyncio-pacing",
+    "pipecat": "asyncio-pacing",
+    "websockets": "asyncio-pacing",
+}
+
+
+def added_rows(
+    cells: dict[str, dict[str, list[dict[str, Any]]]], reference: str
+) -> tuple[str, dict[str, dict[str, Any]]]:
+    """What each client adds to its event loop's own pacing: its CPU per audio
+    hour less its loop's pacing floor's (``LOOPS``), in the same repeat; then
+    ``reference``'s added cost over each other client's (median of repeats).
+    Empty when the pacing floors did not run."""
+    numbers: dict[str, dict[str, Any]] = {}
+    lines = [
+        f"| workload | CPU s / audio h added to the event loop's pacing, per client; "
+        f"{reference}'s over each |",
+        "|---|---|",
+    ]
+
+    def added(client: str, clients: dict[str, list[dict[str, Any]]]) -> list[float | None]:
+        floor = clients.get(LOOPS.get(client, ""), [])
+        return [
+            run["cpu_per_audio_hour"] - base["cpu_per_audio_hour"]
+            if run.get("cpu_per_audio_hour") and base.get("cpu_per_audio_hour")
+            else None
+            for run, base in zip(clients[client], floor, strict=False)
+        ]
+
+    for workload, clients in cells.items():
+        if reference not in clients or not any(loop in clients for loop in LOOPS.values()):
+            continue
+        ours = added(reference, clients)
+        numbers[workload] = {}
+        parts = []
+        for client in clients:
+            if client not in LOOPS:
+                continue
+            theirs = added(client, clients)
+            ratios = [
+                a / b for a, b in zip(ours, theirs, strict=False) if a is not None and b and b > 0
+            ]
+            spread = _median(list(theirs))
+            numbers[workload][client] = {
+                "added": [value for value in theirs if value is not None],
+                "ratios": ratios,
+            }
+            text = f"{client} {_show(spread)}"
+            if client != reference and ratios:
+                text += f" ({reference}/it {_show(_median(list(ratios)), digits=2)})"
+            parts.append(text)
+        lines.append(f"| {workload} | {'; '.join(parts)} |")
+    if len(lines) == 2:
+        return "", numbers
     return "\n".join(lines), numbers

@@ -14,7 +14,11 @@ and how fast finals reach it, for:
 * ``pipecat``: ``SmallestSTTService`` in a minimal pipeline per session
   (``drivers/pipecat_driver.py``);
 * ``trio-websocket`` and ``websockets``: the floors, the same conversation
-  over the bare socket libraries (``drivers/*_driver.py``).
+  over the bare socket libraries (``drivers/*_driver.py``);
+* ``trio-pacing`` and ``asyncio-pacing``: the floors under those, the same
+  schedule walked in each event loop with nothing sent
+  (``drivers/pacing_driver.py``): what waking every 20 ms per session costs
+  the application before any client does any work.
 
 Workloads: ``W1 N=...``: N concurrent sessions, each sending 16 kHz linear16 in
 real time (20 ms chunks unless the client says otherwise), a finalize every
@@ -57,13 +61,13 @@ ROOT = BENCH.parent
 sys.path[:0] = [str(ROOT), str(BENCH)]
 
 from _sbs_envs import prepare  # noqa: E402
-from _sbs_figures import ratio_rows, run_figures, table  # noqa: E402
+from _sbs_figures import added_rows, ratio_rows, run_figures, table  # noqa: E402
 
 from pulse_trio.emulator.token_audio import encode  # noqa: E402
 
 RATE = 16000
 API_KEY = "bench-key"
-# name: (driver, environment, chunk milliseconds)
+# name: (driver and its arguments, environment, chunk milliseconds)
 CLIENTS: dict[str, tuple[str, str, int]] = {
     "pulse-20ms": ("pulse_driver.py", "pulse", 20),
     "pulse-100ms": ("pulse_driver.py", "pulse", 100),
@@ -71,6 +75,8 @@ CLIENTS: dict[str, tuple[str, str, int]] = {
     "pipecat": ("pipecat_driver.py", "pipecat", 20),
     "trio-websocket": ("trio_websocket_driver.py", "pulse", 20),
     "websockets": ("websockets_driver.py", "smallestai", 20),
+    "trio-pacing": ("pacing_driver.py trio", "pulse", 20),
+    "asyncio-pacing": ("pacing_driver.py asyncio", "smallestai", 20),
 }
 REFERENCE = "pulse-20ms"
 
@@ -126,7 +132,7 @@ def run_client(
     python: str, client: str, plan: dict[str, Any], folder: Path, timeout: float
 ) -> tuple[dict[str, Any], int, str]:
     """Run one driver; its record, its peak RSS (kB, from the kernel) and its stderr's tail."""
-    driver = BENCH / "drivers" / CLIENTS[client][0]
+    driver, *driver_arguments = CLIENTS[client][0].split()
     plan_file = folder / f"plan-{client}.json"
     plan_file.write_text(json.dumps(plan))
     record_file = Path(plan["out"])
@@ -138,7 +144,7 @@ def run_client(
         env.pop("PYTHONPATH", None)  # the environment's own install, not the checkout
     with open(folder / f"{client}.stderr", "w+") as errors:
         process = subprocess.Popen(
-            [python, str(driver), str(plan_file)],
+            [python, str(BENCH / "drivers" / driver), str(plan_file), *driver_arguments],
             stdout=subprocess.DEVNULL,
             stderr=errors,
             env=env,
@@ -298,10 +304,14 @@ def main() -> None:
     results["table"] = table(cells)
     ratios_text, ratios = ratio_rows(cells, REFERENCE)
     results["ratios"] = ratios
+    added_text, results["added"] = added_rows(cells, REFERENCE)
     args.out.write_text(json.dumps(results, indent=1))
     print(results["table"])
     print()
     print(ratios_text)
+    if added_text:
+        print()
+        print(added_text)
 
 
 def _plan(

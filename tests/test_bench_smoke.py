@@ -1,4 +1,5 @@
-"""The side-by-side benchmark still runs: one short pulse session, end to end.
+"""The side-by-side benchmark still runs: one short pulse session, end to end,
+beside its event loop's pacing floor.
 
 ``bench/side_by_side.py`` is a benchmark, not a test, and its full run takes
 half an hour in virtual environments of its own. This runs it the cheapest
@@ -33,6 +34,7 @@ def test_one_pulse_session_gives_every_figure(tmp_path: Path) -> None:
             "--current",
             "--clients",
             "pulse-20ms",
+            "trio-pacing",
             "--workloads",
             "w1",
             "--sessions",
@@ -54,7 +56,7 @@ def test_one_pulse_session_gives_every_figure(tmp_path: Path) -> None:
     )
     assert process.returncode == 0, process.stderr[-3000:]
     results = json.loads(out.read_text())
-    (run,) = results["runs"]
+    run, pacing = results["runs"]
     assert (run["workload"], run["client"]) == ("W1 N=1", "pulse-20ms")
     figures = run["figures"]
     assert figures["errors"] == []
@@ -72,6 +74,18 @@ def test_one_pulse_session_gives_every_figure(tmp_path: Path) -> None:
         assert 0 <= figures[name] < 5, name
     assert figures["finalize_p50"] >= figures["delivery_p50"]
     assert "| W1 N=1 | pulse-20ms |" in process.stdout
+    # The engine held the turn's audio for replay until its final came.
+    assert 0 < figures["replay_kb"] <= 2 * 16000 * 2 / 1024
+    # The pacing floor walked the same schedule, sent nothing, and its cost is
+    # taken from pulse's in the added figures.
+    assert pacing["client"] == "trio-pacing"
+    assert pacing["server"]["bytes"] == 0
+    assert pacing["figures"]["cpu_per_audio_hour"] > 0
+    assert pacing["figures"]["received"] == pytest.approx(1.0)
+    added = results["added"]["W1 N=1"]["pulse-20ms"]["added"]
+    assert added == [
+        pytest.approx(figures["cpu_per_audio_hour"] - pacing["figures"]["cpu_per_audio_hour"])
+    ]
     assert results["machine"]["nproc"] >= 1
 
 

@@ -94,6 +94,11 @@ class Record:
         self.lag: list[float] = []
         self.errors: list[str] = []
         self.finished = 0
+        #: Summed over sessions: the most audio each held for replay at once
+        #: (clients that hold none leave it 0).
+        self.replay_held = 0
+        #: Audio bytes walked through by a pacing floor, which has no server.
+        self.paced = 0
         self._cpu = 0.0
         self._wall = 0.0
         self.started = 0.0
@@ -129,6 +134,8 @@ class Record:
                     "wall": wall,
                     "started": self.started,
                     "peak_rss_kb": peak,
+                    "replay_held": self.replay_held,
+                    "paced": self.paced,
                     "asked": self.asked,
                     "got": self.got,
                     "lag": self.lag,

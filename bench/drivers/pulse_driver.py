@@ -31,15 +31,18 @@ async def session(plan: Plan, record: Record, number: int, start: float) -> None
                 record.final(event.text)
 
             chunk = 0
+            held = 0  # the most audio the engine held for replay at once
             for turn in range(plan.turns):
                 for data in plan.chunks(number, turn):
                     if plan.realtime:
                         await trio.sleep_until(_trio_time(plan.due(number, chunk, start)))
                     await live.send_audio(data)
+                    held = max(held, live.engine.buffered_bytes)
                     chunk += 1
                 due = plan.due(number, chunk, start) if plan.realtime else None
                 record.finalize(number, turn, due)
                 await live.finalize()
+            record.replay_held += held
         record.finished += 1
     except Exception as exc:  # reported in the results, never hidden
         record.error(number, exc)
