@@ -8,6 +8,7 @@ Ticks are integers, so positions in the session never drift.
 from __future__ import annotations
 
 import enum
+import functools
 import struct
 
 __all__ = ["SAMPLE_RATES", "Encoding", "OggPageSplitter", "opus_packet_ticks"]
@@ -56,12 +57,22 @@ class Encoding(enum.StrEnum):
         return OPUS_CLOCK_RATE if self.compressed else sample_rate
 
     def silence(self, sample_rate: int, seconds: float) -> bytes | None:
-        """``seconds`` of silence, or ``None`` for encodings without byte silence."""
-        width = self.sample_width
-        fill = self.silence_byte
-        if width is None or fill is None:
-            return None
-        return bytes([fill]) * (round(sample_rate * seconds) * width)
+        """``seconds`` of silence, or ``None`` for encodings without byte silence.
+
+        The same few lengths are asked for by every session (the keepalive's),
+        so the bytes are made once and shared: they are immutable."""
+        return _silence(self, sample_rate, seconds)
+
+
+@functools.lru_cache(maxsize=32)
+def _silence(encoding: Encoding, sample_rate: int, seconds: float) -> bytes | None:
+    """:meth:`Encoding.silence`, made once per (encoding, rate, length) and
+    shared (at most 32 kept; a long keepalive silence is a few KiB)."""
+    width = encoding.sample_width
+    fill = encoding.silence_byte
+    if width is None or fill is None:
+        return None
+    return bytes([fill]) * (round(sample_rate * seconds) * width)
 
 
 _WIDTHS = {Encoding.LINEAR16: 2, Encoding.LINEAR32: 4, Encoding.ALAW: 1, Encoding.MULAW: 1}

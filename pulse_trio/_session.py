@@ -98,6 +98,11 @@ _EVENT_BYTES = 1024
 _WRITE_BATCH = 64 * 1024
 
 
+#: Reconnect delays' jitter, shared by every session that is not given its own
+#: (a generator's state is 2.5 KiB; nothing needs a stream of its own).
+_JITTER = random.Random()
+
+
 def _message_bytes(message: str | bytes) -> int:
     """What the events made of one server message hold in memory, estimated
     cheaply from the message, and from above.
@@ -945,7 +950,7 @@ async def open_session(
         raise ConfigurationError(
             "ssl_context", "<SSLContext>", "a wss:// base_url (ws:// is never encrypted)"
         )
-    conn = PulseConnection(config, jitter=jitter if jitter is not None else random.Random())
+    conn = PulseConnection(config, jitter=jitter if jitter is not None else _JITTER)
     session = Session(
         conn,
         connector=connector
