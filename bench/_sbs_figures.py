@@ -204,49 +204,52 @@ LOOPS = {
 def added_rows(
     cells: dict[str, dict[str, list[dict[str, Any]]]], reference: str
 ) -> tuple[str, dict[str, dict[str, Any]]]:
-    """What each client adds to its event loop's own pacing: its CPU per audio
-    hour less its loop's pacing floor's (``LOOPS``), in the same repeat; then
-    ``reference``'s added cost over each other client's (median of repeats).
-    Empty when the pacing floors did not run."""
+    """What each client adds to its event loop's own pacing (``LOOPS``): its
+    CPU per audio hour and its RSS per session, less its loop's pacing
+    floor's, in the same repeat (medians of repeats); and ``reference``'s
+    added CPU over each other client's. Empty when no pacing floor ran."""
     numbers: dict[str, dict[str, Any]] = {}
     lines = [
-        f"| workload | CPU s / audio h added to the event loop's pacing, per client; "
-        f"{reference}'s over each |",
-        "|---|---|",
+        f"| workload | client | CPU s / audio h added to its loop's pacing | "
+        f"{reference} / client, added CPU | RSS / session KB added | of it replay KB |",
+        "|---|---|---|---|---|---|",
     ]
 
-    def added(client: str, clients: dict[str, list[dict[str, Any]]]) -> list[float | None]:
+    def added(client: str, name: str, clients: dict[str, list[dict[str, Any]]]) -> list[Any]:
         floor = clients.get(LOOPS.get(client, ""), [])
         return [
-            run["cpu_per_audio_hour"] - base["cpu_per_audio_hour"]
-            if run.get("cpu_per_audio_hour") and base.get("cpu_per_audio_hour")
+            run[name] - base[name]
+            if run.get(name) is not None and base.get(name) is not None
             else None
             for run, base in zip(clients[client], floor, strict=False)
         ]
 
     for workload, clients in cells.items():
-        if reference not in clients or not any(loop in clients for loop in LOOPS.values()):
+        if not any(loop in clients for loop in LOOPS.values()):
             continue
-        ours = added(reference, clients)
+        ours = added(reference, "cpu_per_audio_hour", clients) if reference in clients else []
         numbers[workload] = {}
-        parts = []
-        for client in clients:
-            if client not in LOOPS:
+        for client, runs in clients.items():
+            if client not in LOOPS or LOOPS[client] not in clients:
                 continue
-            theirs = added(client, clients)
-            ratios = [
-                a / b for a, b in zip(ours, theirs, strict=False) if a is not None and b and b > 0
-            ]
-            spread = _median(list(theirs))
-            numbers[workload][client] = {
-                "added": [value for value in theirs if value is not None],
-                "ratios": ratios,
-            }
-            text = f"{client} {_show(spread)}"
-            if client != reference and ratios:
-                text += f" ({reference}/it {_show(_median(list(ratios)), digits=2)})"
-            parts.append(text)
-        lines.append(f"| {workload} | {'; '.join(parts)} |")
+            cpu = added(client, "cpu_per_audio_hour", clients)
+            rss = added(client, "rss_per_session_kb", clients)
+            ratios = [a / b for a, b in zip(ours, cpu, strict=False) if a is not None and b]
+            numbers[workload][client] = {"cpu": cpu, "rss": rss, "ratios": ratios}
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        workload,
+                        client,
+                        _show(_median(cpu)),
+                        "-" if client == reference else _show(_median(list(ratios)), digits=2),
+                        _show(_median(rss)),
+                        _show(_median([run.get("replay_kb") for run in runs])),
+                    ]
+                )
+                + " |"
+            )
     if len(lines) == 2:
         return "", numbers
     return "\n".join(lines), numbers

@@ -82,7 +82,7 @@ def test_one_pulse_session_gives_every_figure(tmp_path: Path) -> None:
     assert pacing["server"]["bytes"] == 0
     assert pacing["figures"]["cpu_per_audio_hour"] > 0
     assert pacing["figures"]["received"] == pytest.approx(1.0)
-    added = results["added"]["W1 N=1"]["pulse-20ms"]["added"]
+    added = results["added"]["W1 N=1"]["pulse-20ms"]["cpu"]
     assert added == [
         pytest.approx(figures["cpu_per_audio_hour"] - pacing["figures"]["cpu_per_audio_hour"])
     ]

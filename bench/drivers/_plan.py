@@ -22,6 +22,7 @@ import json
 import resource
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,13 +63,21 @@ class Plan:
 
     def turn_audio(self, session: int, turn: int) -> bytes:
         """Session ``session``'s turn ``turn``: silence, two words, 0.1 s of silence."""
-        spoken = self._words[f"s{session}"] + self._gap + self._words[f"t{turn}"] + self._gap
-        return bytes(self.turn_bytes - len(spoken)) + spoken
+        return b"".join(self.chunks(session, turn))
 
-    def chunks(self, session: int, turn: int) -> list[bytes]:
-        audio = self.turn_audio(session, turn)
+    def chunks(self, session: int, turn: int) -> Iterator[bytes]:
+        """The turn's audio in chunks, each made as it is asked for (as a live
+        source reads them), so that a driver holds no more of its audio than
+        a client is given: memory per session is the client's."""
+        spoken = self._words[f"s{session}"] + self._gap + self._words[f"t{turn}"] + self._gap
+        silent = self.turn_bytes - len(spoken)
         size = self.chunk_bytes
-        return [audio[start : start + size] for start in range(0, len(audio), size)]
+        for start in range(0, self.turn_bytes, size):
+            end = min(start + size, self.turn_bytes)
+            if end <= silent:
+                yield bytes(end - start)
+            else:
+                yield bytes(max(0, silent - start)) + spoken[max(0, start - silent) : end - silent]
 
     def due(self, session: int, chunk: int, start: float) -> float:
         """When chunk number ``chunk`` of a session is due, in real time.
