@@ -339,7 +339,7 @@ class Session:
         Events are kept for one iterator from the start of the session, so one
         opened soon after entering the ``async with`` block still gets
         ``Connected`` and the first transcripts: until an iterator is opened,
-        the session keeps at most ``unread_event_bytes`` (64 KiB) of them for
+        the session keeps at most ``unread_event_bytes`` (16 KiB) of them for
         it, counted as below; past that it stops keeping them (see the second
         case below), so that an application of handlers only pays no memory
         for an iterator it never opens. The session holds at most
@@ -901,7 +901,7 @@ async def open_session(
     outgoing_buffer: int = 1 << 20,
     event_buffer: int = 1024,
     event_buffer_bytes: int = 8 << 20,
-    unread_event_bytes: int = 64 << 10,
+    unread_event_bytes: int = 16 << 10,
     **options: Any,
 ) -> AsyncIterator[Session]:
     """Open a Pulse transcription session.
@@ -920,7 +920,7 @@ async def open_session(
     open, it stops reading from the server until the iterator catches up;
     with none open, it stops keeping events for one (handlers still get every
     event, a later ``events()`` raises ``LocalProtocolError``).
-    ``unread_event_bytes`` (64 KiB): the most, in the same count, kept for an
+    ``unread_event_bytes`` (16 KiB): the most, in the same count, kept for an
     ``events()`` iterator not yet opened; past it the session stops keeping
     them, as at the bounds. See ``Session.events``. Each must be an integer of
     at least 1, or ``ConfigurationError`` is raised before any connection.

@@ -120,7 +120,7 @@ async def test_a_handler_only_session_keeps_little_for_an_iterator_it_never_open
     autojump_clock: Any,
 ) -> None:
     # 60 interims of 2,000 characters, about 190 KiB as the session counts
-    # them: with the default bounds it keeps 64 KiB of them at most for an
+    # them: with the default bounds it keeps 16 KiB of them at most for an
     # events() not yet opened, then none.
     emulator = Emulator()
     inject(emulator, 60, 2_000)
@@ -140,11 +140,11 @@ async def test_a_handler_only_session_keeps_little_for_an_iterator_it_never_open
             while len(seen) < 60:
                 await trio.sleep(0.01)
         assert held(session) == (0, 0)  # handlers are done: nothing is held for events()
-        with pytest.raises(LocalProtocolError, match="unread_event_bytes=65536"):
+        with pytest.raises(LocalProtocolError, match="unread_event_bytes=16384"):
             async for _ in session.events():
                 pass
     assert seen == list(range(60))  # handlers got every one, in order
-    assert 0 < most <= 64 << 10
+    assert 0 < most <= 16 << 10
 
 
 async def test_the_count_bound_holds_for_small_events(autojump_clock: Any) -> None:
@@ -244,7 +244,7 @@ async def test_a_late_iterator_gets_every_event_kept_so_far_then_the_rest(
     autojump_clock: Any,
 ) -> None:
     emulator = Emulator()
-    inject(emulator, 5, 2_000)
+    inject(emulator, 3, 2_000)  # about 9 KiB as the session counts them: all kept
     handled: list[Event] = []
     iterated: list[Event] = []
     async with (
@@ -254,7 +254,7 @@ async def test_a_late_iterator_gets_every_event_kept_so_far_then_the_rest(
         session.event_handler("on_event")(handled.append)
         await session.send_audio(encode(["early"], trail=0.1))
         with trio.fail_after(5):
-            while sum(number(e) is not None for e in handled) < 5:
+            while sum(number(e) is not None for e in handled) < 3:
                 await trio.sleep(0.01)
         await trio.sleep(1)
 
