@@ -8,11 +8,17 @@ to the live connection's outbox and its events to the forwarder; nothing
 waits there. The tasks under the session:
 
 * one *link* task per connection dials (through its connector, ``_connector``),
-  then reads frames into the engine;
+  then hands what the connection reads to the engine (``_websocket.deliver``:
+  the connection's reader task does so itself, as each message is read);
 * that connection's *writer* carries out its outbox in order (it alone writes);
   each ping gets a task of its own that reports the pong (``pong_received``);
 * the *timer* calls ``handle_timer`` whenever the engine's deadline passes;
-* the *forwarder* hands events to handlers and to ``events()``.
+* the *forwarder* hands events to handlers and to ``events()``, and awaits
+  what handlers return. While it is idle, the task that read a message calls
+  the handlers of the events made of it at once (``_receive``), so a final
+  reaches a plain function's handler with no trip through the scheduler; a
+  handler that returns an awaitable hands it, and what follows, to the
+  forwarder. One of the two dispatches at a time, in order.
 
 Buffers and their bounds: audio waiting to be written (``outgoing_buffer``
 bytes; ``send_audio`` waits when full), events on their way to handlers and
@@ -41,7 +47,7 @@ import random
 import ssl
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeAlias
 
@@ -82,7 +88,7 @@ from ._connector import Connector, close_transport, default_connector
 from ._errors import SessionFailedError, error_for
 from ._log_redaction import hide_key_in_logs, stop_hiding
 from ._transport_errors import EXPECTED, WRITE_ENDED, engine_input, first, is_transport_error
-from ._websocket import hung_up, send_messages, violation
+from ._websocket import deliver, hung_up, send_messages, violation
 
 __all__ = ["HANDLER_EVENTS", "Session", "open_session"]
 
@@ -235,6 +241,17 @@ class Session:
         self._taken = _Signal()  # an event left the session: there may be room
         self._handlers: dict[str, list[Handler]] = collections.defaultdict(list)
         self._wake_forwarder = trio.Event()
+        #: The forwarder waits with nothing of its own to finish: the reader may
+        #: call handlers itself (``_receive``).
+        self._forwarder_idle = False
+        #: The reader is handing a message to the engine and will call the
+        #: handlers itself: ``_pump`` need not wake the forwarder.
+        self._reader_dispatches = False
+        #: The handler calls still to make for the first queued event, once
+        #: started (``_dispatch_ready``).
+        self._head_calls: Iterator[tuple[str, Handler]] | None = None
+        #: What a handler (named) returned for the forwarder to await, from the reader.
+        self._handed_over: tuple[str, Awaitable[Any]] | None = None
         #: The scope the timer sleeps in, its deadline the engine's (``_timer``).
         self._timer_scope: trio.CancelScope | None = None
         self._events_done = trio.Event()  # the forwarder delivered Closed
@@ -454,7 +471,8 @@ class Session:
                         # (PROTOCOL §6 rule 12) into the application's traceback.
                         trio.lowlevel.current_trio_token().run_sync_soon(self.body_scope.cancel)
             self._events.extend(events)
-            self._wake_forwarder.set()
+            if not self._reader_dispatches:
+                self._wake_forwarder.set()
         timer = self._timer_scope
         if timer is not None:
             deadline = self._conn.next_deadline()
@@ -625,13 +643,7 @@ class Session:
         self._report(link, "connection_opened")
         self._log_replay(link)
         try:
-            while True:
-                message = await ws.get_message()
-                self._events.arriving = _message_bytes(message)
-                if self._log.isEnabledFor(logging.DEBUG):
-                    self._log.debug("received %s", _describe_frame(message, self._redact))
-                self._report(link, "receive_message", message)
-                await self._backpressure()
+            await deliver(ws, functools.partial(self._receive, link))
         except ConnectionClosed as exc:
             if link.closing:
                 # Closing the transport now would cut the close frame being
@@ -643,6 +655,32 @@ class Session:
                 # hangs up; closing first could reset the close frame away.
                 with trio.move_on_after(_DISCONNECT_TIMEOUT):
                     await hung_up(link.ws)
+
+    async def _receive(self, link: _Link, message: str | bytes) -> None:
+        """Hand a message from ``link`` to the engine, as soon as it is read
+        (``deliver`` calls this from the task reading the socket).
+
+        If the forwarder is idle, the events made of it go to their handlers
+        here and now, with no trip through the scheduler to the forwarder: a
+        final reaches its handler as soon as it is read. A handler that
+        returns an awaitable hands it, and the rest of the events, over to the
+        forwarder, which awaits it (reading never waits for a handler).
+        """
+        self._events.arriving = _message_bytes(message)
+        if self._log.isEnabledFor(logging.DEBUG):
+            self._log.debug("received %s", _describe_frame(message, self._redact))
+        self._reader_dispatches = self._forwarder_idle
+        try:
+            self._report(link, "receive_message", message)
+        finally:
+            dispatch, self._reader_dispatches = self._reader_dispatches, False
+        if dispatch and self._events:
+            pending = self._dispatch_ready()
+            if pending is not None:
+                self._handed_over = pending
+                self._forwarder_idle = False  # from now on it is the forwarder's turn
+                self._wake_forwarder.set()
+        await self._backpressure()
 
     def _link_failed(self, link: _Link, exc: BaseException) -> None:
         """``exc`` ended ``link``: tell the engine (if it still cares)."""
@@ -738,20 +776,62 @@ class Session:
             self._timer_scope = None
 
     async def _forwarder(self) -> None:
+        """Hand queued events to handlers and ``events()``, awaiting what the
+        handlers return; the reader does the same for what it reads while
+        this task is idle (``_receive``), so one of the two at a time does."""
         self._forwarder_task = trio.lowlevel.current_task()
         while True:
-            while self._events:
-                event, size = self._events.first()  # counted until handlers are done
-                self._log_event(event)
-                await self._dispatch(event)
-                self._events.popleft()
-                self._feed(event, size)
-                if isinstance(event, Closed):
-                    self._events_in.close()
-                    self._events_done.set()
+            pending, self._handed_over = self._handed_over, None
+            while True:
+                if pending is not None:
+                    name, awaitable = pending
+                    try:
+                        await awaitable
+                    except Exception:  # a handler's bug must not end the session
+                        self._log.exception("event handler %s raised", name)
+                pending = self._dispatch_ready()
+                if pending is None:
+                    break
             self._wake_forwarder = trio.Event()
-            if not self._events:
-                await self._wake_forwarder.wait()
+            if not self._events and self._handed_over is None:
+                self._forwarder_idle = True
+                try:
+                    await self._wake_forwarder.wait()
+                finally:
+                    self._forwarder_idle = False
+
+    def _dispatch_ready(self) -> tuple[str, Awaitable[Any]] | None:
+        """Call the handlers of the queued events in order, and keep each event
+        for ``events()`` once its handlers are done; stop at a handler that
+        returns an awaitable and return it with the handler's name (the
+        forwarder awaits it, then calls this again to go on from the next
+        handler)."""
+        while self._events:
+            event, size = self._events.first()  # counted until handlers are done
+            calls = self._head_calls
+            if calls is None:
+                self._log_event(event)
+                calls = self._head_calls = self._calls(event)
+            for name, handler in calls:
+                try:
+                    result = handler(event)
+                except Exception:  # a handler's bug must not end the session
+                    self._log.exception("event handler %s raised", name)
+                    continue
+                if inspect.isawaitable(result):
+                    return name, result
+            self._head_calls = None
+            self._events.popleft()
+            self._feed(event, size)
+            if isinstance(event, Closed):
+                self._events_in.close()
+                self._events_done.set()
+        return None
+
+    def _calls(self, event: Event) -> Iterator[tuple[str, Handler]]:
+        for name in handler_names(event):  # the rule is pulse_core's (_handlers.py)
+            for handler in self._handlers.get(name, ()):
+                yield name, handler
 
     def _feed(self, event: Event, size: int) -> None:
         """Keep ``event`` for ``events()`` if the session still keeps events;
@@ -785,16 +865,6 @@ class Session:
         self._kept.clear()
         self._kept_bytes = 0
         self._taken.raise_()
-
-    async def _dispatch(self, event: Event) -> None:
-        for name in handler_names(event):  # the rule is pulse_core's (_handlers.py)
-            for handler in self._handlers.get(name, ()):
-                try:
-                    result = handler(event)
-                    if inspect.isawaitable(result):
-                        await result
-                except Exception:  # a handler's bug must not end the session
-                    self._log.exception("event handler %s raised", name)
 
     def _log_event(self, event: Event) -> None:
         log = self._log

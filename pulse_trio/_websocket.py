@@ -54,8 +54,8 @@ event handlers, the stream lock), the same ones its own
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
-from typing import Final, NoReturn
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final, NoReturn, cast
 
 import h11
 import trio
@@ -75,6 +75,7 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, RejectData, Text
 __all__ = [
     "REFUSAL_BODY_LIMIT",
     "HandshakeFailed",
+    "deliver",
     "hung_up",
     "open_client",
     "open_server",
@@ -109,12 +110,32 @@ class _Connection(WebSocketConnection):
             return  # closing: no pong (RFC 6455 §5.5.2), and wsproto would raise
         await super()._handle_ping_event(event)
 
+    #: Where whole messages go as they are read (:func:`deliver`), if set.
+    _sink: Callable[[str | bytes], Awaitable[None]] | None = None
+    #: Messages put in the message buffer and not yet handed on by
+    #: :func:`deliver`: while there are any, the next goes there too.
+    _queued = 0
+
     async def _handle_message_event(self, event: BytesMessage | TextMessage) -> None:
         if self._message_size + len(event.data) > self._max_message_size:
             await self._fail(
                 CloseReason(1009, f"message over max_message_size ({self._max_message_size})")
             )
-        await super()._handle_message_event(event)
+        sink = self._sink
+        if sink is None or self._queued or not event.message_finished:
+            if event.message_finished:
+                self._queued += 1
+            await super()._handle_message_event(event)
+            return
+        parts = self._message_parts
+        message: str | bytes
+        if isinstance(event, BytesMessage):
+            message = b"".join([*cast("list[bytes]", parts), event.data])
+        else:
+            message = "".join([*cast("list[str]", parts), event.data])
+        self._message_parts = []
+        self._message_size = 0
+        await sink(message)
 
     async def _handle_close_connection_event(self, event: CloseConnection) -> None:
         # A close frame from the peer moves wsproto to REMOTE_CLOSING (or to
@@ -197,6 +218,31 @@ async def send_messages(ws: WebSocketConnection, messages: Sequence[str | bytes]
         raise ConnectionClosed(ws._close_reason) from None
     finally:
         lock.release()
+
+
+async def deliver(
+    ws: WebSocketConnection, sink: Callable[[str | bytes], Awaitable[None]]
+) -> NoReturn:
+    """Hand every message ``ws`` receives to ``sink``, in order, until the
+    connection ends; then raise ``ConnectionClosed`` as ``get_message`` does.
+
+    For one of our connections the reader task calls ``sink`` itself as each
+    message is read, with no memory channel and no task between them; the
+    messages that were put in the buffer before (from the handshake on) are
+    handed on first, and until they are, later ones queue behind them. So
+    ``sink`` sees every message once, in the order it came. Reading waits
+    while ``sink`` does. Another connection is read with ``get_message``.
+    """
+    if not isinstance(ws, _Connection):
+        while True:
+            await sink(await ws.get_message())
+    ws._sink = sink
+    while True:
+        message = await ws.get_message()  # raises ConnectionClosed at the end
+        try:
+            await sink(message)
+        finally:
+            ws._queued -= 1
 
 
 async def hung_up(ws: WebSocketConnection) -> None:

@@ -785,6 +785,54 @@ async def test_handlers_sync_async_and_failing(autojump_clock: Any, caplog: Any)
     assert any("handler bug" in r.exc_text for r in caplog.records if r.exc_text)
 
 
+async def test_plain_handlers_are_called_as_the_message_is_read(autojump_clock: Any) -> None:
+    # A transcript reaches a plain function's handler from the task that read
+    # it, with no wait for the forwarder task to be scheduled.
+    emulator = Emulator()
+    callers: list[trio.lowlevel.Task] = []
+    async with session_with(emulator) as (session, _):
+        session.event_handler("on_transcript")(
+            lambda event: callers.append(trio.lowlevel.current_task())
+        )
+        await speak(session, "read and handled")
+        await session.speech_stopped()
+        forwarder = session._forwarder_task
+    assert len(callers) >= 2
+    assert forwarder is not None and forwarder not in callers
+
+
+async def test_an_awaitable_from_a_plain_handler_is_awaited_before_anything_after_it(
+    autojump_clock: Any,
+) -> None:
+    # A plain function that returns a coroutine: the reader hands it to the
+    # forwarder, and neither the next handler nor the next event's handlers
+    # run before it is done, while transcripts keep arriving meanwhile, some
+    # of them together (read before the forwarder has run at all).
+    emulator = Emulator()
+    for n in range(4):
+        emulator.faults.malformed(
+            f'{{"type":"transcription","is_final":false,"transcript":"burst {n}"}}'
+        )
+    seen: list[tuple[str, str]] = []
+
+    async def slow(event: Transcript) -> None:
+        seen.append(("start", event.text))
+        await trio.sleep(0.3)
+        seen.append(("end", event.text))
+
+    async with session_with(emulator) as (session, _):
+        session.event_handler("on_transcript")(lambda event: slow(event))
+        session.event_handler("on_transcript")(lambda event: seen.append(("after", event.text)))
+        await speak(session, "one two three four five six")
+        await session.speech_stopped()
+    assert [text for step, text in seen if step == "after"][:4] == [f"burst {n}" for n in range(4)]
+    assert len(seen) >= 18
+    for at in range(0, len(seen), 3):
+        (start, text), (end, same), (after, again) = seen[at : at + 3]
+        assert (start, end, after) == ("start", "end", "after")
+        assert text == same == again
+
+
 async def test_aclose_is_idempotent_and_exit_after_it_is_fine(autojump_clock: Any) -> None:
     emulator = Emulator()
     async with session_with(emulator) as (session, events):

@@ -25,6 +25,7 @@ from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketConnec
 from pulse_trio._websocket import (
     REFUSAL_BODY_LIMIT,
     HandshakeFailed,
+    deliver,
     open_client,
     open_server,
     send_messages,
@@ -402,3 +403,47 @@ async def test_send_messages_after_the_close_raises_and_writes_nothing() -> None
         assert counted.writes == before
 
     await client_against(server, body, client_stream=counted, server_stream=server_stream)
+
+
+# -- messages handed on as they are read ------------------------------------------------------
+
+
+async def test_deliver_hands_on_every_message_once_in_order_from_the_handshake_on() -> None:
+    # The first batch comes with the handshake's answer, so it is read (into
+    # a buffer of one message, the reader then waiting to put the next) before
+    # deliver() starts; the second comes once the client has caught up, and
+    # the reader hands it on itself. Both in order, none twice or lost.
+    caught_up = trio.Event()
+
+    async def server(stream: trio.abc.Stream) -> None:
+        key = await read_request(stream)
+        first = b"".join(frame(TEXT, str(i).encode(), masked=False) for i in range(20))
+        await stream.send_all(switching(key) + first)
+        await caught_up.wait()
+        second = b"".join(frame(TEXT, str(i).encode(), masked=False) for i in range(20, 40))
+        await stream.send_all(second + frame(CLOSE, struct.pack("!H", 1000), masked=False))
+        await trio.sleep_forever()
+
+    got: list[int] = []
+    readers: set[trio.lowlevel.Task] = set()
+
+    async def body(ws: WebSocketConnection) -> None:
+        await trio.sleep(0.1)  # the first batch is read meanwhile
+        delivering = trio.lowlevel.current_task()
+
+        async def sink(message: str | bytes) -> None:
+            got.append(int(message))
+            readers.add(trio.lowlevel.current_task())
+            if len(got) % 3 == 0:
+                await trio.sleep(0.001)  # a sink that waits now and then
+            if len(got) == 20:
+                caught_up.set()
+
+        with pytest.raises(ConnectionClosed):
+            await deliver(ws, sink)
+        assert got == list(range(40))
+        # The buffered ones were handed on by deliver()'s task, the later ones
+        # by the reader task as it read them.
+        assert delivering in readers and len(readers) == 2
+
+    await client_against(server, body)

@@ -724,6 +724,39 @@ async def test_a_handler_only_session_keeps_a_bounded_amount_of_events() -> None
     assert kept < 8 << 20, f"the session kept {kept / 2**20:.1f} MiB of events"
 
 
+async def test_a_burst_of_transcripts_meets_its_handlers_in_order() -> None:
+    """Point 8: transcripts read together, each with a handler that is a
+    plain function returning a coroutine and a plain one after it. Handlers
+    of plain functions are called by the task reading the socket, awaitables
+    by the forwarder: the coroutine is awaited to its end before the next
+    handler or the next transcript's handlers run, though the rest of the
+    burst is read meanwhile."""
+    burst = [Text(big_interim(n, 200)) for n in range(6)]
+    script = Script(faults=[Fault(AfterAudio(3200), Together(burst))])
+    seen: list[tuple[str, str]] = []
+
+    async def slow(event: Transcript) -> None:
+        seen.append(("start", event.text))
+        await trio.sleep(0.02)
+        seen.append(("end", event.text))
+
+    async def body(session: Session, server: HostileServer) -> None:
+        session.event_handler("on_interim_transcript")(lambda event: slow(event))
+        session.event_handler("on_interim_transcript")(
+            lambda event: seen.append(("after", event.text))
+        )
+        await session.send_audio(speech(0.1))
+        while len(seen) < 18:
+            await trio.sleep(0.01)
+
+    _, outcome = await against(script, body=body)
+    assert outcome.error is None, repr(outcome.error)
+    assert [step for step, _ in seen] == ["start", "end", "after"] * 6
+    assert [text.split(" ", 1)[0] for step, text in seen if step == "after"] == [
+        f"#{n}" for n in range(6)
+    ]
+
+
 # -- 9. is_last in the middle of a session ------------------------------------------------------
 
 
