@@ -821,7 +821,8 @@ async def test_an_awaitable_from_a_plain_handler_is_awaited_before_anything_afte
         seen.append(("end", event.text))
 
     async with session_with(emulator) as (session, _):
-        session.event_handler("on_transcript")(lambda event: slow(event))
+        # A plain function that returns a coroutine, on purpose (not `slow` itself).
+        session.event_handler("on_transcript")(lambda event: slow(event))  # noqa: PLW0108
         session.event_handler("on_transcript")(lambda event: seen.append(("after", event.text)))
         await speak(session, "one two three four five six")
         await session.speech_stopped()

@@ -741,7 +741,8 @@ async def test_a_burst_of_transcripts_meets_its_handlers_in_order() -> None:
         seen.append(("end", event.text))
 
     async def body(session: Session, server: HostileServer) -> None:
-        session.event_handler("on_interim_transcript")(lambda event: slow(event))
+        # A plain function that returns a coroutine, on purpose (not `slow` itself).
+        session.event_handler("on_interim_transcript")(lambda event: slow(event))  # noqa: PLW0108
         session.event_handler("on_interim_transcript")(
             lambda event: seen.append(("after", event.text))
         )
