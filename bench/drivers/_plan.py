@@ -61,12 +61,9 @@ class Plan:
             f"/waves/v1/stt/live?model=pulse&language=en&encoding=linear16&sample_rate={self.rate}"
         )
 
-    def turn_audio(self, session: int, turn: int) -> bytes:
-        """Session ``session``'s turn ``turn``: silence, two words, 0.1 s of silence."""
-        return b"".join(self.chunks(session, turn))
-
     def chunks(self, session: int, turn: int) -> Iterator[bytes]:
-        """The turn's audio in chunks, each made as it is asked for (as a live
+        """Session ``session``'s turn ``turn`` (silence, two words, 0.1 s of
+        silence) in chunks, each made as it is asked for (as a live
         source reads them), so that a driver holds no more of its audio than
         a client is given: memory per session is the client's."""
         spoken = self._words[f"s{session}"] + self._gap + self._words[f"t{turn}"] + self._gap
